@@ -1,0 +1,217 @@
+"""``IAUConfig``: TrainingArguments plus gradient restriction (GR) and the IAU unlearning update."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from transformers import TrainingArguments
+
+GR_MODES = ("finite_difference", "exact")
+GR_NORMS = ("global", "per_tensor")
+UNLEARN_OPTIMIZERS = ("adam", "sgd")
+FORGET_SATURATIONS = ("none", "loss", "flip")
+UNLEARN_STOPS = ("fixed", "auto")
+
+
+@dataclass
+class IAUConfig(TrainingArguments):
+    r"""
+    Configuration for [`IAUTrainer`]: every `TrainingArguments` field plus the fields below.
+
+    > Gradient restriction (training time): loss ℓ + α‖∇θℓ‖
+
+        gr_alpha (`float`, defaults to `0.0`): α; 0 turns GR off, the paper uses 0.005.
+        gr_mode (`str`, defaults to `"finite_difference"`): `"finite_difference"` (two forward/backward
+            passes, any attention kernel) or `"exact"` (double backward).
+        gr_norm (`str`, defaults to `"global"`): `"global"` ‖g‖₂ over all trainable parameters, or
+            `"per_tensor"` Σₜ‖gₜ‖₂ (the authors' code).
+        gr_fd_radius (`float`, defaults to `1e-3`): perturbation radius r of the finite difference.
+
+    > Unlearning (``IAUTrainer.unlearn``): steps on w_r·mean ℓ(D_r) − w_f·mean ℓ(D_f)
+
+        unlearn_optimizer, unlearn_learning_rate, unlearn_steps, forget_weight, retain_weight,
+        retain_sample_size, forget_saturation, unlearn_stop, ... (see each field's help).
+
+    Reference parity (the authors' update): `unlearn_optimizer="adam"`, `unlearn_steps=1`,
+    `forget_weight=retain_weight=1.0`, `retain_sample_size=None`, `forget_saturation="none"`.
+    """
+
+    # --- gradient restriction -------------------------------------------------------------
+    gr_alpha: float = field(
+        default=0.0,
+        metadata={"help": "Gradient-restriction weight α in ℓ + α‖∇θℓ‖ (0 = off; the paper uses 0.005)."},
+    )
+    gr_mode: str = field(
+        default="finite_difference",
+        metadata={
+            "help": "How the GR gradient is computed: 'finite_difference' (two forward/backward passes, works "
+            "with any attention) or 'exact' (double backward; SDPA runs under its MATH backend).",
+            "choices": list(GR_MODES),
+        },
+    )
+    gr_norm: str = field(
+        default="global",
+        metadata={
+            "help": "GR norm: 'global' (‖g‖₂ over all trainable parameters) or 'per_tensor' (sum of "
+            "per-tensor norms, as in the authors' code).",
+            "choices": list(GR_NORMS),
+        },
+    )
+    gr_fd_radius: float = field(
+        default=1e-3,
+        metadata={"help": "Finite-difference radius r: the weights move by r along the normalised gradient."},
+    )
+    # --- unlearning ------------------------------------------------------------------------
+    unlearn_optimizer: str = field(
+        default="adam",
+        metadata={
+            "help": "Optimizer of the unlearning update, created fresh for each request: 'adam' or 'sgd'.",
+            "choices": list(UNLEARN_OPTIMIZERS),
+        },
+    )
+    unlearn_learning_rate: float = field(
+        default=1e-3, metadata={"help": "Learning rate of the unlearning optimizer (the paper: 1e-3 with Adam)."}
+    )
+    unlearn_steps: int = field(
+        default=1,
+        metadata={
+            "help": "Number of unlearning steps (gradients recomputed at each step); the maximum when "
+            "unlearn_stop='auto'."
+        },
+    )
+    forget_weight: float = field(default=1.0, metadata={"help": "Weight w_f of the ascent term on the forget set."})
+    retain_weight: float = field(
+        default=1.0, metadata={"help": "Weight w_r of the descent (gradient-correction) term on retained data."}
+    )
+    retain_sample_size: int | None = field(
+        default=None,
+        metadata={
+            "help": "Retained examples per step: None uses the whole retain set; an int draws a seeded sample "
+            "per step (seeded by `unlearn_seed` or `seed`, the request and the step; equal on every process)."
+        },
+    )
+    forget_saturation: str = field(
+        default="none",
+        metadata={
+            "help": "Stop pushing forget examples that are already forgotten: 'none' (every example, reference "
+            "parity), 'loss' (only examples whose loss is below the reference level measured on held-out data, "
+            "see `reference_dataset`), 'flip' (classifiers/LMs: only examples still predicted correctly).",
+            "choices": list(FORGET_SATURATIONS),
+        },
+    )
+    unlearn_stop: str = field(
+        default="fixed",
+        metadata={
+            "help": "'fixed' runs `unlearn_steps` steps; 'auto' stops earlier once no forget example is active "
+            "under `forget_saturation`.",
+            "choices": list(UNLEARN_STOPS),
+        },
+    )
+    reference_sample_size: int = field(
+        default=512,
+        metadata={"help": "Held-out examples used to measure the reference ('never seen') loss level."},
+    )
+    unlearn_batch_size: int | None = field(
+        default=None,
+        metadata={"help": "Batch size of unlearning passes (default: per_device_eval_batch_size)."},
+    )
+    unlearn_seed: int | None = field(
+        default=None, metadata={"help": "Seed of retain sampling during unlearning (default: `seed`)."}
+    )
+    unlearn_max_retain_loss_rise: float | None = field(
+        default=None,
+        metadata={
+            "help": "Runaway guard: after a step, if the retain loss on that step's retain data is non-finite or "
+            "rose by more than this (nats), undo the step, shrink the step size and retry. None: only non-finite "
+            "losses are caught."
+        },
+    )
+    unlearn_guard_retries: int = field(
+        default=3, metadata={"help": "Retries of the runaway guard before unlearning stops with an error."}
+    )
+    unlearn_guard_shrink: float = field(
+        default=0.5, metadata={"help": "Factor applied to the step size on each guard retry."}
+    )
+    id_column: str = field(
+        default="id",
+        metadata={"help": "Column that identifies training rows (for retain = train − forget, overlap checks)."},
+    )
+    model_init_kwargs: dict[str, Any] | str | None = field(
+        default=None,
+        metadata={"help": "Keyword arguments for `from_pretrained` when `model` is given as a string."},
+    )
+    trust_remote_code: bool = field(
+        default=False, metadata={"help": "Allow custom modelling code from the Hub when loading by name."}
+    )
+
+    def __post_init__(self) -> None:
+        self._validate_iau()
+        super().__post_init__()
+
+    def _validate_iau(self) -> None:
+        def need(ok: bool, name: str, fix: str) -> None:
+            if not ok:
+                raise ValueError(f"IAUConfig.{name}={getattr(self, name)!r} is invalid: {fix}")
+
+        def finite(x: Any) -> bool:
+            return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+        need(finite(self.gr_alpha) and self.gr_alpha >= 0, "gr_alpha", "use a finite value >= 0 (0 = off, paper: 0.005).")
+        need(self.gr_mode in GR_MODES, "gr_mode", f"use one of {GR_MODES}.")
+        need(self.gr_norm in GR_NORMS, "gr_norm", f"use one of {GR_NORMS}.")
+        need(finite(self.gr_fd_radius) and self.gr_fd_radius > 0, "gr_fd_radius", "use a finite value > 0 (e.g. 1e-3).")
+        need(self.unlearn_optimizer in UNLEARN_OPTIMIZERS, "unlearn_optimizer", f"use one of {UNLEARN_OPTIMIZERS}.")
+        need(
+            finite(self.unlearn_learning_rate) and self.unlearn_learning_rate > 0,
+            "unlearn_learning_rate",
+            "use a finite value > 0 (paper: 1e-3).",
+        )
+        need(
+            isinstance(self.unlearn_steps, int) and not isinstance(self.unlearn_steps, bool) and self.unlearn_steps >= 1,
+            "unlearn_steps",
+            "use an integer >= 1.",
+        )
+        need(finite(self.forget_weight) and self.forget_weight >= 0, "forget_weight", "use a finite value >= 0.")
+        need(finite(self.retain_weight) and self.retain_weight >= 0, "retain_weight", "use a finite value >= 0.")
+        need(
+            self.forget_weight > 0 or self.retain_weight > 0,
+            "forget_weight",
+            "forget_weight and retain_weight cannot both be 0.",
+        )
+        need(
+            self.retain_sample_size is None
+            or (isinstance(self.retain_sample_size, int) and self.retain_sample_size >= 1),
+            "retain_sample_size",
+            "use None (whole retain set) or an integer >= 1.",
+        )
+        need(self.forget_saturation in FORGET_SATURATIONS, "forget_saturation", f"use one of {FORGET_SATURATIONS}.")
+        need(self.unlearn_stop in UNLEARN_STOPS, "unlearn_stop", f"use one of {UNLEARN_STOPS}.")
+        need(
+            isinstance(self.reference_sample_size, int) and self.reference_sample_size >= 1,
+            "reference_sample_size",
+            "use an integer >= 1.",
+        )
+        need(
+            self.unlearn_batch_size is None or (isinstance(self.unlearn_batch_size, int) and self.unlearn_batch_size >= 1),
+            "unlearn_batch_size",
+            "use None or an integer >= 1.",
+        )
+        need(
+            self.unlearn_max_retain_loss_rise is None
+            or (finite(self.unlearn_max_retain_loss_rise) and self.unlearn_max_retain_loss_rise >= 0),
+            "unlearn_max_retain_loss_rise",
+            "use None or a finite value >= 0.",
+        )
+        need(
+            isinstance(self.unlearn_guard_retries, int) and self.unlearn_guard_retries >= 0,
+            "unlearn_guard_retries",
+            "use an integer >= 0.",
+        )
+        need(
+            finite(self.unlearn_guard_shrink) and 0 < self.unlearn_guard_shrink < 1,
+            "unlearn_guard_shrink",
+            "use a value in (0, 1).",
+        )
+        need(isinstance(self.id_column, str) and bool(self.id_column), "id_column", "use a non-empty column name.")

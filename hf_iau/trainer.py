@@ -1,0 +1,388 @@
+"""``IAUTrainer``: a thin ``transformers.Trainer`` that trains with gradient restriction and unlearns."""
+
+from __future__ import annotations
+
+import math
+import os
+from collections import defaultdict
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+from datasets import Dataset
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoModelForImageClassification,
+    AutoModelForSequenceClassification,
+    DataCollatorForLanguageModeling,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    Trainer,
+)
+
+from .config import IAUConfig
+from .data import check_disjoint, fingerprint_dataset
+from .losses import evaluate_losses, loss_kind
+from .restriction import gr_gradient
+from .safe_io import atomic_directory
+from .unlearning import IAUUnlearner, UnlearningResult, request_id
+
+_LABEL_COLUMNS = ("label", "labels", "label_ids")
+_AUTO_CLASSES = (
+    ("ForCausalLM", AutoModelForCausalLM),
+    ("LMHeadModel", AutoModelForCausalLM),
+    ("ForSequenceClassification", AutoModelForSequenceClassification),
+    ("ForImageClassification", AutoModelForImageClassification),
+)
+_DOUBLE_BACKWARD_ATTENTION = (None, "eager", "sdpa")
+
+
+def load_model(name_or_path: str, args: IAUConfig) -> PreTrainedModel:
+    """Load a model by Hub id or local path, choosing the Auto class from ``config.architectures``."""
+    kwargs = dict(args.model_init_kwargs or {}) if isinstance(args.model_init_kwargs, (dict, type(None))) else {}
+    if isinstance(args.model_init_kwargs, str):
+        import json
+
+        kwargs = json.loads(args.model_init_kwargs)
+    kwargs.setdefault("trust_remote_code", args.trust_remote_code)
+    config = AutoConfig.from_pretrained(name_or_path, trust_remote_code=kwargs["trust_remote_code"])
+    arch = (getattr(config, "architectures", None) or [""])[0]
+    auto = next((cls for suffix, cls in _AUTO_CLASSES if arch.endswith(suffix)), AutoModelForCausalLM)
+    kwargs.setdefault("use_safetensors", True)
+    return auto.from_pretrained(name_or_path, **kwargs)
+
+
+class IAUTrainer(Trainer):
+    """Trainer with gradient restriction (``gr_alpha > 0``) and ``unlearn()`` (the IAU update).
+
+    Args:
+        model: a model, or a Hub id / local path loaded with the Auto class of its architecture.
+        args: an [`IAUConfig`]; defaults to ``IAUConfig(output_dir="<name>-IAU")``.
+        peft_config: a ``peft.PeftConfig``; the model is wrapped with ``get_peft_model`` and only the
+            adapter is trained and unlearned.
+        Other arguments are those of ``transformers.Trainer`` (``processing_class``, datasets, ...).
+    """
+
+    _tag_names = ["hf-iau", "unlearning", "iau"]
+
+    def __init__(
+        self,
+        model: PreTrainedModel | torch.nn.Module | str,
+        args: IAUConfig | None = None,
+        data_collator: Callable | None = None,
+        train_dataset: Dataset | None = None,
+        eval_dataset: Dataset | dict[str, Dataset] | None = None,
+        processing_class: Any = None,
+        peft_config: Any = None,
+        **kwargs: Any,
+    ) -> None:
+        if args is None:
+            name = model if isinstance(model, str) else type(model).__name__
+            args = IAUConfig(output_dir=f"{str(name).split('/')[-1]}-IAU")
+        elif not isinstance(args, IAUConfig):
+            raise ValueError(f"`args` must be an IAUConfig, got {type(args).__name__}; build one with IAUConfig(...).")
+        self.model_id = model if isinstance(model, str) else getattr(getattr(model, "config", None), "_name_or_path", None)
+        if isinstance(model, str):
+            model = load_model(model, args)
+            if processing_class is None:
+                processing_class = _load_processor(self.model_id, args)
+        model = _apply_peft(model, peft_config, args)
+        _check_gr_attention(model, args)
+        if data_collator is None and isinstance(processing_class, PreTrainedTokenizerBase) and loss_kind(model) == "causal_lm":
+            if processing_class.pad_token is None:
+                processing_class.pad_token = processing_class.eos_token
+            data_collator = DataCollatorForLanguageModeling(processing_class, mlm=False)
+        super().__init__(
+            model=model,
+            args=args,
+            data_collator=data_collator,
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            processing_class=processing_class,
+            **kwargs,
+        )
+        self._gr_logs: dict[str, list[float]] = defaultdict(list)
+        self.unlearning_history: list[dict[str, Any]] = []
+        if self.args.gr_alpha > 0 and (self.is_fsdp_enabled or self.is_deepspeed_enabled):
+            raise ValueError(
+                "gr_alpha > 0 is not supported with FSDP or DeepSpeed (GR needs unsharded gradients); "
+                "train with DDP, or set gr_alpha=0 and unlearn with FSDP/DeepSpeed."
+            )
+
+    # --- training with gradient restriction ---------------------------------------------------
+    def training_step(
+        self, model: torch.nn.Module, inputs: dict[str, Any], num_items_in_batch: torch.Tensor | int | None = None
+    ) -> torch.Tensor:
+        """A plain step when ``gr_alpha == 0``; else adds ∇(ℓ + α‖∇ℓ‖) of this micro-batch to ``.grad``."""
+        args = self.args
+        if args.gr_alpha == 0:
+            return super().training_step(model, inputs, num_items_in_batch)
+        module = self.model  # unwrapped: gradients are synchronised by hand below
+        module.train()
+        inputs = self._prepare_inputs(inputs)
+        params = [p for p in module.parameters() if p.requires_grad]
+
+        def loss_fn() -> torch.Tensor:
+            with self.compute_loss_context_manager():
+                return self.compute_loss(module, inputs)
+
+        out = gr_gradient(loss_fn, params, args.gr_alpha, args.gr_mode, args.gr_norm, args.gr_fd_radius)
+        scale = 1.0 / self.current_gradient_accumulation_steps
+        with torch.no_grad():
+            for p, g in zip(params, out.grads):
+                g = g.to(p.dtype) * scale
+                if p.grad is None:
+                    p.grad = g.clone()
+                else:
+                    p.grad.add_(g)
+            if self.accelerator.sync_gradients and self.accelerator.num_processes > 1:
+                for p in params:
+                    torch.distributed.all_reduce(p.grad, op=torch.distributed.ReduceOp.SUM)
+                    p.grad.div_(self.accelerator.num_processes)
+        self._gr_logs["gr_penalty"].append(float(out.penalty))
+        self._gr_logs["gr_loss"].append(float(out.loss))
+        return (out.loss * scale).detach()
+
+    def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
+        """Adds the mean GR penalty ‖∇ℓ‖ since the last log to training logs."""
+        if self._gr_logs and "loss" in logs:
+            for key, values in self._gr_logs.items():
+                logs[key] = float(np.mean(values))
+            self._gr_logs.clear()
+        super().log(logs, *args, **kwargs)
+
+    # --- unlearning ---------------------------------------------------------------------------
+    def unlearn(
+        self,
+        forget_dataset: Dataset,
+        retain_dataset: Dataset | None = None,
+        reference_dataset: Dataset | None = None,
+    ) -> UnlearningResult:
+        """Make the model forget ``forget_dataset`` with the IAU update (see ``IAUConfig``).
+
+        ``retain_dataset`` defaults to the train dataset minus the forget rows (by ``id_column``).
+        ``reference_dataset`` (held-out data; defaults to ``eval_dataset``) sets the "never seen" loss
+        level used by ``forget_saturation="loss"``. On any error the weights are left unchanged.
+        """
+        args = self.args
+        forget_dataset, retain_dataset = self._validate_unlearning_data(forget_dataset, retain_dataset)
+        fingerprint = fingerprint_dataset(forget_dataset, args.id_column)
+        seed = args.unlearn_seed if args.unlearn_seed is not None else args.seed
+        req = request_id(fingerprint, seed + len(self.unlearning_history))
+        forget_in = self._model_columns(forget_dataset)
+        retain_in = self._model_columns(retain_dataset)
+        model = self.model
+        if next(model.parameters()).device != self.args.device and not self.is_fsdp_enabled:
+            model.to(self.args.device)
+        reference, ref_passes = self._reference_level(reference_dataset, req)
+        unlearner = IAUUnlearner(
+            model,
+            args,
+            forget_batches=lambda idx: self._batches(forget_in, idx),
+            retain_batches=lambda idx: self._batches(retain_in, idx),
+            n_forget=len(forget_in),
+            n_retain=len(retain_in),
+            request_id=req,
+            reference=reference,
+            autocast=self.autocast_smart_context_manager,
+        )
+        result = unlearner.run()
+        result.forget_fingerprint = fingerprint
+        result.metrics["example_forward_passes"] += ref_passes
+        self.unlearning_history.append(
+            {
+                "request_id": req,
+                "forget_fingerprint": fingerprint,
+                "forget_size": len(forget_in),
+                "retain_size": len(retain_in),
+                "metrics": dict(result.metrics),
+                "config": self._unlearning_config(),
+            }
+        )
+        if self.state is not None:
+            self.log({f"unlearn/{k}": v for k, v in result.metrics.items()})
+        return result
+
+    def _unlearning_config(self) -> dict[str, Any]:
+        names = (
+            "gr_alpha gr_mode gr_norm gr_fd_radius unlearn_optimizer unlearn_learning_rate unlearn_steps "
+            "forget_weight retain_weight retain_sample_size forget_saturation unlearn_stop "
+            "unlearn_max_retain_loss_rise seed unlearn_seed"
+        ).split()
+        return {n: getattr(self.args, n) for n in names}
+
+    def _validate_unlearning_data(self, forget: Dataset, retain: Dataset | None) -> tuple[Dataset, Dataset]:
+        args = self.args
+        if not isinstance(forget, Dataset):
+            raise ValueError(f"`forget_dataset` must be a datasets.Dataset, got {type(forget).__name__}.")
+        if len(forget) == 0:
+            raise ValueError("`forget_dataset` is empty: pass at least one row to forget.")
+        if retain is None:
+            train = self.train_dataset
+            if not isinstance(train, Dataset):
+                raise ValueError(
+                    "`retain_dataset` is None and the trainer has no `train_dataset`: pass `retain_dataset=`."
+                )
+            col = args.id_column
+            if col not in forget.column_names or col not in train.column_names:
+                raise ValueError(
+                    f"`retain_dataset` is None, so retain = train_dataset minus the forget rows by `id_column`={col!r}, "
+                    "but that column is missing; add an id column or pass `retain_dataset=`."
+                )
+            forget_ids = set(forget[col])
+            missing = len(forget_ids - set(train[col]))
+            if missing:
+                raise ValueError(
+                    f"`forget_dataset`: {missing} id(s) are not in the train dataset's `{col}` column; "
+                    "check the ids or pass `retain_dataset=` explicitly."
+                )
+            keep = [i for i, v in enumerate(train[col]) if v not in forget_ids]
+            retain = train.select(keep)
+        elif not isinstance(retain, Dataset):
+            raise ValueError(f"`retain_dataset` must be a datasets.Dataset or None, got {type(retain).__name__}.")
+        if len(retain) == 0 and args.retain_weight > 0:
+            raise ValueError("`retain_dataset` is empty: pass retained rows, or set retain_weight=0 (pure ascent).")
+        check_disjoint(forget, retain, args.id_column)
+        for name, ds in (("forget_dataset", forget), ("retain_dataset", retain)):
+            self._check_labels(name, ds)
+        return forget, retain
+
+    def _check_labels(self, name: str, ds: Dataset) -> None:
+        cols = [c for c in _LABEL_COLUMNS if c in ds.column_names]
+        kind = loss_kind(self.model)
+        if not cols:
+            if kind == "causal_lm" and isinstance(self.data_collator, DataCollatorForLanguageModeling):
+                return
+            if kind == "causal_lm" and "input_ids" in ds.column_names and len(ds):
+                probe = self.data_collator([{k: v for k, v in ds[0].items() if k in self._signature()}])
+                if "labels" in probe:
+                    return
+            raise ValueError(
+                f"`{name}` rows have no labels: add a `label`/`labels` column, or (causal LM) use a collator that "
+                "creates `labels`, e.g. DataCollatorForLanguageModeling(tokenizer, mlm=False)."
+            )
+        if kind == "classification":
+            labels = np.asarray(ds[cols[0]])
+            num_labels = self.model.config.num_labels
+            if labels.ndim == 1 and len(labels) and (labels.min() < 0 or labels.max() >= num_labels):
+                raise ValueError(
+                    f"`{name}`: label values must lie in [0, {num_labels - 1}] for this model's head "
+                    f"(num_labels={num_labels}), found [{labels.min()}, {labels.max()}]; fix the labels or the head."
+                )
+
+    def _signature(self) -> list[str]:
+        self._set_signature_columns_if_needed()
+        return list(self._signature_columns) + list(_LABEL_COLUMNS)
+
+    def _model_columns(self, ds: Dataset) -> Dataset:
+        keep = set(self._signature())
+        drop = [c for c in ds.column_names if c not in keep]
+        return ds.remove_columns(drop) if drop else ds
+
+    def _batches(self, ds: Dataset, indices: Sequence[int]) -> Iterator[dict[str, Any]]:
+        bs = self.args.unlearn_batch_size or self.args.per_device_eval_batch_size
+        for start in range(0, len(indices), bs):
+            rows = ds.select(indices[start : start + bs])
+            batch = self.data_collator([rows[i] for i in range(len(rows))])
+            yield self._prepare_inputs(batch)
+
+    def _reference_level(self, reference: Dataset | None, req: str) -> tuple[dict[str, float], float]:
+        """Mean per-example loss/accuracy of held-out data: the level a never-seen example sits at."""
+        if self.args.forget_saturation != "loss":
+            return {}, 0.0
+        if reference is None and isinstance(self.eval_dataset, Dataset):
+            reference = self.eval_dataset
+        if reference is None or len(reference) == 0:
+            return {}, 0.0
+        ref = self._model_columns(reference)
+        n = min(len(ref), self.args.reference_sample_size)
+        rng = np.random.default_rng([self.args.seed, int(req[:12], 16)])
+        idx = sorted(rng.choice(len(ref), size=n, replace=False).tolist())
+        rank, world = self.args.process_index, self.args.world_size
+        was_training = self.model.training
+        self.model.eval()
+        with self.autocast_smart_context_manager():
+            out = evaluate_losses(self.model, self._batches(ref, idx[rank::world]))
+        self.model.train(was_training)
+        stats = torch.tensor([float(out["loss"].sum()), float(len(out["loss"]))], dtype=torch.float64, device=self.args.device)
+        if world > 1 and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(stats)
+        return {"loss": float(stats[0] / stats[1])}, float(n)
+
+    # --- saving -------------------------------------------------------------------------------
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """Save atomically (complete old or complete new folder), with the unlearning card and ledger."""
+        output_dir = output_dir or self.args.output_dir
+        if _internal_call or self.is_fsdp_enabled or self.is_deepspeed_enabled or self.args.world_size > 1:
+            super().save_model(output_dir, _internal_call)
+            if self.args.should_save and not _internal_call:
+                self._write_unlearning_artifacts(output_dir)
+            return
+        with atomic_directory(output_dir) as tmp:
+            super().save_model(str(tmp), _internal_call)
+            self._write_unlearning_artifacts(str(tmp))
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        """Trainer's save, with the arguments as JSON instead of the pickled ``training_args.bin``."""
+        super()._save(output_dir, state_dict)
+        output_dir = output_dir or self.args.output_dir
+        pickled = os.path.join(output_dir, "training_args.bin")
+        if os.path.exists(pickled):
+            os.remove(pickled)
+        with open(os.path.join(output_dir, "training_args.json"), "w") as fh:
+            fh.write(self.args.to_json_string())
+
+    def _write_unlearning_artifacts(self, output_dir: str) -> None:
+        """Model card and deletion ledger for the unlearning requests (filled in by hf_iau.hub)."""
+        try:
+            from .hub import write_unlearning_artifacts
+        except ImportError:
+            return
+        write_unlearning_artifacts(self, output_dir)
+
+
+def _load_processor(name_or_path: str, args: IAUConfig) -> Any:
+    from transformers import AutoImageProcessor, AutoTokenizer
+
+    for auto in (AutoTokenizer, AutoImageProcessor):
+        try:
+            return auto.from_pretrained(name_or_path, trust_remote_code=args.trust_remote_code)
+        except (OSError, ValueError, KeyError):
+            continue
+    return None
+
+
+def _apply_peft(model: torch.nn.Module, peft_config: Any, args: IAUConfig) -> torch.nn.Module:
+    if peft_config is None:
+        return model
+    from peft import PeftConfig, PeftModel, get_peft_model
+
+    if isinstance(model, PeftModel):
+        raise ValueError(
+            "You passed a PeftModel and a `peft_config`: pass either a base model with `peft_config`, or the "
+            "PeftModel with peft_config=None (merge_and_unload() first to start a new adapter)."
+        )
+    if not isinstance(peft_config, PeftConfig):
+        raise ValueError(f"`peft_config` must be a peft.PeftConfig (e.g. LoraConfig), got {type(peft_config).__name__}.")
+    try:
+        model = get_peft_model(model, peft_config)
+    except ValueError as err:
+        raise ValueError(
+            f"`peft_config.target_modules`={getattr(peft_config, 'target_modules', None)!r} do not match this model's "
+            f"modules ({err}); name modules that exist, e.g. from [n for n, _ in model.named_modules()]."
+        ) from None
+    if args.gradient_checkpointing and hasattr(model, "enable_input_require_grads"):
+        model.enable_input_require_grads()  # else LoRA silently stops training under checkpointing
+    return model
+
+
+def _check_gr_attention(model: torch.nn.Module, args: IAUConfig) -> None:
+    if args.gr_alpha == 0 or args.gr_mode != "exact":
+        return
+    attn = getattr(getattr(model, "config", None), "_attn_implementation", None)
+    if attn not in _DOUBLE_BACKWARD_ATTENTION:
+        raise ValueError(
+            f"gr_mode='exact' needs double backward, which attn_implementation={attn!r} does not support; load the "
+            "model with attn_implementation='sdpa' or 'eager', or use gr_mode='finite_difference'."
+        )

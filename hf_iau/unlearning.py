@@ -1,0 +1,341 @@
+"""The IAU update: steps on  w_r·mean ℓ(D_r) − w_f·mean ℓ(D_f).
+
+Each mean is over the WHOLE set (or the step's retain sample), weighted by true example/token
+counts, so batching and the number of processes do not change the result: every process takes
+every world-th example, backpropagates sums, and gradient sums and counts are all-reduced.
+Optional refinements (all off in reference-parity mode):
+
+* a seeded retain sample per step (``retain_sample_size``), the same on every process;
+* forget saturation: examples already forgotten (loss above the held-out reference level, or
+  no longer predicted correctly) stop contributing to the ascent term;
+* an automatic stop once no forget example is active;
+* a runaway guard that undoes a step that breaks the retain loss and retries with a smaller step.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import math
+import time
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from .config import IAUConfig
+from .losses import batch_losses, loss_kind
+
+Batches = Callable[[Sequence[int]], Iterator[dict[str, Any]]]
+
+
+class UnlearningError(ValueError):
+    """Unlearning could not finish safely; the model holds its original weights."""
+
+
+@dataclass
+class UnlearningResult:
+    """Outcome of one deletion request: ``metrics`` plus the per-step ``history``."""
+
+    metrics: dict[str, float]
+    history: list[dict[str, float]] = field(default_factory=list)
+    forget_fingerprint: str = ""
+    forget_size: int = 0
+    retain_size: int = 0
+
+
+@dataclass
+class _Pass:
+    loss_sum: float = 0.0  # sum over examples of their summed token/example loss
+    count: float = 0.0  # tokens (LM) or examples
+    examples: float = 0.0
+    correct: float = 0.0
+    has_correct: float = 0.0
+    active: float = 0.0
+
+    def vec(self) -> list[float]:
+        return [self.loss_sum, self.count, self.examples, self.correct, self.has_correct, self.active]
+
+    @classmethod
+    def of(cls, v: Sequence[float]) -> "_Pass":
+        return cls(*[float(x) for x in v])
+
+    @property
+    def mean_loss(self) -> float:
+        return self.loss_sum / self.count if self.count else float("nan")
+
+    @property
+    def accuracy(self) -> float:
+        return self.correct / self.examples if self.has_correct else float("nan")
+
+
+class _Dist:
+    """Rank/world and sum-all-reduce; a no-op in one process."""
+
+    def __init__(self) -> None:
+        self.on = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+        self.rank = dist.get_rank() if self.on else 0
+        self.world = dist.get_world_size() if self.on else 1
+
+    def shard(self, idx: Sequence[int]) -> list[int]:
+        return list(idx[self.rank :: self.world])
+
+    def sum_(self, tensors: Sequence[torch.Tensor]) -> None:
+        if not self.on:
+            return
+        for t in tensors:
+            dist.all_reduce(t, op=dist.ReduceOp.SUM)
+
+    def sum_list(self, values: Sequence[float], device: torch.device) -> list[float]:
+        if not self.on:
+            return list(values)
+        t = torch.tensor(list(values), dtype=torch.float64, device=device)
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        return t.tolist()
+
+    def broadcast_(self, tensors: Sequence[torch.Tensor]) -> None:
+        if self.on:
+            for t in tensors:
+                dist.broadcast(t, src=0)
+
+
+def retain_sample(n_retain: int, size: int | None, seed: int, request: str, step: int) -> list[int]:
+    """Indices of the retain data used at ``step``: all, or a sample seeded by (seed, request, step)."""
+    if size is None or size >= n_retain:
+        return list(range(n_retain))
+    rng = np.random.default_rng([seed, int(request[:12], 16), step])
+    return sorted(rng.choice(n_retain, size=size, replace=False).tolist())
+
+
+def _make_optimizer(args: IAUConfig, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
+    if args.unlearn_optimizer == "sgd":
+        return torch.optim.SGD(params, lr=args.unlearn_learning_rate)
+    return torch.optim.Adam(params, lr=args.unlearn_learning_rate)
+
+
+class IAUUnlearner:
+    """Runs one deletion request on ``model`` in place (see module docstring)."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        args: IAUConfig,
+        forget_batches: Batches,
+        retain_batches: Batches,
+        n_forget: int,
+        n_retain: int,
+        request_id: str,
+        reference: dict[str, float] | None = None,
+        autocast: Callable[[], AbstractContextManager] | None = None,
+        on_step: Callable[[dict[str, float]], None] | None = None,
+    ) -> None:
+        self.model, self.args = model, args
+        self.forget_batches, self.retain_batches = forget_batches, retain_batches
+        self.n_forget, self.n_retain = n_forget, n_retain
+        self.request_id = request_id
+        self.reference = reference or {}
+        self.autocast = autocast or nullcontext
+        self.on_step = on_step
+        self.kind = loss_kind(model)
+        self.dist = _Dist()
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        if not self.params:
+            raise UnlearningError("The model has no trainable parameters (requires_grad=False everywhere).")
+        self.device = self.params[0].device
+        self.seed = args.unlearn_seed if args.unlearn_seed is not None else args.seed
+
+    # --- passes ---------------------------------------------------------------------------
+    def _active(self, bl) -> torch.Tensor:
+        mode = self.args.forget_saturation
+        ones = torch.ones_like(bl.loss_sum)
+        if mode == "none":
+            return ones
+        if mode == "flip" and bl.correct is not None:
+            return (bl.correct > self.reference.get("accuracy_threshold", 0.5)).to(ones.dtype)
+        tau = self.reference.get("loss")
+        if tau is None:
+            if bl.correct is not None:  # no held-out data: fall back to prediction flip
+                return (bl.correct > 0.5).to(ones.dtype)
+            return ones
+        return (bl.per_example.detach() < tau).to(ones.dtype)
+
+    def _pass(self, batches: Iterator[dict[str, Any]], weight: float, total: float, forget: bool, backward: bool) -> _Pass:
+        stats = _Pass()
+        for batch in batches:
+            with torch.set_grad_enabled(backward), self.autocast():
+                bl = batch_losses(self.model, batch, self.kind)
+            if not torch.isfinite(bl.loss_sum.detach()).all():
+                raise UnlearningError(
+                    f"non-finite {'forget' if forget else 'retain'} loss during unlearning; the original weights "
+                    "were restored. Lower `unlearn_learning_rate` or check the inputs."
+                )
+            active = self._active(bl) if forget else torch.ones_like(bl.loss_sum)
+            if backward and weight != 0 and total > 0:
+                sign = -1.0 if forget else 1.0
+                (sign * weight / total * (bl.loss_sum * active).sum()).backward()
+            stats.loss_sum += float(bl.loss_sum.detach().sum())
+            stats.count += float(bl.count.sum())
+            stats.examples += float(bl.loss_sum.shape[0])
+            stats.active += float(active.sum())
+            if bl.correct is not None:
+                stats.correct += float(bl.correct.sum())
+                stats.has_correct = 1.0
+        return stats
+
+    def _count(self, batches: Iterator[dict[str, Any]]) -> float:
+        total = 0.0
+        for batch in batches:
+            labels = batch["labels"]
+            if self.kind == "causal_lm":
+                total += float((labels[:, 1:] != -100).sum())
+            else:
+                total += float(labels.shape[0])
+        return total
+
+    def _reduce(self, stats: _Pass) -> _Pass:
+        return _Pass.of(self.dist.sum_list(stats.vec(), self.device))
+
+    def _snapshot(self) -> list[torch.Tensor]:
+        return [p.detach().clone() for p in self.params]
+
+    def _restore(self, snap: list[torch.Tensor]) -> None:
+        with torch.no_grad():
+            for p, s in zip(self.params, snap):
+                p.copy_(s)
+
+    # --- the request ----------------------------------------------------------------------
+    def run(self) -> UnlearningResult:
+        args, d = self.args, self.dist
+        start = time.perf_counter()
+        was_training = self.model.training
+        self.model.eval()  # no dropout: the update is a deterministic function of the data
+        d.broadcast_([p.data for p in self.model.parameters()])
+        original = self._snapshot()
+        forget_local = d.shard(range(self.n_forget))
+        n_f = d.sum_list([self._count(self.forget_batches(forget_local))], self.device)[0]
+        if n_f == 0:
+            raise UnlearningError("The forget set has no labelled tokens/examples: nothing to unlearn.")
+        optimizer = _make_optimizer(args, self.params)
+        lr = args.unlearn_learning_rate
+        history: list[dict[str, float]] = []
+        grad_passes = fwd_passes = 0.0
+        retries_total = 0
+        first_retain: list[int] = []
+        before_f = before_r = None
+        stopped_early = False
+        try:
+            for step in range(args.unlearn_steps):
+                r_idx = retain_sample(self.n_retain, args.retain_sample_size, self.seed, self.request_id, step)
+                if step == 0:
+                    first_retain = r_idx
+                r_local = d.shard(r_idx)
+                n_r = d.sum_list([self._count(self.retain_batches(r_local))], self.device)[0] if r_idx else 0.0
+                optimizer.zero_grad(set_to_none=False)
+                for p in self.params:
+                    if p.grad is None:
+                        p.grad = torch.zeros_like(p)
+                f_stats = self._reduce(self._pass(self.forget_batches(forget_local), args.forget_weight, n_f, True, True))
+                r_stats = self._reduce(self._pass(self.retain_batches(r_local), args.retain_weight, n_r, False, True))
+                grad_passes += f_stats.examples + r_stats.examples
+                if step == 0:
+                    before_f, before_r = f_stats, r_stats
+                rec = {
+                    "step": step,
+                    "forget_loss": f_stats.mean_loss,
+                    "retain_loss": r_stats.mean_loss,
+                    "forget_active_fraction": f_stats.active / max(f_stats.examples, 1),
+                    "learning_rate": lr,
+                }
+                if args.unlearn_stop == "auto" and f_stats.active == 0 and args.forget_saturation != "none":
+                    stopped_early = True
+                    history.append(rec)
+                    break
+                d.sum_([p.grad for p in self.params])
+                lr, retries, extra = self._guarded_step(optimizer, lr, r_local, r_stats)
+                retries_total += retries
+                fwd_passes += extra
+                rec["guard_retries"] = retries
+                history.append(rec)
+                if self.on_step is not None:
+                    self.on_step(rec)
+            for p in self.params:
+                p.grad = None
+            f_after = self._reduce(self._pass(self.forget_batches(forget_local), 0.0, 0.0, True, False))
+            r_after = self._reduce(self._pass(self.retain_batches(d.shard(first_retain)), 0.0, 0.0, False, False))
+            fwd_passes += f_after.examples + r_after.examples
+            if not (math.isfinite(f_after.mean_loss) and math.isfinite(r_after.mean_loss)):
+                raise UnlearningError(
+                    "non-finite loss after unlearning; the original weights were restored. "
+                    "Lower `unlearn_learning_rate` or `unlearn_steps`."
+                )
+        except BaseException:
+            self._restore(original)
+            for p in self.params:
+                p.grad = None
+            self.model.train(was_training)
+            raise
+        with torch.no_grad():
+            update_norm = math.sqrt(sum(float((p - s).double().pow(2).sum()) for p, s in zip(self.params, original)))
+        self.model.train(was_training)
+        metrics = {
+            "forget_loss_before": before_f.mean_loss,
+            "forget_loss_after": f_after.mean_loss,
+            "retain_loss_before": before_r.mean_loss,
+            "retain_loss_after": r_after.mean_loss,
+            "forget_accuracy_before": before_f.accuracy,
+            "forget_accuracy_after": f_after.accuracy,
+            "retain_accuracy_before": before_r.accuracy,
+            "retain_accuracy_after": r_after.accuracy,
+            "update_norm": update_norm,
+            "steps": float(len([h for h in history if "guard_retries" in h])),
+            "stopped_early": float(stopped_early),
+            "forget_active_fraction_final": f_after.active / max(f_after.examples, 1),
+            "guard_retries": float(retries_total),
+            "final_learning_rate": lr,
+            "forget_examples": float(self.n_forget),
+            "retain_examples_per_step": float(len(first_retain)),
+            "example_gradient_passes": grad_passes,
+            "example_forward_passes": fwd_passes,
+            "wall_time_s": time.perf_counter() - start,
+        }
+        if "loss" in self.reference:
+            metrics["reference_loss"] = self.reference["loss"]
+        metrics = {k: v for k, v in metrics.items() if not (isinstance(v, float) and math.isnan(v))}
+        return UnlearningResult(metrics, history, self.request_id, self.n_forget, self.n_retain)
+
+    def _guarded_step(
+        self, optimizer: torch.optim.Optimizer, lr: float, r_local: list[int], r_before: _Pass
+    ) -> tuple[float, int, float]:
+        """optimizer.step(); with a tolerance set, undo and retry smaller while the retain loss runs away."""
+        tol = self.args.unlearn_max_retain_loss_rise
+        if tol is None:
+            optimizer.step()
+            return lr, 0, 0.0
+        snap = self._snapshot()
+        state = copy.deepcopy(optimizer.state_dict())
+        fwd = 0.0
+        for attempt in range(self.args.unlearn_guard_retries + 1):
+            for g in optimizer.param_groups:
+                g["lr"] = lr
+            optimizer.step()
+            after = self._reduce(self._pass(self.retain_batches(r_local), 0.0, 0.0, False, False)) if r_local or self.dist.on else _Pass()
+            fwd += after.examples
+            rise = after.mean_loss - r_before.mean_loss
+            if after.count == 0 or (math.isfinite(after.mean_loss) and rise <= tol):
+                return lr, attempt, fwd
+            self._restore(snap)
+            optimizer.load_state_dict(state)
+            lr *= self.args.unlearn_guard_shrink
+        raise UnlearningError(
+            f"runaway unlearning step: the retain loss rose by more than unlearn_max_retain_loss_rise={tol} even "
+            f"after {self.args.unlearn_guard_retries} retries with smaller steps; the original weights were "
+            "restored. Lower `unlearn_learning_rate`, raise `retain_weight`, or raise the tolerance."
+        )
+
+
+def request_id(fingerprint: str, seed: int) -> str:
+    """A stable hex id of a deletion request (forget fingerprint + seed)."""
+    return hashlib.sha256(f"{fingerprint}:{seed}".encode()).hexdigest()

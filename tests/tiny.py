@@ -1,0 +1,94 @@
+"""Tiny models (0.01–1M parameters) built from configs, and seeded toy datasets, for tests."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from datasets import Dataset
+from transformers import (
+    BertConfig,
+    BertForSequenceClassification,
+    GPT2Config,
+    GPT2LMHeadModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+    ViTConfig,
+    ViTForImageClassification,
+)
+
+VOCAB = 64
+SEQ = 16
+NUM_LABELS = 3
+
+
+def tiny_gpt2(seed: int = 0, attn: str = "sdpa", **kw) -> GPT2LMHeadModel:
+    torch.manual_seed(seed)
+    cfg = GPT2Config(
+        vocab_size=VOCAB, n_positions=32, n_embd=32, n_layer=2, n_head=2, bos_token_id=0, eos_token_id=0,
+        pad_token_id=0, attn_implementation=attn, **kw,
+    )
+    return GPT2LMHeadModel(cfg)
+
+
+def tiny_llama(seed: int = 0, attn: str = "sdpa") -> LlamaForCausalLM:
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(
+        vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+        num_key_value_heads=1, max_position_embeddings=32, bos_token_id=0, eos_token_id=0, pad_token_id=0,
+        attn_implementation=attn,
+    )
+    return LlamaForCausalLM(cfg)
+
+
+def tiny_bert(seed: int = 0, attn: str = "sdpa") -> BertForSequenceClassification:
+    torch.manual_seed(seed)
+    cfg = BertConfig(
+        vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+        max_position_embeddings=32, num_labels=NUM_LABELS, hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0, attn_implementation=attn,
+    )
+    return BertForSequenceClassification(cfg)
+
+
+def tiny_vit(seed: int = 0, attn: str = "sdpa") -> ViTForImageClassification:
+    torch.manual_seed(seed)
+    cfg = ViTConfig(
+        image_size=8, patch_size=4, num_channels=1, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+        intermediate_size=64, num_labels=NUM_LABELS, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+        attn_implementation=attn,
+    )
+    return ViTForImageClassification(cfg)
+
+
+def lm_dataset(n: int = 24, seed: int = 0) -> Dataset:
+    """Random token sequences with `labels` = `input_ids` (no padding) and an `id` column."""
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(1, VOCAB, size=(n, SEQ)).tolist()
+    return Dataset.from_dict(
+        {"id": list(range(n)), "input_ids": ids, "attention_mask": [[1] * SEQ] * n, "labels": ids}
+    )
+
+
+def text_cls_dataset(n: int = 24, seed: int = 0) -> Dataset:
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(1, VOCAB, size=(n, SEQ)).tolist()
+    return Dataset.from_dict(
+        {"id": list(range(n)), "input_ids": ids, "attention_mask": [[1] * SEQ] * n,
+         "label": rng.integers(0, NUM_LABELS, size=n).tolist()}
+    )
+
+
+def image_dataset(n: int = 24, seed: int = 0) -> Dataset:
+    rng = np.random.default_rng(seed)
+    return Dataset.from_dict(
+        {"id": list(range(n)), "pixel_values": rng.normal(size=(n, 1, 8, 8)).astype("float32").tolist(),
+         "label": rng.integers(0, NUM_LABELS, size=n).tolist()}
+    )
+
+
+def params_of(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def max_abs_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    return max(float((a[k].double() - b[k].double()).abs().max()) for k in a)
