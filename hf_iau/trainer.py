@@ -188,23 +188,36 @@ class IAUTrainer(Trainer):
             autocast=self.autocast_smart_context_manager,
         )
         result = unlearner.run()
-        result.forget_fingerprint = fingerprint
         result.metrics["example_forward_passes"] += ref_passes
+        return self.record_unlearning(result, fingerprint, req, method="iau")
+
+    def record_unlearning(
+        self,
+        result: UnlearningResult,
+        fingerprint: str,
+        request: str,
+        method: str,
+        config: dict[str, Any] | None = None,
+    ) -> UnlearningResult:
+        """Append a finished request to ``unlearning_history`` (read by the card and ledger) and log it."""
+        result.forget_fingerprint = fingerprint
         self.unlearning_history.append(
             {
-                "request_id": req,
+                "request_id": request,
+                "method": method,
                 "forget_fingerprint": fingerprint,
-                "forget_size": len(forget_in),
-                "retain_size": len(retain_in),
+                "forget_size": result.forget_size,
+                "retain_size": result.retain_size,
                 "metrics": dict(result.metrics),
-                "config": self._unlearning_config(),
+                "config": config if config is not None else self.unlearning_config(),
             }
         )
         if self.state is not None:
             self.log({f"unlearn/{k}": v for k, v in result.metrics.items()})
         return result
 
-    def _unlearning_config(self) -> dict[str, Any]:
+    def unlearning_config(self) -> dict[str, Any]:
+        """The IAUConfig fields that define the unlearning update (for cards, ledgers, config hashes)."""
         names = (
             "gr_alpha gr_mode gr_norm gr_fd_radius unlearn_optimizer unlearn_learning_rate unlearn_steps "
             "forget_weight retain_weight retain_sample_size forget_saturation unlearn_stop "
