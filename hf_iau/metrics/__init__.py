@@ -1,0 +1,66 @@
+"""Unlearning metrics: utility, membership inference, fidelity to the retrained model, canaries.
+
+Each metric is also shipped as a local ``evaluate`` module, loadable offline by path::
+
+    import evaluate
+    from hf_iau.metrics import evaluate_module_path
+    mia = evaluate.load(evaluate_module_path("mia_auc"))
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .canary import canary_exposure, canary_rank, model_canary_exposure, sequence_nll
+from .fidelity import causal_lm_mask, gap_to_retrain, kl_js_divergence, kl_js_per_position
+from .mia import (
+    TokenLogProbs,
+    loss_scores,
+    min_k_plus_plus_scores,
+    min_k_scores,
+    reference_scores,
+    roc_auc,
+    shadow_attack_scores,
+    shadow_features,
+    token_log_probs,
+    zlib_length,
+    zlib_scores,
+)
+from .utility import accuracy, mean_loss, perplexity
+
+EVALUATE_MODULES = ("accuracy", "mia_auc", "kl_js_divergence", "canary_exposure")
+
+
+def evaluate_module_path(name: str) -> str:
+    """Absolute path of the local ``evaluate`` module ``name`` (one of ``EVALUATE_MODULES``)."""
+    if name not in EVALUATE_MODULES:
+        raise ValueError(f"unknown metric module {name!r}; available: {', '.join(EVALUATE_MODULES)}")
+    return str(Path(__file__).resolve().parent / "evaluate_modules" / name)
+
+
+__all__ = [
+    "EVALUATE_MODULES",
+    "TokenLogProbs",
+    "accuracy",
+    "canary_exposure",
+    "canary_rank",
+    "causal_lm_mask",
+    "evaluate_module_path",
+    "gap_to_retrain",
+    "kl_js_divergence",
+    "kl_js_per_position",
+    "loss_scores",
+    "mean_loss",
+    "min_k_plus_plus_scores",
+    "min_k_scores",
+    "model_canary_exposure",
+    "perplexity",
+    "reference_scores",
+    "roc_auc",
+    "sequence_nll",
+    "shadow_attack_scores",
+    "shadow_features",
+    "token_log_probs",
+    "zlib_length",
+    "zlib_scores",
+]

@@ -1,0 +1,1 @@
+"""Folder of a local `evaluate` module (package marker so it ships in wheels)."""

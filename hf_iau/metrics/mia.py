@@ -1,0 +1,138 @@
+"""Membership-inference attacks (MIA): per-example scores and ROC AUC.
+
+Convention: a higher score means "more likely a member". AUC is taken with members = the
+forget set and non-members = held-out test data; 0.5 = indistinguishable. After exact
+unlearning the target is the retrained model's AUC, not 0.5.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from numpy.typing import ArrayLike
+from sklearn.metrics import roc_auc_score
+
+IGNORE_INDEX = -100
+
+
+def roc_auc(member_scores: ArrayLike, nonmember_scores: ArrayLike) -> float:
+    """ROC AUC of telling members (label 1) from non-members (label 0) by score (sklearn)."""
+    m = np.asarray(member_scores, dtype=np.float64).reshape(-1)
+    n = np.asarray(nonmember_scores, dtype=np.float64).reshape(-1)
+    if len(m) == 0 or len(n) == 0:
+        return float("nan")
+    y = np.concatenate([np.ones(len(m)), np.zeros(len(n))])
+    return float(roc_auc_score(y, np.concatenate([m, n])))
+
+
+def loss_scores(losses: ArrayLike) -> np.ndarray:
+    """LOSS attack (Yeom et al. 2018): s_i = −ℓ_i."""
+    return -np.asarray(losses, dtype=np.float64)
+
+
+def zlib_length(text: str) -> int:
+    """Length in bytes of ``zlib.compress(text.encode("utf-8"))``."""
+    return len(zlib.compress(text.encode("utf-8")))
+
+
+def zlib_scores(losses: ArrayLike, zlib_lengths: ArrayLike) -> np.ndarray:
+    """ZLib attack (Carlini et al. 2021): s_i = −ℓ_i / zlib_i, ℓ_i the mean token loss of text i."""
+    return -np.asarray(losses, dtype=np.float64) / np.asarray(zlib_lengths, dtype=np.float64)
+
+
+def reference_scores(target_losses: ArrayLike, reference_losses: ArrayLike) -> np.ndarray:
+    """Reference-model (ratio) attack: s_i = −(ℓ_i(target) − ℓ_i(reference))."""
+    return -(np.asarray(target_losses, dtype=np.float64) - np.asarray(reference_losses, dtype=np.float64))
+
+
+@dataclass
+class TokenLogProbs:
+    """Per predicted token (after the causal shift): log p(x_t), and μ_t, σ_t of log p over the vocabulary."""
+
+    logp: torch.Tensor  # [B, T-1] log p(x_t | x_<t)
+    mu: torch.Tensor  # [B, T-1] E_{z~p}[log p(z)]
+    sigma: torch.Tensor  # [B, T-1] sqrt(Var_{z~p}[log p(z)])
+    mask: torch.Tensor  # [B, T-1] bool, label != -100
+
+
+@torch.no_grad()
+def token_log_probs(logits: torch.Tensor, labels: torch.Tensor) -> TokenLogProbs:
+    """Shift ``logits[:, :-1]`` against ``labels[:, 1:]`` and return per-token log-prob statistics."""
+    lp = F.log_softmax(logits[:, :-1, :].float(), dim=-1)
+    target = labels[:, 1:].to(lp.device)
+    mask = target != IGNORE_INDEX
+    logp = lp.gather(-1, target.clamp_min(0).unsqueeze(-1)).squeeze(-1)
+    p = lp.exp()
+    mu = (p * lp).sum(-1)
+    var = (p * lp.square()).sum(-1) - mu.square()
+    return TokenLogProbs(logp, mu, var.clamp_min(0).sqrt(), mask)
+
+
+def _mean_lowest(values: torch.Tensor, mask: torch.Tensor, k: float) -> np.ndarray:
+    """Mean of the max(1, ⌊k·n_i⌋) lowest valid values of each row (NaN for rows with n_i = 0)."""
+    if not 0 < k <= 1:
+        raise ValueError(f"k must be in (0, 1], got {k}")
+    v = values.double().masked_fill(~mask, float("inf")).sort(dim=-1).values
+    n = mask.sum(-1)
+    m = (n.double() * k).floor().clamp_min(1).long()
+    take = torch.arange(v.size(-1), device=v.device).unsqueeze(0) < m.unsqueeze(-1)
+    out = torch.where(take, v, torch.zeros_like(v)).sum(-1) / m
+    out[n == 0] = float("nan")
+    return out.cpu().numpy()
+
+
+def min_k_scores(stats: TokenLogProbs, k: float = 0.2) -> np.ndarray:
+    """Min-K% (Shi et al. 2024): s_i = mean of the k-fraction lowest log p(x_t) of sequence i."""
+    return _mean_lowest(stats.logp, stats.mask, k)
+
+
+def min_k_plus_plus_scores(stats: TokenLogProbs, k: float = 0.2) -> np.ndarray:
+    """Min-K%++ (Zhang et al. 2024): Min-K% over z_t = (log p(x_t) − μ_t) / σ_t.
+
+    μ_t and σ_t are the mean and standard deviation of log p(z) for z drawn from the model's
+    next-token distribution at position t (expectations over the vocabulary weighted by p).
+    """
+    z = (stats.logp.double() - stats.mu.double()) / stats.sigma.double().clamp_min(1e-12)
+    return _mean_lowest(z, stats.mask, k)
+
+
+def shadow_features(logits: torch.Tensor | np.ndarray, labels: ArrayLike) -> np.ndarray:
+    """Attack features of a classifier: softmax probabilities sorted descending, then CE loss."""
+    logits = torch.as_tensor(logits).double()
+    labels = torch.as_tensor(np.asarray(labels)).long().view(-1)
+    probs = logits.softmax(-1).sort(dim=-1, descending=True).values
+    loss = F.cross_entropy(logits, labels, reduction="none")
+    return torch.cat([probs, loss.unsqueeze(-1)], dim=-1).numpy()
+
+
+def shadow_attack_scores(
+    member_features: ArrayLike,
+    nonmember_features: ArrayLike,
+    eval_features: ArrayLike,
+    seed: int = 0,
+) -> np.ndarray:
+    """Shadow-model attack: fit a logistic regression on member (1) vs non-member (0) features,
+    return P(member) for ``eval_features``.
+
+    Features come from :func:`shadow_features` of a shadow model on its own training data vs
+    held-out data; as a cheaper stand-in, of the target model on retain data vs part of the test set.
+    Classes are balanced by weighting; features are standardised.
+    """
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    xm = np.asarray(member_features, dtype=np.float64)
+    xn = np.asarray(nonmember_features, dtype=np.float64)
+    x = np.concatenate([xm, xn])
+    y = np.concatenate([np.ones(len(xm)), np.zeros(len(xn))])
+    clf = make_pipeline(
+        StandardScaler(),
+        LogisticRegression(class_weight="balanced", max_iter=1000, random_state=seed),
+    )
+    clf.fit(x, y)
+    return clf.predict_proba(np.asarray(eval_features, dtype=np.float64))[:, 1]
