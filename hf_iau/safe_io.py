@@ -61,15 +61,12 @@ def recover_directory(target: str | os.PathLike) -> None:
 
 
 def _keep_extra_entries(old: Path, new: Path) -> None:
-    """Entries of ``old`` that the new save did not write (training checkpoints, logs) are hard-linked over."""
+    """Sub-folders of ``old`` that the new save did not write (training checkpoints, logs) are hard-linked
+    over; top-level files are not, so no stale weight file outlives the save that replaced it."""
     for entry in old.iterdir():
         dest = new / entry.name
-        if dest.exists() or entry.name.startswith(".tmp-"):
-            continue
-        if entry.is_dir():
+        if entry.is_dir() and not dest.exists() and not entry.name.startswith(".tmp-"):
             shutil.copytree(entry, dest, copy_function=_link_or_copy)
-        else:
-            _link_or_copy(entry, dest)
 
 
 def _link_or_copy(src: str | os.PathLike, dst: str | os.PathLike) -> None:
