@@ -58,6 +58,11 @@ class BatchLoss:
         return self.loss_sum / self.count.clamp_min(1)
 
 
+def _full(x: torch.Tensor) -> torch.Tensor:
+    """Half-precision logits are upcast to float32; float32/float64 stay as they are."""
+    return x if x.dtype in (torch.float32, torch.float64) else x.float()
+
+
 def batch_losses(model: torch.nn.Module, batch: dict[str, Any], kind: str | None = None) -> BatchLoss:
     """Run ``model`` on ``batch`` and return per-example losses with their counts."""
     kind = kind or loss_kind(model)
@@ -75,7 +80,7 @@ def batch_losses(model: torch.nn.Module, batch: dict[str, Any], kind: str | None
     out = model(**inputs)
     logits = out.logits
     if kind == "causal_lm":
-        shift_logits = logits[:, :-1, :].float()
+        shift_logits = _full(logits[:, :-1, :])
         shift_labels = labels[:, 1:].to(shift_logits.device)
         tok = F.cross_entropy(
             shift_logits.reshape(-1, shift_logits.size(-1)),
@@ -88,7 +93,7 @@ def batch_losses(model: torch.nn.Module, batch: dict[str, Any], kind: str | None
         hits = ((shift_logits.argmax(-1) == shift_labels) & mask).sum(-1).to(tok.dtype)
         return BatchLoss((tok * mask).sum(-1), count, hits / count.clamp_min(1), logits)
     labels = labels.to(logits.device).view(-1)
-    ce = F.cross_entropy(logits.float(), labels, reduction="none")
+    ce = F.cross_entropy(_full(logits), labels, reduction="none")
     correct = (logits.argmax(-1) == labels).to(ce.dtype)
     return BatchLoss(ce, torch.ones_like(ce), correct, logits)
 
