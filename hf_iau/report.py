@@ -1,0 +1,519 @@
+"""One call that measures an unlearned model against the original and the retrained (gold) model.
+
+``evaluate_unlearning`` runs every model once over the forget set, a sample of the retain set and
+the test set, and reports utility (loss, accuracy, perplexity), removal (forget metrics and
+membership-inference AUCs, members = forget, non-members = test) and fidelity (gap to the
+retrained model, KL/JS divergence to its predictions). Reports hold aggregates only: never text,
+pixels, token ids or row ids of the forget set (its ids enter only as a sha256 fingerprint).
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from .data import fingerprint_ids
+from .losses import base_model_of, batch_losses, loss_kind
+from .metrics.fidelity import causal_lm_mask, gap_to_retrain, kl_js_per_position
+from .metrics.mia import (
+    loss_scores,
+    min_k_plus_plus_scores,
+    min_k_scores,
+    reference_scores,
+    roc_auc,
+    shadow_attack_scores,
+    shadow_features,
+    token_log_probs,
+    zlib_length,
+    zlib_scores,
+)
+from .metrics.utility import accuracy, mean_loss, perplexity
+
+MODEL_ORDER = ("original", "unlearned", "retrained")
+SPLITS = ("forget", "retain", "test")
+ATTACKS = ("loss", "zlib", "min_k", "min_k_plus_plus", "reference", "shadow")
+_LABEL_COLUMNS = {"labels", "label", "label_ids"}
+
+
+# --------------------------------------------------------------------------- report object
+
+
+def _json_float(value: float) -> float | None:
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+@dataclass
+class UnlearningReport:
+    """Result of :func:`evaluate_unlearning`.
+
+    ``metrics``: flat ``{"<model>/<metric>": float}`` plus ``"gap_to_retrain"`` (the unlearned
+    model's); ``info``: counts, settings, forget-set fingerprint, warnings; ``scores``: per-example
+    MIA scores (``scores[model][attack]["forget"|"test"]``), kept in memory for plots, never saved.
+    """
+
+    metrics: dict[str, float]
+    info: dict[str, Any] = field(default_factory=dict)
+    scores: dict[str, dict[str, dict[str, np.ndarray]]] = field(default_factory=dict, repr=False)
+
+    @property
+    def models(self) -> list[str]:
+        """Models present in the report, in the order original, unlearned, retrained."""
+        return [m for m in MODEL_ORDER if any(k.startswith(m + "/") for k in self.metrics)]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict: ``{"metrics": ..., "info": ...}``; non-finite values become ``None``."""
+        return {"metrics": {k: _json_float(v) for k, v in self.metrics.items()}, "info": self.info}
+
+    def _rows(self) -> list[tuple[str, str]]:
+        rows: list[tuple[str, str]] = []
+        for split in SPLITS:
+            for metric in ("loss", "accuracy", "perplexity"):
+                rows.append((f"{split}_{metric}", f"{split} {metric}"))
+        for attack in self.info.get("attacks", []):
+            rows.append((f"mia_{attack}_auc", f"MIA AUC ({attack})"))
+        for split in SPLITS:
+            rows.append((f"kl_to_retrained_{split}", f"KL to retrained ({split})"))
+            rows.append((f"js_to_retrained_{split}", f"JS to retrained ({split})"))
+        rows.append(("gap_to_retrain", "gap to retrain"))
+        models = self.models
+        return [r for r in rows if any(f"{m}/{r[0]}" in self.metrics for m in models)]
+
+    def to_markdown(self) -> str:
+        """A Markdown table: rows = metrics, columns = original, unlearned, retrained."""
+        models = self.models
+        info = self.info
+        lines = [
+            "# Unlearning report",
+            "",
+            f"Task: `{info.get('task', '?')}` · evaluated examples: forget {info.get('n_forget', '?')}, "
+            f"retain {info.get('n_retain', '?')} (sample of {info.get('n_retain_total', '?')}), "
+            f"test {info.get('n_test', '?')} · seed {info.get('seed', '?')}",
+            "",
+            "| metric | " + " | ".join(models) + " |",
+            "|---|" + "---:|" * len(models),
+        ]
+        for key, label in self._rows():
+            cells = []
+            for m in models:
+                v = self.metrics.get(f"{m}/{key}")
+                cells.append("–" if v is None else ("nan" if math.isnan(v) else f"{v:.4f}"))
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+        gap_keys = info.get("gap_keys")
+        lines += [
+            "",
+            "MIA: members = forget set, non-members = test set; after exact unlearning the target is the "
+            "retrained model's AUC, not 0.5.",
+        ]
+        if gap_keys:
+            lines.append(f"Gap to retrain = mean |Δ| vs the retrained model over {', '.join(gap_keys)}.")
+        if any("kl_to_retrained" in k for k in self.metrics):
+            lines.append("KL/JS: KL(P_retrained ‖ P_model) and Jensen-Shannon divergence in nats, "
+                         "averaged over examples (classifiers) or predicted tokens (LMs).")
+        if info.get("skipped_attacks"):
+            lines.append("Skipped attacks: " + "; ".join(f"{k} ({v})" for k, v in info["skipped_attacks"].items()) + ".")
+        if info.get("warnings"):
+            lines += ["", "**Warnings**", ""] + [f"- {w}" for w in info["warnings"]]
+        return "\n".join(lines) + "\n"
+
+    def plot(self, path: str | Path) -> None:
+        """Write a PNG: MIA score histograms (forget vs test) per attack and model, and a bar chart."""
+        from matplotlib.figure import Figure  # Agg canvas, no pyplot global state
+
+        models = self.models
+        attacks = [a for a in self.info.get("attacks", []) if any(a in self.scores.get(m, {}) for m in models)]
+        n_cols = max(1, len(models))
+        n_rows = len(attacks) + 1
+        fig = Figure(figsize=(4 * n_cols, 2.6 * n_rows + 0.6), layout="constrained")
+        grid = fig.add_gridspec(n_rows, n_cols)
+        for r, attack in enumerate(attacks):
+            for c, model in enumerate(models):
+                ax = fig.add_subplot(grid[r, c])
+                s = self.scores.get(model, {}).get(attack)
+                if s is None:
+                    ax.set_axis_off()
+                    continue
+                for split, color in (("forget", "tab:red"), ("test", "tab:blue")):
+                    v = np.asarray(s[split], dtype=np.float64)
+                    v = v[np.isfinite(v)]
+                    if v.size:
+                        ax.hist(v, bins=20, alpha=0.5, density=True, color=color, label=split)
+                auc = self.metrics.get(f"{model}/mia_{attack}_auc", float("nan"))
+                ax.set_title(f"{model} · {attack} (AUC {auc:.2f})", fontsize=9)
+                ax.tick_params(labelsize=7)
+                if r == 0 and c == 0:
+                    ax.legend(fontsize=7)
+        ax = fig.add_subplot(grid[-1, :])
+        keys = [k for k in ("forget_accuracy", "retain_accuracy", "test_accuracy") if any(f"{m}/{k}" in self.metrics for m in models)]
+        if not keys:
+            keys = [k for k in ("forget_loss", "retain_loss", "test_loss") if any(f"{m}/{k}" in self.metrics for m in models)]
+        keys += [f"mia_{a}_auc" for a in self.info.get("attacks", [])]
+        width = 0.8 / max(1, len(models))
+        x = np.arange(len(keys))
+        for i, model in enumerate(models):
+            vals = [self.metrics.get(f"{model}/{k}", float("nan")) for k in keys]
+            ax.bar(x + (i - (len(models) - 1) / 2) * width, vals, width, label=model)
+        ax.set_xticks(x, [k.replace("_", " ") for k in keys], rotation=20, fontsize=8)
+        gap = self.metrics.get("gap_to_retrain")
+        ax.set_title("metrics vs retrain" + (f" (gap to retrain {gap:.3f})" if gap is not None else ""), fontsize=10)
+        ax.legend(fontsize=8)
+        fig.savefig(path, dpi=100)
+
+    def save(self, output_dir: str | Path) -> dict[str, str]:
+        """Write ``report.json``, ``report.md`` and ``report.png`` to ``output_dir``; return their paths."""
+        out = Path(output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        paths = {"json": out / "report.json", "markdown": out / "report.md", "png": out / "report.png"}
+        paths["json"].write_text(json.dumps(self.to_dict(), indent=2, allow_nan=False) + "\n")
+        paths["markdown"].write_text(self.to_markdown())
+        self.plot(paths["png"])
+        return {k: str(v) for k, v in paths.items()}
+
+
+# --------------------------------------------------------------------------- data plumbing
+
+
+def _input_columns(model: torch.nn.Module) -> set[str]:
+    params = inspect.signature(base_model_of(model).forward).parameters.values()
+    named = {p.name for p in params if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
+    return named | _LABEL_COLUMNS
+
+
+def _model_inputs_only(dataset, columns: set[str]):
+    drop = [c for c in dataset.column_names if c not in columns]
+    return dataset.remove_columns(drop) if drop else dataset
+
+
+def _sample(dataset, n: int | None, rng: np.random.Generator):
+    if n is None or n >= len(dataset):
+        return dataset
+    return dataset.select(np.sort(rng.choice(len(dataset), size=n, replace=False)).tolist())
+
+
+def _device(model: torch.nn.Module) -> torch.device:
+    try:
+        return next(model.parameters()).device
+    except StopIteration:
+        return torch.device("cpu")
+
+
+def _to(batch: Mapping[str, Any], device: torch.device) -> dict[str, Any]:
+    return {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in batch.items()}
+
+
+def _is_peft(model: torch.nn.Module) -> bool:
+    return hasattr(model, "disable_adapter") and hasattr(model, "peft_config")
+
+
+class _Collected:
+    """Per-example quantities of one model on one split (lists of numpy arrays, concatenated on read)."""
+
+    def __init__(self) -> None:
+        self.parts: dict[str, list[np.ndarray]] = {}
+        self.kl_sum = 0.0
+        self.js_sum = 0.0
+        self.n_positions = 0
+
+    def add(self, name: str, value: np.ndarray | torch.Tensor) -> None:
+        if torch.is_tensor(value):
+            value = value.detach().double().cpu().numpy()
+        self.parts.setdefault(name, []).append(np.asarray(value, dtype=np.float64))
+
+    def get(self, name: str) -> np.ndarray | None:
+        parts = self.parts.get(name)
+        return np.concatenate(parts) if parts else None
+
+
+@torch.no_grad()
+def _run_split(
+    models: dict[str, torch.nn.Module],
+    dataset,
+    *,
+    kind: str,
+    data_collator: Callable,
+    batch_size: int,
+    attacks: set[str],
+    tokenizer,
+    reference: Callable[[dict[str, Any]], torch.Tensor] | None,
+    k: float,
+) -> tuple[dict[str, _Collected], np.ndarray | None, np.ndarray | None]:
+    """One pass of every model over ``dataset``; returns per-model collections, zlib lengths, reference losses."""
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=data_collator)
+    got = {name: _Collected() for name in models}
+    zlens: list[int] = []
+    ref_losses: list[np.ndarray] = []
+    for batch in loader:
+        logits: dict[str, torch.Tensor] = {}
+        labels = batch["labels"] if "labels" in batch else None
+        for name, model in models.items():
+            b = _to(batch, _device(model))
+            bl = batch_losses(model, b, kind)
+            c = got[name]
+            c.add("loss", bl.per_example)
+            c.add("count", bl.count)
+            if bl.correct is not None:
+                c.add("correct", bl.correct)
+            if kind == "causal_lm" and attacks & {"min_k", "min_k_plus_plus"}:
+                stats = token_log_probs(bl.logits, b["labels"])
+                c.add("min_k", min_k_scores(stats, k))
+                c.add("min_k_plus_plus", min_k_plus_plus_scores(stats, k))
+            if kind == "classification" and "shadow" in attacks:
+                c.add("shadow_features", shadow_features(bl.logits.detach().cpu(), b["labels"].cpu()))
+            if bl.logits is not None and "retrained" in models:
+                logits[name] = bl.logits.detach()
+        if "retrained" in logits:
+            gold = logits["retrained"]
+            for name, lg in logits.items():
+                if name == "retrained":
+                    continue
+                if kind == "causal_lm":
+                    mask = causal_lm_mask(labels.to(gold.device))
+                    kl, js = kl_js_per_position(gold[:, :-1][mask], lg.to(gold.device)[:, :-1][mask])
+                else:
+                    kl, js = kl_js_per_position(gold, lg.to(gold.device))
+                got[name].kl_sum += float(kl.sum())
+                got[name].js_sum += float(js.sum())
+                got[name].n_positions += int(kl.numel())
+        if "zlib" in attacks:
+            ids = batch["input_ids"]
+            att = batch.get("attention_mask")
+            for i in range(ids.shape[0]):
+                row = ids[i][att[i].bool()] if att is not None else ids[i]
+                # the decoded text lives only inside this expression: its compressed length is kept
+                zlens.append(zlib_length(tokenizer.decode(row.tolist(), skip_special_tokens=True)))
+        if reference is not None:
+            ref_losses.append(reference(batch).detach().double().cpu().numpy())
+    z = np.asarray(zlens, dtype=np.float64) if zlens else None
+    r = np.concatenate(ref_losses) if ref_losses else None
+    return got, z, r
+
+
+# --------------------------------------------------------------------------- main entry point
+
+
+def evaluate_unlearning(
+    unlearned: torch.nn.Module,
+    original: torch.nn.Module | None = None,
+    retrained: torch.nn.Module | None = None,
+    *,
+    forget,
+    retain,
+    test,
+    data_collator: Callable | None = None,
+    batch_size: int = 32,
+    tokenizer=None,
+    output_dir: str | Path | None = None,
+    mia: Sequence[str] = ATTACKS,
+    max_examples: int | None = None,
+    seed: int = 0,
+    reference_model: torch.nn.Module | None = None,
+    retain_sample_size: int | None = None,
+    min_k_fraction: float = 0.2,
+    id_column: str = "id",
+) -> UnlearningReport:
+    """Evaluate ``unlearned`` (and ``original`` / ``retrained`` when given) in one call.
+
+    Each model runs once over ``forget``, a seeded sample of ``retain`` (``retain_sample_size``
+    rows; default as many as the larger of forget and test) and ``test``; each split is first
+    capped at ``max_examples`` rows (seeded). Columns the model's forward does not accept (e.g.
+    ``id``, ``text``) are dropped before ``data_collator`` (default ``default_data_collator``).
+
+    ``mia`` picks attacks among ``ATTACKS``; those that do not apply are skipped and listed in
+    ``info["skipped_attacks"]``: ``zlib`` (causal LMs, needs ``tokenizer``), ``min_k`` and
+    ``min_k_plus_plus`` (causal LMs, fraction ``min_k_fraction``), ``reference`` (needs
+    ``reference_model``; for a peft ``unlearned`` model, defaults to it with the adapter
+    disabled), ``shadow`` (classifiers: attack fitted on retain vs half the test set, scored on
+    forget vs the other half). Writes the report to ``output_dir`` when given.
+    """
+    from transformers import default_data_collator
+
+    unknown = set(mia) - set(ATTACKS)
+    if unknown:
+        raise ValueError(f"unknown MIA attack(s) {sorted(unknown)}; available: {', '.join(ATTACKS)}")
+    collator = data_collator or default_data_collator
+    given = {"original": original, "unlearned": unlearned, "retrained": retrained}
+    models = {name: given[name] for name in MODEL_ORDER if given[name] is not None}
+    kind = loss_kind(unlearned)
+    for name, model in models.items():
+        if loss_kind(model) != kind:
+            raise ValueError(f"{name} model is a {loss_kind(model)} model, unlearned is {kind}")
+
+    rng = np.random.default_rng(seed)
+    info: dict[str, Any] = {
+        "task": kind,
+        "seed": seed,
+        "n_forget_total": len(forget),
+        "n_retain_total": len(retain),
+        "n_test_total": len(test),
+    }
+    if id_column in forget.column_names:
+        info["forget_fingerprint"] = fingerprint_ids(forget[id_column])
+    forget_s = _sample(forget, max_examples, rng)
+    test_s = _sample(test, max_examples, rng)
+    n_retain = retain_sample_size if retain_sample_size is not None else max(len(forget_s), len(test_s))
+    if max_examples is not None:
+        n_retain = min(n_retain, max_examples)
+    retain_s = _sample(retain, n_retain, rng)
+    columns = set.intersection(*(_input_columns(m) for m in models.values()))
+    data = {s: _model_inputs_only(d, columns) for s, d in zip(SPLITS, (forget_s, retain_s, test_s))}
+    info.update(n_forget=len(forget_s), n_retain=len(retain_s), n_test=len(test_s))
+
+    # which attacks apply
+    skipped: dict[str, str] = {}
+    attacks: list[str] = []
+    ref_model = reference_model
+    for a in mia:
+        if a in attacks:
+            continue
+        if kind == "generic" and batch_size != 1:
+            skipped[a] = "model without per-example loss (use batch_size=1)"
+        elif a in ("zlib", "min_k", "min_k_plus_plus") and kind != "causal_lm":
+            skipped[a] = "causal LMs only"
+        elif a == "zlib" and tokenizer is None:
+            skipped[a] = "needs `tokenizer`"
+        elif a == "shadow" and kind != "classification":
+            skipped[a] = "classifiers only"
+        elif a == "shadow" and (len(retain_s) < 2 or len(test_s) < 4):
+            skipped[a] = "needs at least 2 retain and 4 test examples"
+        elif a == "reference" and ref_model is None and not _is_peft(unlearned):
+            skipped[a] = "needs `reference_model`"
+        else:
+            attacks.append(a)
+    info["attacks"] = attacks
+    if skipped:
+        info["skipped_attacks"] = skipped
+    if "min_k" in attacks or "min_k_plus_plus" in attacks:
+        info["min_k_fraction"] = min_k_fraction
+
+    reference = None
+    if "reference" in attacks:
+        if ref_model is not None:
+            info["reference_model"] = "given"
+
+            def reference(batch: dict[str, Any]) -> torch.Tensor:
+                return batch_losses(ref_model, _to(batch, _device(ref_model)), kind).per_example
+        else:
+            info["reference_model"] = "unlearned model with its adapter disabled"
+
+            def reference(batch: dict[str, Any]) -> torch.Tensor:
+                with unlearned.disable_adapter():
+                    return batch_losses(unlearned, _to(batch, _device(unlearned)), kind).per_example
+
+    modes = {name: m.training for name, m in models.items()}
+    if ref_model is not None:
+        modes["__reference__"] = ref_model.training
+        ref_model.eval()
+    for m in models.values():
+        m.eval()
+    try:
+        runs = {
+            split: _run_split(
+                models, data[split], kind=kind, data_collator=collator, batch_size=batch_size,
+                attacks=set(attacks) if split != "retain" else set(attacks) & {"shadow"},
+                tokenizer=tokenizer, reference=reference if split != "retain" else None,
+                k=min_k_fraction,
+            )
+            for split in SPLITS
+        }
+    finally:
+        for name, m in models.items():
+            m.train(modes[name])
+        if ref_model is not None:
+            ref_model.train(modes["__reference__"])
+
+    metrics: dict[str, float] = {}
+    scores: dict[str, dict[str, dict[str, np.ndarray]]] = {}
+    per_model: dict[str, dict[str, float]] = {}
+    for name in models:
+        m: dict[str, float] = {}
+        for split in SPLITS:
+            c = runs[split][0][name]
+            loss, count = c.get("loss"), c.get("count")
+            if loss is None:
+                continue
+            m[f"{split}_loss"] = mean_loss(loss, count)
+            if c.get("correct") is not None:
+                m[f"{split}_accuracy"] = accuracy(c.get("correct"), count)
+            if kind == "causal_lm":
+                m[f"{split}_perplexity"] = perplexity(loss, count)
+            if c.n_positions:
+                m[f"kl_to_retrained_{split}"] = c.kl_sum / c.n_positions
+                m[f"js_to_retrained_{split}"] = c.js_sum / c.n_positions
+        fc, tc = runs["forget"][0][name], runs["test"][0][name]
+        s: dict[str, dict[str, np.ndarray]] = {}
+        for a in attacks:
+            if a == "loss":
+                pair = loss_scores(fc.get("loss")), loss_scores(tc.get("loss"))
+            elif a == "zlib":
+                pair = zlib_scores(fc.get("loss"), runs["forget"][1]), zlib_scores(tc.get("loss"), runs["test"][1])
+            elif a in ("min_k", "min_k_plus_plus"):
+                pair = fc.get(a), tc.get(a)
+            elif a == "reference":
+                pair = (reference_scores(fc.get("loss"), runs["forget"][2]),
+                        reference_scores(tc.get("loss"), runs["test"][2]))
+            else:  # shadow
+                members = runs["retain"][0][name].get("shadow_features")
+                test_feats = tc.get("shadow_features")
+                order = np.random.default_rng(seed).permutation(len(test_feats))
+                fit, held = order[: len(order) // 2], order[len(order) // 2 :]
+                scored = shadow_attack_scores(
+                    members, test_feats[fit], np.concatenate([fc.get("shadow_features"), test_feats[held]]), seed=seed
+                )
+                pair = scored[: len(fc.get("loss"))], scored[len(fc.get("loss")) :]
+            s[a] = {"forget": pair[0], "test": pair[1]}
+            m[f"mia_{a}_auc"] = roc_auc(pair[0], pair[1])
+        scores[name] = s
+        per_model[name] = m
+
+    acc_or_loss = "accuracy" if any(k.endswith("_accuracy") for k in per_model["unlearned"]) else "loss"
+    gap_keys = [f"forget_{acc_or_loss}", f"test_{acc_or_loss}"] + ([f"mia_{attacks[0]}_auc"] if attacks else [])
+    if "retrained" in per_model:
+        info["gap_keys"] = gap_keys
+        for name in ("original", "unlearned"):
+            if name in per_model:
+                per_model[name]["gap_to_retrain"] = gap_to_retrain(per_model[name], per_model["retrained"], gap_keys)
+    for name, m in per_model.items():
+        metrics.update({f"{name}/{k}": float(v) for k, v in m.items()})
+    if "unlearned/gap_to_retrain" in metrics:
+        metrics["gap_to_retrain"] = metrics["unlearned/gap_to_retrain"]
+    info["warnings"] = _warnings(per_model, kind, unlearned)
+    if "shadow" in attacks:
+        info["shadow_attack"] = "logistic regression on sorted softmax + loss; fit: retain vs half of test; scored: forget vs other half"
+    report = UnlearningReport(metrics=metrics, info=info, scores=scores)
+    if output_dir is not None:
+        report.save(output_dir)
+    return report
+
+
+def _warnings(per_model: dict[str, dict[str, float]], kind: str, unlearned: torch.nn.Module) -> list[str]:
+    """Heuristic flags for the usual failure of gradient-ascent unlearning: collapsed utility."""
+    out: list[str] = []
+    for name, m in per_model.items():
+        for k, v in m.items():
+            if k.endswith("_loss") and not math.isfinite(v):
+                out.append(f"{name}: non-finite {k.replace('_', ' ')}")
+    u = per_model["unlearned"]
+    ref_name = "retrained" if "retrained" in per_model else ("original" if "original" in per_model else None)
+    if ref_name is None:
+        return out
+    r = per_model[ref_name]
+    if kind == "classification" and "test_accuracy" in u and "test_accuracy" in r:
+        chance = 1.0 / getattr(base_model_of(unlearned).config, "num_labels", 2)
+        above = r["test_accuracy"] - chance
+        if above > 0.1 and u["test_accuracy"] < chance + 0.25 * above:
+            out.append(f"utility collapsed: unlearned test accuracy {u['test_accuracy']:.3f} kept under a quarter "
+                       f"of the {ref_name} model's margin over chance ({r['test_accuracy']:.3f} vs {chance:.3f})")
+    if kind == "causal_lm" and "test_loss" in u and "test_loss" in r and u["test_loss"] > r["test_loss"] + math.log(2):
+        out.append(f"utility collapsed: unlearned test perplexity more than doubled vs {ref_name}")
+    if "retrained" in per_model and "forget_loss" in u and u["forget_loss"] > r["forget_loss"] + math.log(2) * 2:
+        out.append("over-forgetting: unlearned forget loss is far above the retrained model's "
+                   f"({u['forget_loss']:.3f} vs {r['forget_loss']:.3f})")
+    return out

@@ -1,0 +1,311 @@
+"""evaluate_unlearning on tiny LMs, text and image classifiers and a LoRA model, checked by hand."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+
+import numpy as np
+import pytest
+import torch
+from datasets import Dataset
+from scipy.special import log_softmax, rel_entr, softmax
+from sklearn.metrics import accuracy_score
+from transformers import (
+    BertConfig,
+    BertForSequenceClassification,
+    DataCollatorForLanguageModeling,
+    GPT2Config,
+    GPT2LMHeadModel,
+    PreTrainedTokenizerFast,
+    ViTConfig,
+    ViTForImageClassification,
+    default_data_collator,
+)
+
+from hf_iau.report import UnlearningReport, evaluate_unlearning
+
+WORDS = [f"w{i}" for i in range(60)]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models run fastest on one thread (and do not fight other processes for the cores)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def word_tokenizer() -> PreTrainedTokenizerFast:
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    vocab = {"[PAD]": 0, "[UNK]": 1, "[BOS]": 2, "[EOS]": 3} | {w: i + 4 for i, w in enumerate(WORDS)}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]",
+                                   bos_token="[BOS]", eos_token="[EOS]")
+
+
+def tiny_gpt2(seed: int = 0) -> GPT2LMHeadModel:
+    torch.manual_seed(seed)
+    return GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=64, n_positions=32,
+                                      bos_token_id=2, eos_token_id=3, pad_token_id=0,
+                                      resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0))
+
+
+def fit(model: torch.nn.Module, batch: dict, steps: int, lr: float = 1e-2) -> torch.nn.Module:
+    """Full-batch Adam on ``batch`` (memorises a few rows)."""
+    model.train()
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    for _ in range(steps):
+        loss = model(**batch).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model.eval()
+
+
+def hand_auc(members, nonmembers) -> float:
+    return float(np.mean([[1.0 if a > b else 0.5 if a == b else 0.0 for b in nonmembers] for a in members]))
+
+
+# ------------------------------------------------------------------ causal LM
+
+
+def lm_splits(tok):
+    rng = np.random.default_rng(0)
+
+    def rows(prefix, n):
+        texts = [" ".join(rng.choice(WORDS, size=rng.integers(8, 13))) for _ in range(n)]
+        enc = tok(texts)
+        return Dataset.from_dict({"id": [f"{prefix}-row-{i:03d}" for i in range(n)], "text": texts,
+                                  "input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]})
+
+    return rows("forget", 8), rows("retain", 12), rows("test", 10)
+
+
+@pytest.fixture(scope="module")
+def lm_setup():
+    tok = word_tokenizer()
+    forget, retain, test = lm_splits(tok)
+    collator = DataCollatorForLanguageModeling(tok, mlm=False)
+    drop = ["id", "text"]
+    train_all = collator([dict(r) for r in forget.remove_columns(drop)] + [dict(r) for r in retain.remove_columns(drop)])
+    train_retain = collator([dict(r) for r in retain.remove_columns(drop)])
+    original = fit(tiny_gpt2(0), train_all, 60)
+    retrained = fit(tiny_gpt2(0), train_retain, 60)
+    return tok, collator, forget, retain, test, original, retrained
+
+
+def test_lm_report_matches_hand_computation(lm_setup, tmp_path):
+    tok, collator, forget, retain, test, original, retrained = lm_setup
+    unlearned = copy.deepcopy(original)
+    with torch.no_grad():  # a stand-in "unlearning": a small perturbation
+        for p in unlearned.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    report = evaluate_unlearning(unlearned, original, retrained, forget=forget, retain=retain, test=test,
+                                 data_collator=collator, batch_size=4, tokenizer=tok, output_dir=tmp_path)
+    m = report.metrics
+    assert report.info["attacks"] == ["loss", "zlib", "min_k", "min_k_plus_plus"]
+    assert set(report.info["skipped_attacks"]) == {"reference", "shadow"}
+    assert report.info["n_retain"] == 10  # default sample: max(|forget|, |test|)
+
+    # token-weighted loss, perplexity and token accuracy, by a hand loop over the whole forget set
+    batch = collator([dict(r) for r in forget.remove_columns(["id", "text"])])
+    with torch.no_grad():
+        lp = log_softmax(original(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.double().numpy(), -1)
+    labels = batch["labels"].numpy()
+    nll, hit, per_example = [], [], []
+    for b in range(labels.shape[0]):
+        row = [-lp[b, t - 1, labels[b, t]] for t in range(1, labels.shape[1]) if labels[b, t] != -100]
+        hit += [lp[b, t - 1].argmax() == labels[b, t] for t in range(1, labels.shape[1]) if labels[b, t] != -100]
+        nll += row
+        per_example.append(np.mean(row))
+    assert m["original/forget_loss"] == pytest.approx(np.mean(nll), rel=1e-5)
+    assert m["original/forget_perplexity"] == pytest.approx(np.exp(np.mean(nll)), rel=1e-5)
+    assert m["original/forget_accuracy"] == pytest.approx(np.mean(hit), rel=1e-6)
+
+    # the original memorised the forget set; the retrained model never saw it
+    assert m["original/forget_loss"] < m["original/test_loss"] - 1.0
+    assert m["original/mia_loss_auc"] > 0.95
+    assert m["retrained/mia_loss_auc"] < m["original/mia_loss_auc"] - 0.2
+    np.testing.assert_allclose(report.scores["original"]["loss"]["forget"], -np.array(per_example), rtol=1e-5)
+    assert m["original/mia_loss_auc"] == pytest.approx(
+        hand_auc(report.scores["original"]["loss"]["forget"], report.scores["original"]["loss"]["test"]))
+    # zlib scores: loss / compressed length of the decoded text
+    zl = [len(__import__("zlib").compress(t.encode())) for t in forget["text"]]
+    np.testing.assert_allclose(report.scores["original"]["zlib"]["forget"], -np.array(per_example) / zl, rtol=1e-5)
+
+    # fidelity: gap = mean |Δ| over forget accuracy, test accuracy, loss-attack AUC
+    keys = ["forget_accuracy", "test_accuracy", "mia_loss_auc"]
+    assert report.info["gap_keys"] == keys
+    want = np.mean([abs(m[f"original/{k}"] - m[f"retrained/{k}"]) for k in keys])
+    assert m["original/gap_to_retrain"] == pytest.approx(want)
+    assert m["gap_to_retrain"] == m["unlearned/gap_to_retrain"]
+    assert m["original/kl_to_retrained_forget"] > m["original/kl_to_retrained_test"] > 0
+    assert 0 < m["original/js_to_retrained_forget"] < math.log(2)
+    assert report.info["warnings"] == []
+
+    md = report.to_markdown()
+    assert "| metric | original | unlearned | retrained |" in md
+    assert f"| forget loss | {m['original/forget_loss']:.4f} | {m['unlearned/forget_loss']:.4f} | {m['retrained/forget_loss']:.4f} |" in md
+    assert "MIA AUC (min_k_plus_plus)" in md and "gap to retrain" in md
+
+    # written files: aggregates only
+    files = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    assert set(files) == {"report.json", "report.md", "report.png"}
+    assert files["report.png"][:8] == b"\x89PNG\r\n\x1a\n"
+    saved = json.loads(files["report.json"])
+    assert saved["metrics"]["original/forget_loss"] == pytest.approx(m["original/forget_loss"])
+    assert saved["info"]["n_forget"] == 8 and len(saved["info"]["forget_fingerprint"]) == 64
+    secrets = list(forget["id"]) + list(forget["text"])
+    secrets += [" ".join(t.split()[i : i + 3]) for t in forget["text"] for i in range(len(t.split()) - 2)]
+    for content in files.values():
+        for s in secrets:
+            assert s.encode() not in content
+
+
+def test_lm_report_of_the_retrained_model_itself(lm_setup):
+    tok, collator, forget, retain, test, original, retrained = lm_setup
+    report = evaluate_unlearning(retrained, None, retrained, forget=forget, retain=retain, test=test,
+                                 data_collator=collator, batch_size=8, tokenizer=tok, mia=("loss", "min_k"),
+                                 max_examples=6, seed=3)
+    m = report.metrics
+    assert m["gap_to_retrain"] == 0.0
+    assert m["unlearned/kl_to_retrained_test"] == pytest.approx(0.0, abs=1e-10)
+    assert m["unlearned/js_to_retrained_forget"] == pytest.approx(0.0, abs=1e-10)
+    assert report.info["n_forget"] == report.info["n_test"] == report.info["n_retain"] == 6
+    assert report.models == ["unlearned", "retrained"]
+    assert not any(k.startswith("original/") for k in m)
+    assert "mia_zlib_auc" not in " ".join(m)
+    same = evaluate_unlearning(retrained, None, retrained, forget=forget, retain=retain, test=test,
+                               data_collator=collator, batch_size=8, tokenizer=tok, mia=("loss", "min_k"),
+                               max_examples=6, seed=3)
+    assert same.metrics == m  # seeded sampling
+    with pytest.raises(ValueError, match="unknown MIA"):
+        evaluate_unlearning(retrained, forget=forget, retain=retain, test=test, data_collator=collator, mia=("lira",))
+
+
+def test_lora_reference_attack_defaults_to_disabled_adapter(lm_setup):
+    from peft import LoraConfig, get_peft_model
+
+    tok, collator, forget, retain, test, original, retrained = lm_setup
+    lora = get_peft_model(copy.deepcopy(original),
+                          LoraConfig(r=2, lora_alpha=4, target_modules=["c_attn"], fan_in_fan_out=True))
+    report = evaluate_unlearning(lora, forget=forget, retain=retain, test=test, data_collator=collator,
+                                 batch_size=4, mia=("loss", "reference", "zlib"))
+    m = report.metrics
+    assert report.info["reference_model"] == "unlearned model with its adapter disabled"
+    assert report.info["skipped_attacks"] == {"zlib": "needs `tokenizer`"}
+    # a fresh adapter (B = 0) leaves the model unchanged: target and reference losses agree
+    np.testing.assert_allclose(report.scores["unlearned"]["reference"]["forget"], 0.0, atol=1e-5)
+    assert m["unlearned/forget_loss"] == pytest.approx(evaluate_unlearning(
+        original, forget=forget, retain=retain, test=test, data_collator=collator, mia=("loss",)
+    ).metrics["unlearned/forget_loss"], rel=1e-6)
+    # an explicit reference model (the retrained one): s = −(ℓ_target − ℓ_reference)
+    report = evaluate_unlearning(original, forget=forget, retain=retain, test=test, data_collator=collator,
+                                 mia=("loss", "reference"), reference_model=retrained)
+    ref = evaluate_unlearning(retrained, forget=forget, retain=retain, test=test, data_collator=collator,
+                              mia=("loss",))
+    assert report.info["reference_model"] == "given"
+    s = report.scores["unlearned"]
+    np.testing.assert_allclose(s["reference"]["forget"], s["loss"]["forget"] - ref.scores["unlearned"]["loss"]["forget"],
+                               rtol=1e-6, atol=1e-6)
+    assert s["reference"]["forget"].shape == (8,)
+    assert report.metrics["unlearned/mia_reference_auc"] > 0.9
+
+
+# ------------------------------------------------------------------ classifiers
+
+
+def cls_data(n: int, seed: int, prefix: str) -> Dataset:
+    rng = np.random.default_rng(seed)
+    return Dataset.from_dict({
+        "id": [f"{prefix}-{i:03d}" for i in range(n)],
+        "input_ids": rng.integers(4, 64, size=(n, 10)).tolist(),
+        "attention_mask": [[1] * 10] * n,
+        "label": rng.integers(0, 3, size=n).tolist(),
+    })
+
+
+def tiny_bert(seed: int = 0) -> BertForSequenceClassification:
+    torch.manual_seed(seed)
+    return BertForSequenceClassification(BertConfig(
+        vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+        max_position_embeddings=32, num_labels=3, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0))
+
+
+def test_text_classifier_report_with_shadow_attack(tmp_path):
+    forget, retain, test = cls_data(12, 1, "forget"), cls_data(24, 2, "retain"), cls_data(24, 3, "test")
+    batch = lambda ds: default_data_collator([dict(r) for r in ds.remove_columns(["id"])])  # noqa: E731
+    from datasets import concatenate_datasets
+
+    original = fit(tiny_bert(0), batch(concatenate_datasets([forget, retain])), 60)
+    retrained = fit(tiny_bert(0), batch(retain), 60)
+    report = evaluate_unlearning(original, original, retrained, forget=forget, retain=retain, test=test,
+                                 data_collator=default_data_collator, batch_size=8, seed=1)
+    m = report.metrics
+    assert report.info["attacks"] == ["loss", "shadow"]
+    assert "perplexity" not in " ".join(m)
+    with torch.no_grad():
+        f_logits = original(**{k: v for k, v in batch(forget).items() if k != "labels"}).logits.numpy()
+        t_logits = original(**{k: v for k, v in batch(test).items() if k != "labels"}).logits.numpy()
+        t_gold = retrained(**{k: v for k, v in batch(test).items() if k != "labels"}).logits.numpy()
+    assert m["original/forget_accuracy"] == pytest.approx(accuracy_score(forget["label"], f_logits.argmax(-1)))
+    assert m["original/forget_accuracy"] == 1.0  # memorised random labels
+    f_loss = -log_softmax(f_logits, -1)[np.arange(12), forget["label"]]
+    assert m["original/forget_loss"] == pytest.approx(f_loss.mean(), rel=1e-5)
+    assert m["original/kl_to_retrained_test"] == pytest.approx(
+        rel_entr(softmax(t_gold, -1), softmax(t_logits, -1)).sum(-1).mean(), rel=1e-5)
+    assert m["unlearned/kl_to_retrained_test"] == m["original/kl_to_retrained_test"]
+    assert 0.0 <= m["original/mia_shadow_auc"] <= 1.0
+    assert len(report.scores["original"]["shadow"]["test"]) == 12  # scored on the held-out half of test
+    again = evaluate_unlearning(original, original, retrained, forget=forget, retain=retain, test=test,
+                                data_collator=default_data_collator, batch_size=5, seed=1)
+    for k, v in m.items():
+        assert again.metrics[k] == pytest.approx(v, rel=1e-5, abs=1e-7)  # batch size does not matter
+
+    report.save(tmp_path)
+    for p in tmp_path.iterdir():
+        content = p.read_bytes()
+        assert not any(i.encode() in content for i in forget["id"])
+
+
+def vit_data(n: int, seed: int, prefix: str) -> Dataset:
+    """8×8 one-channel images whose label is the bright quadrant (0, 1 or 2)."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 3, size=n)
+    px = rng.normal(0, 0.3, size=(n, 1, 8, 8))
+    for i, y in enumerate(labels):
+        r, c = divmod(int(y), 2)
+        px[i, 0, 4 * r : 4 * r + 4, 4 * c : 4 * c + 4] += 2.0
+    return Dataset.from_dict({"id": [f"{prefix}-{i}" for i in range(n)], "pixel_values": px.astype("float32").tolist(),
+                              "label": labels.tolist()})
+
+
+def test_image_classifier_collapse_is_flagged():
+    torch.manual_seed(0)
+    model = ViTForImageClassification(ViTConfig(
+        image_size=8, patch_size=4, num_channels=1, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+        intermediate_size=64, num_labels=3))
+    forget, retain, test = vit_data(10, 1, "forget"), vit_data(30, 2, "retain"), vit_data(30, 3, "test")
+    train = default_data_collator([dict(r) for r in retain.remove_columns(["id"])])
+    original = fit(model, train, 40)
+    collapsed = copy.deepcopy(original)
+    with torch.no_grad():
+        collapsed.classifier.weight.zero_()
+        collapsed.classifier.bias.copy_(torch.tensor([5.0, 0.0, 0.0]))  # always class 0
+    report = evaluate_unlearning(collapsed, original, forget=forget, retain=retain, test=test,
+                                 data_collator=default_data_collator, batch_size=16)
+    m = report.metrics
+    assert m["original/test_accuracy"] > 0.8
+    assert m["unlearned/test_accuracy"] == pytest.approx(np.mean(np.array(test["label"]) == 0))
+    assert any(w.startswith("utility collapsed") for w in report.info["warnings"])
+    assert "gap_to_retrain" not in m and "unlearned/kl_to_retrained_test" not in m
+    assert set(report.info["skipped_attacks"]) == {"zlib", "min_k", "min_k_plus_plus", "reference"}
+    assert isinstance(report, UnlearningReport) and "**Warnings**" in report.to_markdown()
