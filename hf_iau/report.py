@@ -141,11 +141,13 @@ class UnlearningReport:
                 if s is None:
                     ax.set_axis_off()
                     continue
+                values = {k: np.asarray(s[k], dtype=np.float64) for k in ("forget", "test")}
+                values = {k: v[np.isfinite(v)] for k, v in values.items()}
+                both = np.concatenate(list(values.values()))
+                edges = np.histogram_bin_edges(both, bins=20) if both.size else 20
                 for split, color in (("forget", "tab:red"), ("test", "tab:blue")):
-                    v = np.asarray(s[split], dtype=np.float64)
-                    v = v[np.isfinite(v)]
-                    if v.size:
-                        ax.hist(v, bins=20, alpha=0.5, density=True, color=color, label=split)
+                    if values[split].size:
+                        ax.hist(values[split], bins=edges, alpha=0.5, color=color, label=split)
                 auc = self.metrics.get(f"{model}/mia_{attack}_auc", float("nan"))
                 ax.set_title(f"{model} · {attack} (AUC {auc:.2f})", fontsize=9)
                 ax.tick_params(labelsize=7)

@@ -6,6 +6,7 @@ import copy
 import json
 import math
 import os
+import zlib
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 
@@ -138,7 +139,7 @@ def test_lm_report_matches_hand_computation(lm_setup, tmp_path):
     assert m["original/mia_loss_auc"] == pytest.approx(
         hand_auc(report.scores["original"]["loss"]["forget"], report.scores["original"]["loss"]["test"]))
     # zlib scores: loss / compressed length of the decoded text
-    zl = [len(__import__("zlib").compress(t.encode())) for t in forget["text"]]
+    zl = [len(zlib.compress(t.encode())) for t in forget["text"]]
     np.testing.assert_allclose(report.scores["original"]["zlib"]["forget"], -np.array(per_example) / zl, rtol=1e-5)
 
     # fidelity: gap = mean |Δ| over forget accuracy, test accuracy, loss-attack AUC
