@@ -354,6 +354,31 @@ class IAUTrainer(Trainer):
             return
         write_unlearning_artifacts(self, output_dir)
 
+    def push_to_hub(
+        self,
+        commit_message: str | None = "Upload unlearned checkpoint (hf-iau)",
+        blocking: bool = True,
+        token: str | None = None,
+        revision: str | None = None,
+        private: bool | None = None,
+        merge_adapter: bool = False,
+        repo_id: str | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        """Save (weights, card, ledger) and upload: full model, LoRA adapter alone, or merged (``merge_adapter=True``).
+
+        Safetensors only. Without unlearning requests or a parent ledger this is ``Trainer.push_to_hub``.
+        """
+        from .hub import has_unlearning_record, push_unlearned
+
+        if not merge_adapter and not has_unlearning_record(self):
+            return super().push_to_hub(commit_message, blocking, token, revision, private, **kwargs)
+        return push_unlearned(
+            self, repo_id=repo_id, commit_message=commit_message, blocking=blocking, token=token,
+            revision=revision, private=private, merge_adapter=merge_adapter,
+        )
+
+
 
 def _load_processor(name_or_path: str, args: IAUConfig) -> Any:
     from transformers import AutoImageProcessor, AutoTokenizer

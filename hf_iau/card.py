@@ -1,0 +1,264 @@
+"""Model cards for unlearned checkpoints, rendered from the deletion ledger.
+
+The card is built only from ledger entries (fingerprints, sizes, hashes, configs, aggregate
+metrics) plus optional aggregate evaluation metrics: it never sees a forget-set row.
+Template: ``model_cards/unlearned_model_card.md`` (Jinja, rendered by
+``huggingface_hub.ModelCard.from_template``).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+TEMPLATE_NAME = "unlearned_model_card.md"
+CARD_TAGS = ("unlearning", "iau", "hf-iau", "machine-unlearning")
+PAPER = "arXiv:2507.23257"
+EVAL_MODELS = ("original", "unlearned", "retrained")
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?$")
+_HYPERPARAMETERS = (
+    ("gr_alpha", "GR α (training)"),
+    ("gr_mode", "GR mode"),
+    ("gr_norm", "GR norm"),
+    ("unlearn_optimizer", "unlearning optimizer"),
+    ("unlearn_learning_rate", "unlearning learning rate"),
+    ("unlearn_steps", "unlearning steps"),
+    ("forget_weight", "forget weight w_f"),
+    ("retain_weight", "retain weight w_r"),
+    ("retain_sample_size", "retain sample per step"),
+    ("forget_saturation", "forget saturation"),
+    ("unlearn_stop", "stop rule"),
+    ("unlearn_max_retain_loss_rise", "max retain-loss rise"),
+    ("seed", "seed"),
+    ("unlearn_seed", "unlearning seed"),
+)
+_VARIANTS = {
+    "full": "full model",
+    "adapter": "LoRA/PEFT adapter only (load it on top of the base model)",
+    "merged": "full model with the unlearned LoRA adapter merged in (`merge_and_unload`)",
+}
+
+
+def template_path() -> Path:
+    """Path of the card template: the copy shipped in the package, else the repo's ``model_cards/``."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "model_cards" / TEMPLATE_NAME, here.parent / "model_cards" / TEMPLATE_NAME):
+        if candidate.is_file():
+            return candidate
+    raise FileNotFoundError(
+        f"model card template {TEMPLATE_NAME} not found next to hf_iau (hf_iau/model_cards/) or in the "
+        "repository's model_cards/; reinstall hf-iau or pass `template=`."
+    )
+
+
+def is_hub_id(name: str | None) -> bool:
+    """True for a Hub-style repo id (``name`` or ``org/name``) that is not an existing local path."""
+    return bool(name) and not os.path.exists(str(name)) and bool(_HUB_ID.match(str(name)))
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "nan"
+        if value != 0 and (abs(value) < 1e-3 or abs(value) >= 1e5):
+            return f"{value:.3e}"
+        return f"{value:.4f}"
+    return str(value)
+
+
+def _param(value: Any) -> str:
+    if isinstance(value, float) and not isinstance(value, bool):
+        return f"{value:g}"
+    return "–" if value is None else str(value)
+
+
+def _count(value: Any) -> str:
+    v = _num(value)
+    return str(int(v)) if v is not None and v.is_integer() else _fmt(value)
+
+
+def _num(value: Any) -> float | None:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return None
+    return v if math.isfinite(v) else None
+
+
+def _metric_rows(metrics: Mapping[str, Any]) -> list[dict[str, str]]:
+    rows = []
+    for key in metrics:
+        if key.endswith("_before") and key[: -len("_before")] + "_after" in metrics:
+            base = key[: -len("_before")]
+            rows.append({"name": base.replace("_", " "), "before": _fmt(metrics[key]), "after": _fmt(metrics[base + "_after"])})
+    for key in ("update_norm", "forget_active_fraction_final", "reference_loss"):
+        if key in metrics:
+            rows.append({"name": key.replace("_", " "), "before": "", "after": _fmt(metrics[key])})
+    for key in ("steps", "guard_retries", "stopped_early"):
+        if key in metrics:
+            rows.append({"name": key.replace("_", " "), "before": "", "after": _count(metrics[key])})
+    return rows
+
+
+def _evaluation_rows(evaluation: Mapping[str, Any]) -> tuple[list[str], list[dict[str, Any]]]:
+    models = [m for m in EVAL_MODELS if any(k.startswith(m + "/") for k in evaluation)]
+    names: list[str] = []
+    for key in evaluation:
+        if "/" in key:
+            name = key.split("/", 1)[1]
+            if name not in names:
+                names.append(name)
+    rows = [{"name": n.replace("_", " "), "values": [_fmt(evaluation.get(f"{m}/{n}")) for m in models]} for n in names]
+    if "gap_to_retrain" in evaluation:
+        rows.append({"name": "gap to retrain (unlearned)", "values": ["" if m != "unlearned" else _fmt(evaluation["gap_to_retrain"]) for m in models]})
+    return models, rows
+
+
+def _eval_results(latest: Mapping[str, Any], task_type: str, evaluation: Mapping[str, Any] | None) -> list[EvalResult]:
+    metrics = latest.get("metrics") or {}
+    fp = str(latest.get("forget_fingerprint", ""))
+    results = []
+    sets = {
+        "forget": (f"forget set ({latest.get('forget_size')} examples, sha256 {fp[:16]})", "forget-set"),
+        "retain": (f"retain set ({latest.get('retain_size')} examples)", "retain-set"),
+    }
+    for split, (dname, dtype) in sets.items():
+        for stat in ("loss", "accuracy"):
+            value = _num(metrics.get(f"{split}_{stat}_after"))
+            if value is None:
+                continue
+            results.append(
+                EvalResult(
+                    task_type=task_type,
+                    dataset_type=dtype,
+                    dataset_name=dname,
+                    metric_type=stat,
+                    metric_name=f"{split} {stat} after unlearning",
+                    metric_value=round(value, 6),
+                )
+            )
+    gap = _num((evaluation or {}).get("gap_to_retrain"))
+    if gap is not None:
+        dname, dtype = sets["forget"]
+        results.append(
+            EvalResult(
+                task_type=task_type,
+                dataset_type=dtype,
+                dataset_name=dname,
+                metric_type="gap_to_retrain",
+                metric_name="gap to the retrained model",
+                metric_value=round(gap, 6),
+            )
+        )
+    return results
+
+
+def build_model_card(
+    entries: Sequence[Mapping[str, Any]],
+    *,
+    model_name: str,
+    base_model: str | None = None,
+    parent: Mapping[str, Any] | None = None,
+    variant: str = "full",
+    task_type: str = "other",
+    evaluation: Mapping[str, Any] | None = None,
+    hardware: str = "unknown",
+    versions: Mapping[str, str] | None = None,
+    ledger_name: str = "deletion_ledger.jsonl",
+    template: str | os.PathLike | None = None,
+) -> ModelCard:
+    """Render the unlearning card from sealed ledger ``entries`` (oldest first; the last is the latest request).
+
+    ``parent``: ``{"name", "sha256"}`` of the checkpoint that was unlearned; ``evaluation``: flat
+    aggregate metrics ``{"original|unlearned|retrained/<metric>": float, "gap_to_retrain": float}``
+    (as in ``UnlearningReport.metrics``); ``variant``: ``"full"``, ``"adapter"`` or ``"merged"``.
+    """
+    if not entries:
+        raise ValueError("build_model_card: `entries` is empty; unlearn at least once before writing a card.")
+    if variant not in _VARIANTS:
+        raise ValueError(f"`variant` must be one of {sorted(_VARIANTS)}, got {variant!r}.")
+    latest = entries[-1]
+    config = latest.get("config") or {}
+    metrics = latest.get("metrics") or {}
+    library_name = "peft" if variant == "adapter" else "transformers"
+    tags = list(CARD_TAGS) + (["peft", "lora"] if variant in ("adapter", "merged") else [])
+    hub_base = base_model if is_hub_id(base_model) else None
+    card_data = ModelCardData(
+        base_model=hub_base,
+        library_name=library_name,
+        tags=tags,
+        model_name=model_name,
+        eval_results=_eval_results(latest, task_type, evaluation) or None,
+        unlearning={
+            "method": "iau",
+            "paper": PAPER,
+            "requests": len(entries),
+            "forget_size": int(latest.get("forget_size", 0)),
+            "forget_sha256": latest.get("forget_fingerprint"),
+            "total_forget_size": int(sum(int(e.get("forget_size", 0)) for e in entries)),
+            "weights_sha256": latest.get("child_checkpoint_sha256"),
+            "ledger": ledger_name,
+            "ledger_head": latest.get("entry_sha256"),
+        },
+    )
+    retain_n = config.get("retain_sample_size")
+    sample = "the whole retain set in every step" if retain_n in (None, 0) else f"a seeded sample of {retain_n} per step"
+    retrain_models, retrain_rows = _evaluation_rows(evaluation or {})
+    grad = _num(metrics.get("example_gradient_passes")) or 0.0
+    fwd = _num(metrics.get("example_forward_passes")) or 0.0
+    wall = _num(metrics.get("wall_time_s"))
+    base_text = (
+        f"[{hub_base}](https://huggingface.co/{hub_base})" if hub_base
+        else (f"local checkpoint `{Path(str(base_model)).name}`" if base_model else "not recorded")
+    )
+    card = ModelCard.from_template(
+        card_data,
+        template_path=str(template or template_path()),
+        model_name=model_name,
+        base_model_text=base_text,
+        parent=parent,
+        variant_text=_VARIANTS[variant],
+        child_sha256=latest.get("child_checkpoint_sha256"),
+        library_name=library_name,
+        latest=latest,
+        retain_text=f"{latest.get('retain_size')} examples disjoint from the forget set; the retain term used {sample}",
+        hyperparameters=[(label, _param(config.get(key)) if key != "retain_sample_size" or retain_n else "whole set")
+                         for key, label in _HYPERPARAMETERS if key in config],
+        metric_rows=_metric_rows(metrics),
+        retrain_models=retrain_models,
+        retrain_rows=retrain_rows,
+        cost={
+            "wall_time": "unknown" if wall is None else f"{wall:.3f} s",
+            "examples": f"{int(grad + fwd):,}",
+            "gradient_passes": f"{int(grad):,}",
+            "forward_passes": f"{int(fwd):,}",
+        },
+        hardware=hardware,
+        versions=sorted((versions or {}).items()),
+        requests=[_request_row(e) for e in entries],
+        ledger_name=ledger_name,
+        ledger_head=latest.get("entry_sha256"),
+    )
+    return card
+
+
+def _request_row(e: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "index": e.get("index"),
+        "time_utc": e.get("time_utc"),
+        "request_id": str(e.get("request_id", ""))[:16],
+        "forget_size": e.get("forget_size"),
+        "forget_fingerprint": e.get("forget_fingerprint"),
+        "child": (e.get("child_checkpoint_sha256") or "")[:16] or None,
+    }

@@ -1,0 +1,434 @@
+"""Model card, deletion ledger and Hub upload for unlearned checkpoints.
+
+``IAUTrainer.save_model()`` calls :func:`write_unlearning_artifacts` on the folder being saved:
+it copies the parent checkpoint's ledger (from ``trainer.parent_checkpoint`` or the local folder
+the model was loaded from, ``trainer.model_id``) into the new folder as a new file, appends one
+entry per request in ``trainer.unlearning_history``, and renders ``README.md`` from the ledger.
+``IAUTrainer.push_to_hub()`` calls :func:`push_unlearned`: full model, LoRA adapter alone, or
+the adapter merged into its base model, safetensors only.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import platform
+import shutil
+import tempfile
+import warnings
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Mapping
+
+from .card import build_model_card
+from .ledger import (
+    LEDGER_NAME,
+    append_entry,
+    checkpoint_digest,
+    config_hash,
+    ledger_path,
+    read_ledger,
+    weight_hashes,
+    write_ledger,
+)
+
+CARD_NAME = "README.md"
+PUSH_IGNORE_PATTERNS = [
+    "_*",
+    "checkpoint-*",
+    ".tmp-*",
+    "*.tmp",
+    "*.bin",
+    "*.pt",
+    "*.pth",
+    "*.pkl",
+    "*.pickle",
+    "*.ckpt",
+]
+_VERSION_PACKAGES = (
+    "hf-iau", "torch", "transformers", "peft", "accelerate", "datasets", "safetensors", "huggingface_hub",
+)
+_STATE_ATTR = "_hf_iau_hub_state"
+_PUSHING_ATTR = "_hf_iau_pushing"
+
+
+@dataclass
+class _Parent:
+    source: str | None = None
+    local_dir: Path | None = None
+    sha256: str | None = None
+    entries: list[dict[str, Any]] = field(default_factory=list)
+    base_model: str | None = None
+
+
+@dataclass
+class _State:
+    parent: _Parent
+    times: dict[tuple[int, str], str] = field(default_factory=dict)
+    children: dict[tuple[int, str], tuple[str | None, dict[str, str]]] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------- context
+
+
+def parent_checkpoint(trainer: Any) -> str | None:
+    """Where the trainer's model came from: ``trainer.parent_checkpoint`` if set, else ``trainer.model_id``.
+
+    Set ``trainer.parent_checkpoint = "<folder>"`` when the model object was loaded from an
+    unlearned checkpoint by hand (e.g. ``PeftModel.from_pretrained(base, folder)``), so that
+    the new ledger extends that folder's chain.
+    """
+    explicit = getattr(trainer, "parent_checkpoint", None)
+    if explicit:
+        return str(explicit)
+    model_id = getattr(trainer, "model_id", None)
+    return str(model_id) if model_id else None
+
+
+def has_unlearning_record(trainer: Any) -> bool:
+    """True when the trainer has unlearning requests or its parent checkpoint folder has a ledger."""
+    if getattr(trainer, "unlearning_history", None):
+        return True
+    source = parent_checkpoint(trainer)
+    return bool(source) and Path(source).is_dir() and ledger_path(source).is_file()
+
+
+def _load_parent(source: str | None, output_dir: Path) -> _Parent:
+    if not source or not Path(source).is_dir():
+        return _Parent(source=source)
+    folder = Path(source).resolve()
+    entries = read_ledger(folder)  # raises LedgerError on a torn parent ledger
+    if folder == output_dir.resolve():  # saving in place: the weights there are already the child's
+        digest = entries[-1].get("child_checkpoint_sha256") if entries else None
+        return _Parent(source=str(folder), local_dir=folder, sha256=digest, entries=entries,
+                       base_model=_card_base_model(folder))
+    digest = checkpoint_digest(weight_hashes(folder))
+    base = _card_base_model(folder)
+    if entries and digest and entries[-1].get("child_checkpoint_sha256") != digest:
+        warnings.warn(
+            f"The weights in {folder} do not match the last entry of its deletion ledger (changed after the last "
+            "request); the new ledger records the actual parent hash and `hf-iau ledger verify` will flag the gap.",
+            stacklevel=3,
+        )
+    return _Parent(source=str(folder), local_dir=folder, sha256=digest, entries=entries, base_model=base)
+
+
+def _card_base_model(folder: Path) -> str | None:
+    readme = folder / CARD_NAME
+    if not readme.is_file():
+        return None
+    from huggingface_hub import metadata_load
+
+    try:
+        meta = metadata_load(readme) or {}
+    except Exception:  # a foreign or broken card: the base model is then unknown
+        return None
+    base = meta.get("base_model")
+    if isinstance(base, list):
+        base = base[0] if base else None
+    return str(base) if base else None
+
+
+def _state(trainer: Any, output_dir: Path) -> _State:
+    source = parent_checkpoint(trainer)
+    state = trainer.__dict__.get(_STATE_ATTR)
+    resolved = str(Path(source).resolve()) if source and Path(source).is_dir() else source
+    if state is None or state.parent.source != resolved:
+        state = _State(parent=_load_parent(source, output_dir))
+        trainer.__dict__[_STATE_ATTR] = state
+    return state
+
+
+def _unwrap(trainer: Any) -> Any:
+    model = trainer.model
+    accelerator = getattr(trainer, "accelerator", None)
+    if accelerator is not None:
+        try:
+            model = accelerator.unwrap_model(model)
+        except Exception:
+            pass
+    return model
+
+
+def _is_peft(model: Any) -> bool:
+    try:
+        from peft import PeftModel
+    except ImportError:
+        return False
+    return isinstance(model, PeftModel)
+
+
+def _base_model(trainer: Any, parent: _Parent) -> str | None:
+    if parent.base_model:
+        return str(parent.base_model)
+    model = _unwrap(trainer)
+    if _is_peft(model):
+        cfg = model.peft_config.get(getattr(model, "active_adapter", "default"))
+        if cfg is not None and getattr(cfg, "base_model_name_or_path", None):
+            return str(cfg.base_model_name_or_path)
+    from .losses import base_model_of
+
+    name = getattr(getattr(base_model_of(model), "config", None), "_name_or_path", None)
+    return str(name) if name else (str(trainer.model_id) if getattr(trainer, "model_id", None) else None)
+
+
+def _task_type(model: Any) -> str:
+    from .losses import base_model_of, loss_kind
+
+    kind = loss_kind(model)
+    if kind == "causal_lm":
+        return "text-generation"
+    if kind == "classification":
+        main = getattr(base_model_of(model), "main_input_name", "input_ids")
+        return "image-classification" if main == "pixel_values" else "text-classification"
+    return "other"
+
+
+def library_versions() -> dict[str, str]:
+    """Installed versions of python, hf-iau and the libraries it builds on."""
+    versions = {"python": platform.python_version()}
+    for name in _VERSION_PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            if name == "hf-iau":
+                from . import __version__
+
+                versions[name] = __version__
+    return versions
+
+
+def hardware_description(trainer: Any) -> str:
+    """Accelerator (or CPU) name and process count of the trainer's run."""
+    import torch
+
+    args = trainer.args
+    world = int(getattr(args, "world_size", 1) or 1)
+    device = args.device
+    if device.type == "cuda" and torch.cuda.is_available():
+        name = torch.cuda.get_device_name(device)
+        return f"{world} × {name}" if world > 1 else name
+    if device.type == "mps":
+        return "Apple MPS"
+    text = f"CPU ({platform.machine() or 'unknown'}, {os.cpu_count()} cores visible)"
+    return text + (f", {world} processes" if world > 1 else "")
+
+
+def _evaluation(trainer: Any, fingerprint: str, folders: list[Path]) -> dict[str, float] | None:
+    """Aggregate metrics vs the retrained model for the latest request, if an evaluation is attached."""
+    import json
+
+    candidates: list[tuple[Any, bool]] = []
+    attached = getattr(trainer, "unlearning_report", None)
+    if attached is not None:
+        candidates.append((attached, True))
+    for folder in folders:
+        path = folder / "report.json"
+        if path.is_file():
+            try:
+                candidates.append((json.loads(path.read_text()), False))
+            except ValueError:
+                continue
+    for rep, explicit in candidates:
+        metrics = getattr(rep, "metrics", None) if not isinstance(rep, Mapping) else rep.get("metrics")
+        info = getattr(rep, "info", None) if not isinstance(rep, Mapping) else rep.get("info")
+        info = info or {}
+        if not isinstance(metrics, Mapping):
+            continue
+        fp = info.get("forget_fingerprint")
+        if fp == fingerprint or (explicit and fp is None):
+            return {str(k): float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
+    return None
+
+
+def _utc_now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _jsonable(value: Any) -> Any:
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return str(value)
+
+
+# --------------------------------------------------------------------------- artifacts
+
+
+def write_unlearning_artifacts(
+    trainer: Any, output_dir: str | os.PathLike, variant: str | None = None, record: bool = True
+) -> dict[str, str]:
+    """Write ``deletion_ledger.jsonl`` and the card ``README.md`` into ``output_dir`` (weights already saved).
+
+    The ledger is the parent checkpoint's ledger copied to a new file plus one entry per request
+    in ``trainer.unlearning_history`` (child hash = sha256 of ``output_dir``'s ``*.safetensors``
+    files for the latest request). ``variant``: ``"full"``, ``"adapter"`` (default for PEFT
+    models) or ``"merged"``; ``record=False`` leaves the trainer's saved-checkpoint record as is.
+    Writes nothing and returns ``{}`` when there is neither a request nor a parent ledger.
+    """
+    history = list(getattr(trainer, "unlearning_history", None) or [])
+    out = Path(output_dir)
+    state = _state(trainer, out)
+    parent = state.parent
+    if not history and not parent.entries:
+        return {}
+    model = _unwrap(trainer)
+    variant = variant or ("adapter" if _is_peft(model) else "full")
+    files = weight_hashes(out)
+    digest = checkpoint_digest(files)
+    ledger = ledger_path(out)
+    write_ledger(ledger, parent.entries)  # a new inode: the parent's file is never appended to
+    prev_child = parent.sha256 or (parent.entries[-1].get("child_checkpoint_sha256") if parent.entries else None)
+    last = len(history) - 1
+    for i, rec in enumerate(history):
+        key = (i, str(rec["request_id"]))
+        when = state.times.setdefault(key, _utc_now())
+        if i == last and not (record and key in state.children):
+            child, child_files = digest, files
+        else:
+            child, child_files = state.children.get(key, (None, {}))
+        config = {str(k): _jsonable(v) for k, v in (rec.get("config") or {}).items()}
+        metrics = {
+            str(k): float(v) for k, v in (rec.get("metrics") or {}).items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool)
+        }
+        append_entry(
+            ledger,
+            {
+                "request_id": str(rec["request_id"]),
+                "time_utc": when,
+                "method": "iau",
+                "forget_fingerprint": str(rec["forget_fingerprint"]),
+                "forget_size": int(rec["forget_size"]),
+                "retain_size": int(rec.get("retain_size", 0)),
+                "parent_checkpoint_sha256": prev_child,
+                "child_checkpoint_sha256": child,
+                "child_weight_files": dict(child_files),
+                "checkpoint_format": variant,
+                "config": config,
+                "config_sha256": config_hash(config),
+                "metrics": metrics,
+                "hf_iau_version": library_versions().get("hf-iau"),
+            },
+        )
+        prev_child = child
+    if record and history:
+        state.children.setdefault((last, str(history[-1]["request_id"])), (digest, dict(files)))
+    entries = read_ledger(ledger)
+    args = trainer.args
+    model_name = (getattr(args, "hub_model_id", None) or Path(args.output_dir).absolute().name).split("/")[-1]
+    parent_info = None
+    if parent.source:
+        name = f"local checkpoint `{Path(parent.source).name}`" if parent.local_dir else f"`{parent.source}`"
+        parent_info = {"name": name, "sha256": parent.sha256}
+    card = build_model_card(
+        entries,
+        model_name=model_name,
+        base_model=_base_model(trainer, parent),
+        parent=parent_info,
+        variant=variant,
+        task_type=_task_type(model),
+        evaluation=_evaluation(trainer, entries[-1]["forget_fingerprint"], [out, Path(args.output_dir)]),
+        hardware=hardware_description(trainer),
+        versions=library_versions(),
+        ledger_name=LEDGER_NAME,
+    )
+    card_path = out / CARD_NAME
+    card.save(card_path)
+    return {"card": str(card_path), "ledger": str(ledger)}
+
+
+# --------------------------------------------------------------------------- upload
+
+
+def save_merged(trainer: Any, output_dir: str | os.PathLike) -> None:
+    """Save the trainer's PEFT model merged into its base (``merge_and_unload`` on a copy) as safetensors."""
+    model = _unwrap(trainer)
+    if not _is_peft(model):
+        raise ValueError(
+            "merge_adapter=True needs a PEFT (LoRA) model; this trainer holds a full model: push it without "
+            "merge_adapter."
+        )
+    if getattr(trainer, "is_fsdp_enabled", False) or getattr(trainer, "is_deepspeed_enabled", False):
+        raise ValueError(
+            "merge_adapter=True is not supported under FSDP/DeepSpeed; push the adapter, then merge offline with "
+            "PeftModel.from_pretrained(base, folder).merge_and_unload()."
+        )
+    merged = copy.deepcopy(model).merge_and_unload()  # the trainer's model keeps its adapter
+    merged.save_pretrained(str(output_dir))
+    if getattr(trainer, "processing_class", None) is not None:
+        trainer.processing_class.save_pretrained(str(output_dir))
+    args_json = Path(trainer.args.output_dir) / "training_args.json"
+    if args_json.is_file():
+        shutil.copyfile(args_json, Path(output_dir) / "training_args.json")
+
+
+def push_unlearned(
+    trainer: Any,
+    repo_id: str | None = None,
+    commit_message: str | None = "Upload unlearned checkpoint (hf-iau)",
+    blocking: bool = True,
+    token: str | None = None,
+    revision: str | None = None,
+    private: bool | None = None,
+    merge_adapter: bool = False,
+    endpoint: str | None = None,
+    create_pr: bool = False,
+) -> Any:
+    """Save the model with its card and ledger, create the repo if needed, and upload.
+
+    Uploads ``args.output_dir`` (full model, or the LoRA adapter alone for PEFT models; pickle
+    files and ``checkpoint-*`` folders excluded), or with ``merge_adapter=True`` a temporary
+    folder holding the merged model, its card and ledger. Returns the ``CommitInfo`` (a
+    ``Future`` when ``blocking=False``), ``None`` on non-main processes or when re-entered.
+    """
+    if trainer.__dict__.get(_PUSHING_ATTR):
+        return None  # save_model() -> Trainer.save_model -> push_to_hub (args.push_to_hub=True): already pushing
+    from huggingface_hub import HfApi
+
+    from . import __version__
+
+    args = trainer.args
+    trainer.__dict__[_PUSHING_ATTR] = True
+    try:
+        trainer.callback_handler.on_push_begin(args, trainer.state, trainer.control)
+        trainer.save_model()
+        if not trainer.is_world_process_zero():
+            return None
+        endpoint = endpoint or os.environ.get("HF_ENDPOINT") or None  # read at call time, not import time
+        api = HfApi(endpoint=endpoint.rstrip("/") if endpoint else None, library_name="hf-iau", library_version=__version__)
+        token = token if token is not None else getattr(args, "hub_token", None)
+        name = repo_id or getattr(args, "hub_model_id", None) or Path(args.output_dir).absolute().name
+        private = private if private is not None else getattr(args, "hub_private_repo", None)
+        url = api.create_repo(name, token=token, private=private, exist_ok=True)
+        trainer.hub_model_id = url.repo_id
+        revision = revision if revision is not None else getattr(args, "hub_revision", None)
+        common = dict(
+            repo_id=url.repo_id,
+            commit_message=commit_message,
+            token=token,
+            revision=revision,
+            create_pr=create_pr or None,
+            ignore_patterns=list(PUSH_IGNORE_PATTERNS),
+            run_as_future=not blocking,
+        )
+        if not merge_adapter:
+            return api.upload_folder(folder_path=args.output_dir, **common)
+        staging = Path(tempfile.mkdtemp(prefix=".hf-iau-merged-"))
+        try:
+            save_merged(trainer, staging)
+            write_unlearning_artifacts(trainer, staging, variant="merged", record=False)
+            result = api.upload_folder(folder_path=str(staging), **common)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        if blocking:
+            shutil.rmtree(staging, ignore_errors=True)
+        else:
+            result.add_done_callback(lambda _f: shutil.rmtree(staging, ignore_errors=True))
+        return result
+    finally:
+        trainer.__dict__.pop(_PUSHING_ATTR, None)

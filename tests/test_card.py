@@ -1,0 +1,127 @@
+"""Model card of an unlearned checkpoint: valid metadata, fingerprints only, no forgotten content anywhere."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from datasets import Dataset
+from huggingface_hub import ModelCard, metadata_load
+from tiny import SEQ, VOCAB, tiny_gpt2
+from transformers import default_data_collator
+
+from hf_iau import IAUConfig, IAUTrainer, fingerprint_dataset, forget_retain_split
+from hf_iau.card import build_model_card, template_path
+from hf_iau.ledger import LEDGER_NAME, read_ledger, seal_entry
+
+FAKE_TOKEN = "hf_FAKEcardTOKENmustNEVERbeWRITTEN987654"
+
+
+def _entries(n: int = 2) -> list[dict]:
+    out, prev = [], None
+    for i in range(n):
+        prev = seal_entry(
+            {
+                "request_id": f"{i:064x}",
+                "time_utc": f"2025-01-0{i + 1}T00:00:00Z",
+                "method": "iau",
+                "forget_fingerprint": f"{i + 10:064x}",
+                "forget_size": 4 + i,
+                "retain_size": 40,
+                "parent_checkpoint_sha256": None,
+                "child_checkpoint_sha256": f"{i + 20:064x}",
+                "config": {"gr_alpha": 0.005, "unlearn_optimizer": "adam", "unlearn_learning_rate": 1e-3,
+                           "unlearn_steps": 1, "forget_weight": 1.0, "retain_weight": 1.0, "retain_sample_size": None},
+                "config_sha256": "c" * 64,
+                "metrics": {"forget_loss_before": 0.5, "forget_loss_after": 2.25, "retain_loss_before": 0.4,
+                            "retain_loss_after": 0.45, "wall_time_s": 1.5, "example_gradient_passes": 44.0,
+                            "example_forward_passes": 88.0},
+            },
+            prev,
+        )
+        out.append(prev)
+    return out
+
+
+def test_card_from_ledger_entries(tmp_path):
+    entries = _entries(2)
+    evaluation = {"original/forget_loss": 0.5, "unlearned/forget_loss": 2.25, "retrained/forget_loss": 2.0,
+                  "gap_to_retrain": 0.125}
+    card = build_model_card(entries, model_name="m", base_model="org/base", variant="adapter",
+                            task_type="text-generation", evaluation=evaluation, hardware="CPU",
+                            versions={"torch": "2.x"})
+    card.save(tmp_path / "README.md")
+    loaded = ModelCard.load(tmp_path / "README.md")
+    meta = metadata_load(tmp_path / "README.md")
+    assert {"unlearning", "iau", "peft", "lora"} <= set(meta["tags"])
+    assert meta["base_model"] == "org/base" and meta["library_name"] == "peft"
+    assert meta["unlearning"]["forget_size"] == 5 and meta["unlearning"]["forget_sha256"] == f"{11:064x}"
+    assert meta["unlearning"]["requests"] == 2 and meta["unlearning"]["total_forget_size"] == 9
+    results = {(r.dataset_type, r.metric_type): r.metric_value for r in loaded.data.eval_results}
+    assert results == {("forget-set", "loss"): 2.25, ("retain-set", "loss"): 0.45, ("forget-set", "gap_to_retrain"): 0.125}
+    text = loaded.text
+    assert "Against the retrained model" in text and "| forget loss | 0.5000 | 2.2500 | 2.0000 |" in text
+    assert "| forget loss | 0.5000 | 2.2500 |" in text  # before/after table
+    assert "132 (44 gradient passes, 88 forward-only passes)" in text and "1.500 s" in text
+    assert "arXiv 2507.23257" in text and "@article" in text
+    assert all(e["forget_fingerprint"] in text for e in entries)  # the chain is listed
+    assert template_path().name == "unlearned_model_card.md"
+    # a local base model is named in the text but not put in the YAML
+    card = build_model_card(entries[:1], model_name="m", base_model=str(tmp_path), variant="full")
+    assert "base_model" not in card.data.to_dict() and f"local checkpoint `{tmp_path.name}`" in card.text
+    assert "No evaluation against a model retrained" in card.text
+    with pytest.raises(ValueError, match="variant"):
+        build_model_card(entries, model_name="m", variant="zip")
+    with pytest.raises(ValueError, match="empty"):
+        build_model_card([], model_name="m")
+
+
+def _secret_dataset(n: int = 12) -> Dataset:
+    rng = np.random.default_rng(0)
+    ids = rng.integers(1, VOCAB, size=(n, SEQ)).tolist()
+    return Dataset.from_dict({
+        "id": [f"patient-7f3a9c-{i:04d}" for i in range(n)],
+        "text": [f"SECRET diagnosis of row {i}: zanzibar-{i * 7919}" for i in range(n)],
+        "input_ids": ids, "attention_mask": [[1] * SEQ] * n, "labels": ids,
+    })
+
+
+def test_saved_files_hold_fingerprints_never_forgotten_rows(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", FAKE_TOKEN)
+    ds = _secret_dataset()
+    out = tmp_path / "out"
+    args = IAUConfig(output_dir=str(out), use_cpu=True, report_to=[], disable_tqdm=True, save_strategy="no",
+                     num_train_epochs=1, per_device_train_batch_size=4, logging_steps=1, hub_token=FAKE_TOKEN,
+                     hub_model_id="tester/secret")
+    trainer = IAUTrainer(model=tiny_gpt2(), args=args, train_dataset=ds, data_collator=default_data_collator)
+    trainer.train()
+    forget_ids = ["patient-7f3a9c-0002", "patient-7f3a9c-0005", "patient-7f3a9c-0011"]
+    split = forget_retain_split(ds, forget=forget_ids, id_column="id")
+    result = trainer.unlearn(split["forget"], retain_dataset=split["retain"])
+    trainer.save_model()
+    trainer.save_state()
+    fingerprint = fingerprint_dataset(split["forget"], "id")
+
+    card = ModelCard.load(out / "README.md")
+    assert {"unlearning", "iau"} <= set(card.data.tags)
+    assert card.data.unlearning["forget_size"] == 3 and card.data.unlearning["forget_sha256"] == fingerprint
+    assert card.data.library_name == "transformers"
+    forget_loss = [r.metric_value for r in card.data.eval_results if (r.dataset_type, r.metric_type) == ("forget-set", "loss")]
+    assert forget_loss == [round(result.metrics["forget_loss_after"], 6)]
+    assert f"3 examples, sha256 fingerprint `{fingerprint}`" in card.text
+    (entry,) = read_ledger(out)
+    assert entry["forget_fingerprint"] == fingerprint and entry["forget_size"] == 3
+
+    written = [p for p in out.rglob("*") if p.is_file()]
+    names = {p.name for p in written}
+    assert {"README.md", LEDGER_NAME, "trainer_state.json", "training_args.json", "model.safetensors"} <= names
+    assert json.loads((out / "trainer_state.json").read_text())["log_history"]  # logs were written
+    secrets = [r["id"] for r in split["forget"]] + [r["text"] for r in split["forget"]]
+    secrets += ["7f3a9c-0002", "zanzibar-15838", FAKE_TOKEN]
+    for path in written:
+        data = path.read_bytes()
+        for secret in secrets:
+            assert secret.encode() not in data, f"{secret!r} written to {path.name}"
+    assert fingerprint.encode() in (out / "README.md").read_bytes() and fingerprint.encode() in (out / LEDGER_NAME).read_bytes()
