@@ -7,11 +7,22 @@ from .unlearning import UnlearningError, UnlearningResult
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name: str):
+    """Lazy access to the evaluation report (it imports matplotlib and sklearn)."""
+    if name in ("evaluate_unlearning", "UnlearningReport"):
+        from . import report
+
+        return getattr(report, name)
+    raise AttributeError(f"module 'hf_iau' has no attribute {name!r}")
+
 __all__ = [
     "IAUConfig",
     "IAUTrainer",
     "UnlearningError",
+    "UnlearningReport",
     "UnlearningResult",
+    "evaluate_unlearning",
     "fingerprint_dataset",
     "fingerprint_ids",
     "forget_retain_split",
