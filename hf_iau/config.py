@@ -28,6 +28,9 @@ class IAUConfig(TrainingArguments):
         gr_norm (`str`, defaults to `"global"`): `"global"` ‖g‖₂ over all trainable parameters, or
             `"per_tensor"` Σₜ‖gₜ‖₂ (the authors' code).
         gr_fd_radius (`float`, defaults to `1e-3`): perturbation radius r of the finite difference.
+        gr_every_n_steps (`int`, defaults to `1`): GR penalty on every n-th optimizer step only.
+        gr_sub_batch_fraction (`float`, defaults to `1.0`): rows of the micro-batch used for H·u.
+        gr_reuse_penalty (`bool`, defaults to `False`): reuse the last penalty gradient in between.
 
     > Unlearning (``IAUTrainer.unlearn``): steps on w_r·mean ℓ(D_r) − w_f·mean ℓ(D_f)
 
@@ -62,6 +65,27 @@ class IAUConfig(TrainingArguments):
     gr_fd_radius: float = field(
         default=1e-3,
         metadata={"help": "Finite-difference radius r: the weights move by r along the normalised gradient."},
+    )
+    gr_every_n_steps: int = field(
+        default=1,
+        metadata={
+            "help": "Compute the GR penalty gradient on every n-th optimizer step only (1 = every step); other "
+            "steps are plain steps, or reuse the last penalty gradient when `gr_reuse_penalty`."
+        },
+    )
+    gr_sub_batch_fraction: float = field(
+        default=1.0,
+        metadata={
+            "help": "Fraction of each micro-batch's rows on which the finite-difference H·u is estimated (1.0 = "
+            "all): a step costs 1 + fraction forward/backward passes instead of 2. Finite difference only."
+        },
+    )
+    gr_reuse_penalty: bool = field(
+        default=False,
+        metadata={
+            "help": "With gr_every_n_steps > 1: add the last computed penalty gradient α·H·u on the steps in "
+            "between (one extra gradient-sized buffer) instead of taking plain steps."
+        },
     )
     # --- unlearning ------------------------------------------------------------------------
     unlearn_optimizer: str = field(
@@ -162,6 +186,23 @@ class IAUConfig(TrainingArguments):
         need(self.gr_mode in GR_MODES, "gr_mode", f"use one of {GR_MODES}.")
         need(self.gr_norm in GR_NORMS, "gr_norm", f"use one of {GR_NORMS}.")
         need(finite(self.gr_fd_radius) and self.gr_fd_radius > 0, "gr_fd_radius", "use a finite value > 0 (e.g. 1e-3).")
+        need(
+            isinstance(self.gr_every_n_steps, int) and not isinstance(self.gr_every_n_steps, bool)
+            and self.gr_every_n_steps >= 1,
+            "gr_every_n_steps",
+            "use an integer >= 1 (1 = GR on every step).",
+        )
+        need(
+            finite(self.gr_sub_batch_fraction) and 0 < self.gr_sub_batch_fraction <= 1,
+            "gr_sub_batch_fraction",
+            "use a value in (0, 1] (1.0 = the whole micro-batch).",
+        )
+        need(
+            self.gr_sub_batch_fraction == 1 or self.gr_mode == "finite_difference",
+            "gr_sub_batch_fraction",
+            "a GR sub-batch needs gr_mode='finite_difference'; set it to 1.0 for gr_mode='exact'.",
+        )
+        need(isinstance(self.gr_reuse_penalty, bool), "gr_reuse_penalty", "use True or False.")
         need(self.unlearn_optimizer in UNLEARN_OPTIMIZERS, "unlearn_optimizer", f"use one of {UNLEARN_OPTIMIZERS}.")
         need(
             finite(self.unlearn_learning_rate) and self.unlearn_learning_rate > 0,
