@@ -67,7 +67,7 @@ class _Parent:
 class _State:
     parent: _Parent
     times: dict[tuple[int, str], str] = field(default_factory=dict)
-    children: dict[tuple[int, str], tuple[str | None, dict[str, str]]] = field(default_factory=dict)
+    children: dict[tuple[int, str], tuple[str | None, dict[str, str], str]] = field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------- context
@@ -283,13 +283,14 @@ def write_unlearning_artifacts(
     write_ledger(ledger, parent.entries)  # a new inode: the parent's file is never appended to
     prev_child = parent.sha256 or (parent.entries[-1].get("child_checkpoint_sha256") if parent.entries else None)
     last = len(history) - 1
+    versions = library_versions()
     for i, rec in enumerate(history):
         key = (i, str(rec["request_id"]))
         when = state.times.setdefault(key, _utc_now())
         if i == last and not (record and key in state.children):
-            child, child_files = digest, files
-        else:
-            child, child_files = state.children.get(key, (None, {}))
+            child, child_files, fmt = digest, files, variant
+        else:  # an earlier request: the checkpoint saved right after it, if any
+            child, child_files, fmt = state.children.get(key, (None, {}, variant))
         config = {str(k): _jsonable(v) for k, v in (rec.get("config") or {}).items()}
         metrics = {
             str(k): float(v) for k, v in (rec.get("metrics") or {}).items()
@@ -307,16 +308,16 @@ def write_unlearning_artifacts(
                 "parent_checkpoint_sha256": prev_child,
                 "child_checkpoint_sha256": child,
                 "child_weight_files": dict(child_files),
-                "checkpoint_format": variant,
+                "checkpoint_format": fmt,
                 "config": config,
                 "config_sha256": config_hash(config),
                 "metrics": metrics,
-                "hf_iau_version": library_versions().get("hf-iau"),
+                "hf_iau_version": versions.get("hf-iau"),
             },
         )
         prev_child = child
     if record and history:
-        state.children.setdefault((last, str(history[-1]["request_id"])), (digest, dict(files)))
+        state.children.setdefault((last, str(history[-1]["request_id"])), (digest, dict(files), variant))
     entries = read_ledger(ledger)
     args = trainer.args
     model_name = (getattr(args, "hub_model_id", None) or Path(args.output_dir).absolute().name).split("/")[-1]
@@ -333,7 +334,7 @@ def write_unlearning_artifacts(
         task_type=_task_type(model),
         evaluation=_evaluation(trainer, entries[-1]["forget_fingerprint"], [out, Path(args.output_dir)]),
         hardware=hardware_description(trainer),
-        versions=library_versions(),
+        versions=versions,
         ledger_name=LEDGER_NAME,
     )
     card_path = out / CARD_NAME

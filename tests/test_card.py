@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import copy
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,6 +14,7 @@ from transformers import default_data_collator
 
 from hf_iau import IAUConfig, IAUTrainer, fingerprint_dataset, forget_retain_split
 from hf_iau.card import build_model_card, template_path
+from hf_iau.report import evaluate_unlearning
 from hf_iau.ledger import LEDGER_NAME, read_ledger, seal_entry
 
 FAKE_TOKEN = "hf_FAKEcardTOKENmustNEVERbeWRITTEN987654"
@@ -78,12 +79,12 @@ def test_card_from_ledger_entries(tmp_path):
         build_model_card([], model_name="m")
 
 
-def _secret_dataset(n: int = 12) -> Dataset:
-    rng = np.random.default_rng(0)
+def _secret_dataset(n: int = 12, seed: int = 0) -> Dataset:
+    rng = np.random.default_rng(seed)
     ids = rng.integers(1, VOCAB, size=(n, SEQ)).tolist()
     return Dataset.from_dict({
-        "id": [f"patient-7f3a9c-{i:04d}" for i in range(n)],
-        "text": [f"SECRET diagnosis of row {i}: zanzibar-{i * 7919}" for i in range(n)],
+        "id": [f"patient-7f3a9c-{seed}{i:03d}" for i in range(n)],
+        "text": [f"SECRET diagnosis of row {i}: zanzibar-{i * 7919 + seed}" for i in range(n)],
         "input_ids": ids, "attention_mask": [[1] * SEQ] * n, "labels": ids,
     })
 
@@ -97,11 +98,16 @@ def test_saved_files_hold_fingerprints_never_forgotten_rows(tmp_path, monkeypatc
                      hub_model_id="tester/secret")
     trainer = IAUTrainer(model=tiny_gpt2(), args=args, train_dataset=ds, data_collator=default_data_collator)
     trainer.train()
-    forget_ids = ["patient-7f3a9c-0002", "patient-7f3a9c-0005", "patient-7f3a9c-0011"]
+    forget_ids = ["patient-7f3a9c-0002", "patient-7f3a9c-0005", "patient-7f3a9c-0011"]  # seed 0 rows
     split = forget_retain_split(ds, forget=forget_ids, id_column="id")
+    original = copy.deepcopy(trainer.model)
     result = trainer.unlearn(split["forget"], retain_dataset=split["retain"])
+    report = evaluate_unlearning(trainer.model, original, tiny_gpt2(seed=1), forget=split["forget"],
+                                 retain=split["retain"], test=_secret_dataset(6, seed=1), mia=("loss",))
+    trainer.unlearning_report = report  # the card shows it (same forget fingerprint)
     trainer.save_model()
     trainer.save_state()
+    report.save(out)  # report.json/md/png next to the weights
     fingerprint = fingerprint_dataset(split["forget"], "id")
 
     card = ModelCard.load(out / "README.md")
@@ -111,12 +117,16 @@ def test_saved_files_hold_fingerprints_never_forgotten_rows(tmp_path, monkeypatc
     forget_loss = [r.metric_value for r in card.data.eval_results if (r.dataset_type, r.metric_type) == ("forget-set", "loss")]
     assert forget_loss == [round(result.metrics["forget_loss_after"], 6)]
     assert f"3 examples, sha256 fingerprint `{fingerprint}`" in card.text
+    assert "Against the retrained model" in card.text
+    gap = [r.metric_value for r in card.data.eval_results if r.metric_type == "gap_to_retrain"]
+    assert gap == [round(report.metrics["gap_to_retrain"], 6)]
     (entry,) = read_ledger(out)
     assert entry["forget_fingerprint"] == fingerprint and entry["forget_size"] == 3
 
     written = [p for p in out.rglob("*") if p.is_file()]
     names = {p.name for p in written}
-    assert {"README.md", LEDGER_NAME, "trainer_state.json", "training_args.json", "model.safetensors"} <= names
+    assert {"README.md", LEDGER_NAME, "trainer_state.json", "training_args.json", "model.safetensors",
+            "report.json", "report.md", "report.png"} <= names
     assert json.loads((out / "trainer_state.json").read_text())["log_history"]  # logs were written
     secrets = [r["id"] for r in split["forget"]] + [r["text"] for r in split["forget"]]
     secrets += ["7f3a9c-0002", "zanzibar-15838", FAKE_TOKEN]

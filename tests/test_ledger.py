@@ -154,3 +154,27 @@ def test_in_place_request_keeps_linked_ledgers_intact(chain, tmp_path):
     t3.save_model()
     assert len(read_ledger(folder)) == 3 and verify_ledger(folder) == []
     assert len(read_ledger(tmp_path / "linked.jsonl")) == 2
+
+
+def test_one_trainer_many_requests_appends_only(tmp_path):
+    ds = lm_dataset(10)
+    out = tmp_path / "out"
+    trainer = IAUTrainer(model=tiny_gpt2(), args=_args(out), train_dataset=ds, data_collator=default_data_collator)
+    for ids in ([0, 1], [2]):
+        s = forget_retain_split(ds, forget=ids, id_column="id")
+        trainer.unlearn(s["forget"], retain_dataset=s["retain"])
+        if ids == [0, 1]:
+            trainer.save_model()
+            first = (out / LEDGER_NAME).read_bytes()
+    s = forget_retain_split(ds, forget=[3], id_column="id")
+    trainer.unlearn(s["forget"], retain_dataset=s["retain"])
+    trainer.save_model()
+    data = (out / LEDGER_NAME).read_bytes()
+    assert data.startswith(first)  # the saved entry is kept byte for byte; new requests are appended
+    e = read_ledger(out)
+    assert [x["forget_size"] for x in e] == [2, 1, 1]
+    assert e[0]["parent_checkpoint_sha256"] is None  # a model built in memory has no parent checkpoint
+    assert e[1]["parent_checkpoint_sha256"] == e[0]["child_checkpoint_sha256"] is not None
+    assert e[1]["child_checkpoint_sha256"] is None and e[1]["child_weight_files"] == {}  # never saved
+    assert e[2]["child_checkpoint_sha256"] is not None
+    assert verify_ledger(out) == []

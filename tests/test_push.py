@@ -86,8 +86,9 @@ def test_push_full_model(hub, tmp_path):
     # the client authenticated with the token from HF_TOKEN on every call
     api_calls = [(m, p, auth) for m, p, auth in hub.requests if p.split("?")[0] not in OPTIONAL_GETS]
     assert {auth for _, _, auth in api_calls} == {f"Bearer {FAKE_TOKEN}"}
-    ops = [(m, p.split("/")[2] if p.startswith("/api/models") else p) for m, p, _ in hub.requests]
-    assert ("POST", "/api/repos/create") in ops and ("POST", "/api/validate-yaml") in ops
+    calls = {(m, p.split("?")[0]) for m, p, _ in api_calls}
+    assert calls == {("POST", "/api/validate-yaml"), ("POST", "/api/repos/create"),
+                     ("POST", "/api/models/tester/full/preupload/main"), ("POST", "/api/models/tester/full/commit/main")}
     # what arrived is what was saved locally, and its ledger matches the uploaded weights
     out = Path(trainer.args.output_dir)
     for name in ("README.md", LEDGER_NAME, "model.safetensors"):
