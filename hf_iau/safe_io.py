@@ -60,13 +60,25 @@ def recover_directory(target: str | os.PathLike) -> None:
         os.rename(backup, target)
 
 
+# Files a save regenerates: an old copy must never outlive the save that replaced it (stale shards).
+_MODEL_FILE_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".index.json", ".gguf")
+_MODEL_FILE_NAMES = {
+    "config.json", "generation_config.json", "adapter_config.json", "README.md", "deletion_ledger.jsonl",
+    "training_args.json",
+}
+
+
 def _keep_extra_entries(old: Path, new: Path) -> None:
-    """Sub-folders of ``old`` that the new save did not write (training checkpoints, logs) are hard-linked
-    over; top-level files are not, so no stale weight file outlives the save that replaced it."""
+    """Entries of ``old`` that the new save did not write (training checkpoints, logs, reports) are
+    hard-linked over — except model files (weights, configs, card, ledger), so nothing stale survives."""
     for entry in old.iterdir():
         dest = new / entry.name
-        if entry.is_dir() and not dest.exists() and not entry.name.startswith(".tmp-"):
+        if dest.exists() or entry.name.startswith(".tmp-"):
+            continue
+        if entry.is_dir():
             shutil.copytree(entry, dest, copy_function=_link_or_copy)
+        elif entry.name not in _MODEL_FILE_NAMES and not entry.name.endswith(_MODEL_FILE_SUFFIXES):
+            _link_or_copy(entry, dest)
 
 
 def _link_or_copy(src: str | os.PathLike, dst: str | os.PathLike) -> None:
@@ -82,11 +94,12 @@ def atomic_directory(target: str | os.PathLike) -> Iterator[Path]:
 
     On any exception the temporary folder is removed and ``target`` is untouched.
     """
+    from .validation import check_output_dir
+
     target = Path(target).absolute()
     recover_directory(target)
+    check_output_dir(target)  # ValueError before anything is written
     target.parent.mkdir(parents=True, exist_ok=True)
-    if target.exists() and not os.access(target, os.W_OK):
-        raise ValueError(f"output_dir={str(target)!r} is not writable; choose a writable `output_dir`.")
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{target.name}-", dir=target.parent))
     try:
         yield tmp

@@ -104,6 +104,8 @@ class IAUTrainer(Trainer):
         )
         self._gr_logs: dict[str, list[float]] = defaultdict(list)
         self.unlearning_history: list[dict[str, Any]] = []
+        self.parent_checkpoint: str | None = None  # folder this model came from, when not `model_id`
+        self.unlearning_report: Any = None  # an evaluate_unlearning report, shown in the card
         if self.args.gr_alpha > 0 and (self.is_fsdp_enabled or self.is_deepspeed_enabled):
             raise ValueError(
                 "gr_alpha > 0 is not supported with FSDP or DeepSpeed (GR needs unsharded gradients); "
@@ -370,8 +372,10 @@ class IAUTrainer(Trainer):
                 self._write_unlearning_artifacts(output_dir)
             return
         with atomic_directory(output_dir) as tmp:
-            super().save_model(str(tmp), _internal_call)
+            super().save_model(str(tmp), _internal_call=True)  # no push from the temporary folder
             self._write_unlearning_artifacts(str(tmp))
+        if self.args.push_to_hub:
+            self.push_to_hub(commit_message="Model save", revision=self.args.hub_revision)
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         """Trainer's save, with the arguments as JSON instead of the pickled ``training_args.bin``."""
