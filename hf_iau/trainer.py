@@ -27,6 +27,13 @@ from .losses import evaluate_losses, loss_kind
 from .restriction import gr_gradient
 from .safe_io import atomic_directory
 from .unlearning import IAUUnlearner, UnlearningResult, request_id
+from .validation import (
+    check_model_source,
+    check_resume_checkpoint,
+    validate_trainer_inputs,
+    validate_unlearning_data,
+    validate_unlearning_ids,
+)
 
 _LABEL_COLUMNS = ("label", "labels", "label_ids")
 _AUTO_CLASSES = (
@@ -40,6 +47,7 @@ _DOUBLE_BACKWARD_ATTENTION = (None, "eager", "sdpa")
 
 def load_model(name_or_path: str, args: IAUConfig) -> PreTrainedModel:
     """Load a model by Hub id or local path, choosing the Auto class from ``config.architectures``."""
+    check_model_source(name_or_path, args)  # safetensors only unless the user opts in
     kwargs = dict(args.model_init_kwargs or {}) if isinstance(args.model_init_kwargs, (dict, type(None))) else {}
     if isinstance(args.model_init_kwargs, str):
         import json
@@ -93,6 +101,7 @@ class IAUTrainer(Trainer):
             if processing_class.pad_token is None:
                 processing_class.pad_token = processing_class.eos_token
             data_collator = DataCollatorForLanguageModeling(processing_class, mlm=False)
+        validate_trainer_inputs(model, args, processing_class, (("train_dataset", train_dataset), ("eval_dataset", eval_dataset)))
         super().__init__(
             model=model,
             args=args,
@@ -191,6 +200,11 @@ class IAUTrainer(Trainer):
             self._gr_logs.clear()
         super().log(logs, *args, **kwargs)
 
+    def train(self, resume_from_checkpoint: str | bool | None = None, *args: Any, **kwargs: Any) -> Any:
+        """``Trainer.train``; a missing ``resume_from_checkpoint`` is a ValueError before anything runs."""
+        check_resume_checkpoint(resume_from_checkpoint, self.args.output_dir)
+        return super().train(resume_from_checkpoint, *args, **kwargs)
+
     # --- unlearning ---------------------------------------------------------------------------
     def unlearn(
         self,
@@ -270,6 +284,7 @@ class IAUTrainer(Trainer):
             raise ValueError(f"`forget_dataset` must be a datasets.Dataset, got {type(forget).__name__}.")
         if len(forget) == 0:
             raise ValueError("`forget_dataset` is empty: pass at least one row to forget.")
+        validate_unlearning_ids(forget, retain, self.train_dataset, args.id_column)
         if retain is None:
             train = self.train_dataset
             if not isinstance(train, Dataset):
@@ -298,6 +313,7 @@ class IAUTrainer(Trainer):
         check_disjoint(forget, retain, args.id_column)
         for name, ds in (("forget_dataset", forget), ("retain_dataset", retain)):
             self._check_labels(name, ds)
+        validate_unlearning_data(self.model, forget, retain)
         return forget, retain
 
     def _check_labels(self, name: str, ds: Dataset) -> None:
