@@ -179,11 +179,9 @@ def check_processing_class(model: torch.nn.Module, processing_class: Any) -> Non
 def _column(ds: Any, col: str) -> Any:
     import pyarrow as pa
 
-    arr = ds.with_format("arrow")[col]
+    arr = ds.with_format("arrow")[col]  # memory-mapped chunks (rows taken when ds has an indices mapping)
     if isinstance(arr, pa.Table):
         arr = arr.column(0)
-    if isinstance(arr, pa.ChunkedArray):
-        arr = arr.combine_chunks()
     return arr
 
 
@@ -199,7 +197,7 @@ def _flat_ints(arr: Any) -> tuple[int, int] | None:
     import pyarrow.compute as pc
 
     while _is_list(arr.type):
-        arr = arr.flatten()
+        arr = pc.list_flatten(arr)
     if not pa.types.is_integer(arr.type) or len(arr) == 0:
         return None
     mm = pc.min_max(arr)
@@ -215,7 +213,7 @@ def _level_lengths(arr: Any) -> list[set[int]]:
     while _is_list(arr.type):
         lengths = pc.list_value_length(arr)
         levels.append({int(v) for v in pc.unique(lengths).to_pylist() if v is not None})
-        arr = arr.flatten()
+        arr = pc.list_flatten(arr)
     return levels
 
 
@@ -330,7 +328,7 @@ def check_id_types(forget: Any, other: Any, id_column: str, other_name: str) -> 
     if id_column not in forget.column_names or id_column not in other.column_names:
         return
     a, b = _id_kind(forget, id_column), _id_kind(other, id_column)
-    if a and b and a != b:
+    if a and b and a != b and {a, b} != {"integer", "float"}:  # 3 == 3.0 matches in Python
         raise ValueError(
             f"`forget_dataset`.{id_column} holds {a} ids but `{other_name}`.{id_column} holds {b} ids, so no id can "
             f"match; convert one side (e.g. forget_dataset.cast_column('{id_column}', "
