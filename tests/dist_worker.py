@@ -1,0 +1,91 @@
+"""Unlearning parity cases, run in one process (imported by tests) or on N processes (torchrun).
+
+``torchrun --nproc_per_node 2 tests/dist_worker.py OUT_DIR`` runs every case and rank 0 writes the
+trainable weights after unlearning to ``OUT_DIR/<case>.safetensors``; tests compare them with
+``run_case(case)`` in one process.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from typing import Callable
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import tiny  # noqa: E402
+
+N_FORGET, N_RETAIN = 7, 41
+# reference-parity settings, pinned (the library defaults may change); cases override some of them
+REFERENCE = {
+    "unlearn_optimizer": "adam", "unlearn_learning_rate": 1e-3, "unlearn_steps": 1, "forget_weight": 1.0,
+    "retain_weight": 1.0, "retain_sample_size": None, "forget_saturation": "none", "unlearn_stop": "fixed",
+}
+
+
+def _lora(model: torch.nn.Module, targets: list[str]):
+    from peft import LoraConfig
+
+    torch.manual_seed(1)
+    return LoraConfig(r=4, lora_alpha=8, target_modules=targets, init_lora_weights=False)
+
+
+# case -> (model factory, dataset factory, IAUConfig overrides, peft targets or None)
+CASES: dict[str, tuple[Callable, Callable, dict, list[str] | None]] = {
+    "bert_full": (tiny.tiny_bert, tiny.text_cls_dataset, {}, None),
+    "gpt2_full": (tiny.tiny_gpt2, tiny.lm_dataset, {}, None),
+    "gpt2_lora": (tiny.tiny_gpt2, tiny.lm_dataset, {}, ["c_attn", "c_proj"]),
+    "vit_retain_sample": (tiny.tiny_vit, tiny.image_dataset, {"retain_sample_size": 13, "unlearn_steps": 2}, None),
+    "bert_lora_retain_sample": (
+        tiny.tiny_bert, tiny.text_cls_dataset, {"retain_sample_size": 11, "unlearn_steps": 2}, ["query", "value"],
+    ),
+    "gpt2_multistep_sgd": (
+        tiny.tiny_gpt2, tiny.lm_dataset,
+        {"unlearn_optimizer": "sgd", "unlearn_learning_rate": 0.5, "unlearn_steps": 3, "forget_weight": 2.0}, None,
+    ),
+}
+
+
+def run_case(name: str, out_dir: str | None = None) -> dict[str, torch.Tensor]:
+    """Unlearn forget rows 0..6 with retain rows 7..47 and return the trainable weights (CPU, fp32)."""
+    from hf_iau import IAUConfig, IAUTrainer
+
+    make_model, make_data, overrides, targets = CASES[name]
+    model = make_model(seed=0)
+    data = make_data(n=N_FORGET + N_RETAIN, seed=3)
+    forget, retain = data.select(range(N_FORGET)), data.select(range(N_FORGET, N_FORGET + N_RETAIN))
+    kwargs = {**REFERENCE, **overrides}
+    args = IAUConfig(
+        output_dir=out_dir or tempfile.mkdtemp(), use_cpu=True, ddp_find_unused_parameters=False, report_to="none",
+        per_device_eval_batch_size=3, seed=0, disable_tqdm=True, **kwargs,
+    )
+    peft_config = _lora(model, targets) if targets else None
+    torch.manual_seed(1)
+    trainer = IAUTrainer(model=model, args=args, peft_config=peft_config)
+    trainer.unlearn(forget, retain_dataset=retain)
+    return {n: p.detach().float().cpu().clone().contiguous() for n, p in trainer.model.named_parameters() if p.requires_grad}
+
+
+def main(out_dir: str) -> None:
+    import torch.distributed as dist
+    from safetensors.torch import save_file
+
+    torch.set_num_threads(1)
+    for name in CASES:
+        weights = run_case(name, out_dir)
+        if int(os.environ.get("RANK", "0")) == 0:
+            save_file(weights, os.path.join(out_dir, f"{name}.safetensors"))
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    if int(os.environ.get("RANK", "0")) == 0:
+        with open(os.path.join(out_dir, "world_size.txt"), "w") as fh:
+            fh.write(str(world))
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])

@@ -1,0 +1,52 @@
+"""Unlearning on 2 CPU processes (torchrun, gloo) equals 1 process: full, LoRA, retain sampling."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import dist_worker  # noqa: E402
+
+TOL = 1e-5
+
+
+@pytest.fixture(scope="module")
+def two_process_weights(tmp_path_factory) -> Path:
+    """Run every case of tests/dist_worker.py once on 2 processes (one launch: imports dominate)."""
+    torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable)) or shutil.which("torchrun")
+    if torchrun is None:
+        pytest.skip("torchrun not found")
+    out = tmp_path_factory.mktemp("dist")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    env.pop("CUDA_VISIBLE_DEVICES", None)
+    cmd = [torchrun, "--nproc_per_node", "2", "--standalone", str(HERE / "dist_worker.py"), str(out)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    assert (out / "world_size.txt").read_text() == "2"
+    return out
+
+
+@pytest.mark.parametrize("case", list(dist_worker.CASES))
+def test_two_processes_equal_one(case: str, two_process_weights: Path, tmp_path: Path) -> None:
+    import torch
+    from safetensors.torch import load_file
+
+    from tiny import max_abs_diff
+
+    multi = load_file(str(two_process_weights / f"{case}.safetensors"))
+    single = dist_worker.run_case(case, str(tmp_path))
+    assert set(multi) == set(single)
+    make_model = dist_worker.CASES[case][0]
+    assert max_abs_diff(single, multi) <= TOL
+    # the update is not trivially zero (else parity would prove nothing)
+    before = {n: p for n, p in make_model(seed=0).named_parameters()}
+    moved = [n for n in single if n in before and not torch.allclose(single[n], before[n])]
+    assert moved or dist_worker.CASES[case][3], f"{case}: unlearning changed no weight"
