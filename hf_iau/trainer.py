@@ -273,7 +273,7 @@ class IAUTrainer(Trainer):
         """The IAUConfig fields that define the unlearning update (for cards, ledgers, config hashes)."""
         names = (
             "gr_alpha gr_mode gr_norm gr_fd_radius unlearn_optimizer unlearn_learning_rate unlearn_steps "
-            "forget_weight retain_weight retain_sample_size forget_saturation unlearn_stop "
+            "forget_weight retain_weight retain_sample_size forget_saturation unlearn_stop unlearn_stop_tolerance "
             "unlearn_max_retain_loss_rise seed unlearn_seed"
         ).split()
         return {n: getattr(self.args, n) for n in names}
@@ -356,8 +356,9 @@ class IAUTrainer(Trainer):
             yield self._prepare_inputs(batch)
 
     def _reference_level(self, reference: Dataset | None, req: str) -> tuple[dict[str, float], float]:
-        """Mean per-example loss/accuracy of held-out data: the level a never-seen example sits at."""
-        if self.args.forget_saturation != "loss":
+        """Per-example losses (for quantile targets), mean loss and accuracy of held-out data: what a
+        never-seen example looks like. Empty without held-out data (saturation then falls back to flip)."""
+        if self.args.forget_saturation not in ("loss", "auto"):
             return {}, 0.0
         if reference is None and isinstance(self.eval_dataset, Dataset):
             reference = self.eval_dataset
@@ -373,10 +374,18 @@ class IAUTrainer(Trainer):
         with self.autocast_smart_context_manager():
             out = evaluate_losses(self.model, self._batches(ref, idx[rank::world]))
         self.model.train(was_training)
-        stats = torch.tensor([float(out["loss"].sum()), float(len(out["loss"]))], dtype=torch.float64, device=self.args.device)
+        losses = torch.zeros(n, dtype=torch.float64, device=self.args.device)
+        losses[rank::world] = out["loss"].double().to(self.args.device)
+        correct = torch.zeros(n, dtype=torch.float64, device=self.args.device)
+        if "correct" in out:
+            correct[rank::world] = out["correct"].double().to(self.args.device)
         if world > 1 and torch.distributed.is_initialized():
-            torch.distributed.all_reduce(stats)
-        return {"loss": float(stats[0] / stats[1])}, float(n)
+            torch.distributed.all_reduce(losses)
+            torch.distributed.all_reduce(correct)
+        level: dict[str, Any] = {"loss": float(losses.mean()), "losses": losses.tolist()}
+        if "correct" in out:
+            level["accuracy"] = float(correct.mean())
+        return level, float(n)
 
     # --- saving -------------------------------------------------------------------------------
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:

@@ -29,6 +29,10 @@ def make_args(tmp_path, **kw) -> IAUConfig:
     return IAUConfig(**base)
 
 
+# The fixed single-step, whole-retain-set, no-saturation mode (the defaults before "auto").
+SINGLE_STEP = dict(unlearn_steps=1, retain_sample_size=None, forget_saturation="none", unlearn_stop="fixed")
+
+
 def padded_lm_dataset(n: int = 20, seed: int = 0):
     """Sequences of different lengths: per-token weighting matters."""
     g = torch.Generator().manual_seed(seed)
@@ -95,7 +99,7 @@ def test_batching_does_not_change_the_update(tmp_path):
     split = forget_retain_split(ds, forget=[0, 5, 9], id_column="id")
     results = []
     for bs in (1, 3, 20):
-        args = make_args(tmp_path, unlearn_optimizer="sgd", unlearn_learning_rate=0.5, unlearn_batch_size=bs)
+        args = make_args(tmp_path, unlearn_optimizer="sgd", unlearn_learning_rate=0.5, unlearn_batch_size=bs, **SINGLE_STEP)
         trainer = IAUTrainer(tiny_gpt2().double(), args=args, data_collator=default_data_collator)
         trainer.unlearn(split["forget"], split["retain"])
         results.append(params_of(trainer.model))
@@ -116,7 +120,8 @@ def test_batching_does_not_change_the_update(tmp_path):
 def test_unlearning_raises_forget_loss_on_each_model_family(tmp_path, make_model, make_data, collator):
     ds = make_data(24)
     split = forget_retain_split(ds, forget=0.25, id_column="id", seed=0)
-    args = make_args(tmp_path, unlearn_steps=3, unlearn_learning_rate=1e-3, retain_sample_size=8)
+    args = make_args(tmp_path, unlearn_steps=3, unlearn_learning_rate=1e-3, retain_sample_size=8,
+                     forget_saturation="none", unlearn_stop="fixed")
     trainer = IAUTrainer(make_model(), args=args, train_dataset=ds, data_collator=collator)
     before = params_of(trainer.model)
     result = trainer.unlearn(split["forget"])  # retain = train − forget (by id)
@@ -199,7 +204,7 @@ def test_sgd_multi_step_matches_manual_loop(tmp_path):
                 p -= 0.1 * p.grad
     args = make_args(
         tmp_path, unlearn_optimizer="sgd", unlearn_learning_rate=0.1, unlearn_steps=2, forget_weight=2.0, retain_weight=0.7,
-        unlearn_batch_size=16,
+        unlearn_batch_size=16, retain_sample_size=None, forget_saturation="none", unlearn_stop="fixed",
     )
     trainer = IAUTrainer(model, args=args, data_collator=collate)
     trainer.unlearn(split["forget"], split["retain"])
@@ -212,7 +217,7 @@ def test_runaway_guard_retries_with_smaller_steps_then_restores(tmp_path):
     # A tolerance of 0 forbids any rise in retain loss; a huge ascent-only step always raises it.
     args = make_args(
         tmp_path, unlearn_optimizer="sgd", unlearn_learning_rate=50.0, retain_weight=0.0,
-        unlearn_max_retain_loss_rise=0.0, unlearn_guard_retries=2,
+        unlearn_max_retain_loss_rise=0.0, unlearn_guard_retries=2, **SINGLE_STEP,
     )
     trainer = IAUTrainer(tiny_bert(), args=args, data_collator=default_data_collator)
     before = params_of(trainer.model)
