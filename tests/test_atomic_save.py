@@ -115,7 +115,8 @@ def _child(out: Path, log: Path, kill_at: str | None, max_saves: int) -> None:
     ds = text_cls_dataset(12)
     args = IAUConfig(
         output_dir=str(out), use_cpu=True, report_to=[], disable_tqdm=True, save_strategy="no",
-        unlearn_optimizer="sgd", unlearn_learning_rate=0.05, logging_strategy="no",
+        unlearn_optimizer="sgd", unlearn_learning_rate=0.05, logging_strategy="no", unlearn_steps=1,
+        retain_sample_size=None, forget_saturation="none", unlearn_stop="fixed",
     )
     trainer = _MarkedTrainer(tiny_bert(), args=args, train_dataset=ds, data_collator=default_data_collator)
     with open(log, "a") as fh:

@@ -37,7 +37,11 @@ from hf_iau import IAUConfig, IAUTrainer
 
 
 def make_args(out, **kw) -> IAUConfig:
-    base = dict(output_dir=str(out), use_cpu=True, report_to=[], disable_tqdm=True, save_strategy="no")
+    base = dict(
+        output_dir=str(out), use_cpu=True, report_to=[], disable_tqdm=True, save_strategy="no",
+        # the reference-parity update (one Adam step on whole sets), not the self-limiting default mode
+        unlearn_steps=1, unlearn_learning_rate=1e-3, retain_sample_size=None, forget_saturation="none", unlearn_stop="fixed",
+    )
     base.update(kw)
     return IAUConfig(**base)
 

@@ -24,8 +24,11 @@ from hf_iau import IAUConfig, IAUTrainer, forget_retain_split
 TESTS = Path(__file__).resolve().parent
 
 
-def run(out_dir: str, seed: int = 0, unlearn_seed: int | None = None, family: str = "gpt2") -> dict[str, str]:
-    """Train 3 steps with GR, unlearn two requests (3 sampled-retain Adam steps each), save.
+def run(
+    out_dir: str, seed: int = 0, unlearn_seed: int | None = None, family: str = "gpt2", default_mode: bool = False
+) -> dict[str, str]:
+    """Train 3 steps with GR, unlearn two requests (3 sampled-retain Adam steps each, or the library's default
+    self-limiting mode with ``default_mode``), save.
 
     Returns the sha256 of every saved weight file and of the in-memory state dict.
     """
@@ -35,11 +38,15 @@ def run(out_dir: str, seed: int = 0, unlearn_seed: int | None = None, family: st
         make_model, make_data = (tiny_gpt2, lm_dataset) if family == "gpt2" else (tiny_vit, image_dataset)
         ds = make_data(24, seed=1)
         ds = ds.remove_columns("id").add_column("id", [f"row-{i}" for i in range(len(ds))])  # hashed ids
+        unlearning = dict(
+            unlearn_steps=3, retain_sample_size=6, unlearn_learning_rate=1e-3, forget_saturation="none",
+            unlearn_stop="fixed",
+        )
         args = IAUConfig(
             output_dir=out_dir, use_cpu=True, report_to=[], disable_tqdm=True, save_strategy="no", seed=seed,
             unlearn_seed=unlearn_seed, gr_alpha=0.005, gr_mode="finite_difference", max_steps=3,
-            per_device_train_batch_size=4, learning_rate=1e-2, unlearn_steps=3, retain_sample_size=6,
-            unlearn_learning_rate=1e-3, logging_strategy="no",
+            per_device_train_batch_size=4, learning_rate=1e-2, logging_strategy="no",
+            **({} if default_mode else unlearning),
         )
         trainer = IAUTrainer(make_model(seed=seed), args=args, train_dataset=ds, data_collator=default_data_collator)
         trainer.train()
@@ -84,6 +91,14 @@ def test_same_seed_gives_bit_identical_weights_for_an_image_model(tmp_path):
     b = run(str(tmp_path / "b"), family="vit")
     assert a == b
     assert run(str(tmp_path / "c"), family="vit", unlearn_seed=5)["state"] != a["state"]
+
+
+def test_same_seed_gives_bit_identical_weights_in_the_default_unlearning_mode(tmp_path):
+    """The default mode (saturation targets, automatic stop, sampled retain data) is just as reproducible."""
+    a = run(str(tmp_path / "a"), default_mode=True)
+    _scramble_global_rngs(4)
+    assert run(str(tmp_path / "b"), default_mode=True) == a
+    assert run(str(tmp_path / "c"), default_mode=True, seed=1)["state"] != a["state"]
 
 
 def test_same_seed_gives_bit_identical_weights_across_processes(tmp_path):
