@@ -123,9 +123,13 @@ def test_budget_too_small_is_an_error(lm):
 # --- iau -------------------------------------------------------------------------------------
 def test_iau_is_trainer_unlearn_with_steps_capped_by_budget(lm):
     trainer, forget, retain = lm
-    res = run_method("iau", trainer, forget, retain, budget=40, unlearn_steps=5, unlearn_learning_rate=1e-3)
+    steps_before = trainer.args.unlearn_steps
+    # fixed steps on the whole retain set, no saturation (the untrained tiny LM fits nothing, so the default
+    # "auto" saturation would rightly stop at once)
+    res = run_method("iau", trainer, forget, retain, budget=40, unlearn_steps=5, unlearn_learning_rate=1e-3,
+                     forget_saturation="none", unlearn_stop="fixed", retain_sample_size=None)
     assert res.metrics["steps"] == 2 and res.metrics["example_gradient_passes"] == 32 <= 40
-    assert trainer.args.unlearn_steps == 1  # overrides are temporary
+    assert trainer.args.unlearn_steps == steps_before  # overrides are temporary
     assert trainer.unlearning_history[-1]["method"] == "iau"
     assert trainer.unlearning_history[-1]["config"]["unlearn_steps"] == 2
     with pytest.raises(ValueError, match="unknown option"):
