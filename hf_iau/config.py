@@ -15,7 +15,7 @@ FORGET_SATURATIONS = ("none", "loss", "flip", "auto")
 UNLEARN_STOPS = ("fixed", "auto")
 
 
-@dataclass
+@dataclass(repr=False)  # keep TrainingArguments.__repr__, which redacts tokens
 class IAUConfig(TrainingArguments):
     r"""
     Configuration for [`IAUTrainer`]: every `TrainingArguments` field plus the fields below.

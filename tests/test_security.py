@@ -181,11 +181,6 @@ def test_hub_token_never_written_to_logs_cards_reports_or_ledger(tmp_path, monke
     assert ARG_TOKEN not in str(args) and ARG_TOKEN not in args.to_json_string()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="config.py: @dataclass regenerates __repr__ for IAUConfig, replacing TrainingArguments' redacting "
-    "__repr__ (requested fix: @dataclass(repr=False) on IAUConfig)",
-)
 def test_config_repr_redacts_the_hub_token(tmp_path):
     args = make_args(tmp_path / "out", hub_token=ARG_TOKEN)
     assert ARG_TOKEN not in str(args)
