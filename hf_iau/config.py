@@ -151,6 +151,14 @@ class IAUConfig(TrainingArguments):
             "help": "unlearn_stop='auto' stops once at most this fraction of the forget examples is still active."
         },
     )
+    unlearn_stop_patience: int = field(
+        default=3,
+        metadata={
+            "help": "unlearn_stop='auto' also stops when, after the first example was forgotten, the number of "
+            "active forget examples has not reached a new low for this many steps (the last ones can resist: on "
+            "BBC/MiniLM 5 of 16 stayed active for 15 steps)."
+        },
+    )
     reference_sample_size: int = field(
         default=512,
         metadata={"help": "Held-out examples used to measure the reference ('never seen') loss level."},
@@ -253,6 +261,11 @@ class IAUConfig(TrainingArguments):
             finite(self.unlearn_stop_tolerance) and 0 <= self.unlearn_stop_tolerance < 1,
             "unlearn_stop_tolerance",
             "use a fraction in [0, 1).",
+        )
+        need(
+            isinstance(self.unlearn_stop_patience, int) and self.unlearn_stop_patience >= 1,
+            "unlearn_stop_patience",
+            "use an integer >= 1.",
         )
         need(
             isinstance(self.reference_sample_size, int) and self.reference_sample_size >= 1,

@@ -273,7 +273,7 @@ class IAUTrainer(Trainer):
         """The IAUConfig fields that define the unlearning update (for cards, ledgers, config hashes)."""
         names = (
             "gr_alpha gr_mode gr_norm gr_fd_radius unlearn_optimizer unlearn_learning_rate unlearn_steps "
-            "forget_weight retain_weight retain_sample_size forget_saturation unlearn_stop unlearn_stop_tolerance "
+            "forget_weight retain_weight retain_sample_size forget_saturation unlearn_stop unlearn_stop_tolerance unlearn_stop_patience "
             "unlearn_max_retain_loss_rise seed unlearn_seed"
         ).split()
         return {n: getattr(self.args, n) for n in names}

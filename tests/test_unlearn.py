@@ -162,6 +162,8 @@ def test_flip_saturation_stops_automatically(tmp_path):
     trainer.train()
     trainer.args.forget_saturation = "flip"
     trainer.args.unlearn_stop = "auto"
+    trainer.args.unlearn_stop_tolerance = 0.0  # stop only once NO example is active (the old auto stop)
+    trainer.args.unlearn_stop_patience = 50
     trainer.args.unlearn_steps = 50
     trainer.args.unlearn_learning_rate = 1e-2
     result = trainer.unlearn(split["forget"])

@@ -54,7 +54,7 @@ def test_auto_uses_loss_quantiles_when_forget_set_is_memorised(tmp_path):
     m = trainer.unlearn(split["forget"], split["retain"]).metrics
     assert m["saturation_loss"] == 1.0 and m["saturation_flip"] == 0.0
     assert "reference_loss" in m and "reference_accuracy" in m
-    assert m["forget_loss_after"] > m["forget_loss_before"]
+    assert m["stopped_early"] == 1.0 and m["steps"] < trainer.args.unlearn_steps  # every example reached its target
     assert m["example_forward_passes"] >= 24 + 6  # reference pass + forget pre-pass are counted
     assert m["example_gradient_passes"] <= m["steps"] * (6 + trainer.args.retain_sample_size) + 6 + trainer.args.retain_sample_size
 
