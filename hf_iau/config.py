@@ -154,7 +154,7 @@ class IAUConfig(TrainingArguments):
     unlearn_stop_patience: int = field(
         default=3,
         metadata={
-            "help": "unlearn_stop='auto' also stops when, after the first example was forgotten, the number of "
+            "help": "unlearn_stop='auto' with 'loss' targets also stops when, after the first example was forgotten, the number of "
             "active forget examples has not reached a new low for this many steps (the last ones can resist: on "
             "BBC/MiniLM 5 of 16 stayed active for 15 steps)."
         },
