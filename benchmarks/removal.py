@@ -227,7 +227,31 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a shared 2-core machine)")
     p.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "removal"))
     p.add_argument("--from-json", default=None, help="only rewrite the Markdown table from an existing results JSON")
+    p.add_argument("--merge", nargs="+", default=None,
+                   help="combine results JSONs (a later file's scenarios replace an earlier one's) into --out")
     a = p.parse_args(argv)
+    if a.merge:
+        parts = [json.loads(Path(f).read_text()) for f in a.merge]
+        runs: list[dict[str, Any]] = []
+        for part in parts:
+            names = {r["scenario"] for r in part["runs"]}
+            runs = [r for r in runs if r["scenario"] not in names] + part["runs"]
+        order = {n: i for i, n in enumerate(SCENARIOS)}
+        runs.sort(key=lambda r: (order.get(r["scenario"], 99), r["seed"]))
+        used = [m for m in METHODS if any(m in r["methods"] for r in runs)]
+        result = {
+            "command": " ; then ".join(f"{q['command']} (kept: {', '.join(sorted({r['scenario'] for r in q['runs'] if r in runs}))})" for q in parts),
+            "machine": parts[-1]["machine"], "torch": parts[-1]["torch"], "quick": parts[-1]["quick"],
+            "seeds": [p_["seeds"] for p_ in parts],
+            "total_seconds": sum(p_["total_seconds"] for p_ in parts),
+            "merged_from": [{"command": q["command"], "total_seconds": q["total_seconds"]} for q in parts],
+            "runs": runs,
+        }
+        result["summary"] = summarise(runs, used)
+        out = Path(a.out)
+        out.with_suffix(".json").write_text(json.dumps(result, indent=1))
+        out.with_suffix(".md").write_text(markdown(result, used))
+        return 0
     if a.from_json:
         result = json.loads(Path(a.from_json).read_text())
         Path(a.from_json).with_suffix(".md").write_text(markdown(result, [m for m in METHODS if any(m in r["methods"] for r in result["runs"])]))
