@@ -445,7 +445,6 @@ class IAUTrainer(Trainer):
         )
 
 
-
 def _load_processor(name_or_path: str, args: IAUConfig) -> Any:
     from transformers import AutoImageProcessor, AutoTokenizer
 
