@@ -15,7 +15,6 @@ from scipy.spatial.distance import jensenshannon
 from scipy.special import log_softmax, rel_entr, softmax
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import accuracy_score
-from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
 from hf_iau.losses import evaluate_losses
 from hf_iau.metrics import (
@@ -43,32 +42,7 @@ from hf_iau.metrics import (
     zlib_scores,
 )
 
-WORDS = [f"w{i}" for i in range(60)]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run fastest on one thread (and do not fight other processes for the cores)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def word_tokenizer() -> PreTrainedTokenizerFast:
-    from tokenizers import Tokenizer, models, pre_tokenizers
-
-    vocab = {"[PAD]": 0, "[UNK]": 1, "[BOS]": 2, "[EOS]": 3} | {w: i + 4 for i, w in enumerate(WORDS)}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]",
-                                   bos_token="[BOS]", eos_token="[EOS]")
-
-
-def tiny_gpt2(seed: int = 0) -> GPT2LMHeadModel:
-    torch.manual_seed(seed)
-    return GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=64, n_positions=32,
-                                      bos_token_id=0, eos_token_id=0, pad_token_id=0))
+from tiny import tiny_gpt2, word_tokenizer
 
 
 def hand_auc(members, nonmembers) -> float:

@@ -7,6 +7,7 @@ import torch
 from datasets import Dataset
 from transformers import (
     BertConfig,
+    PreTrainedTokenizerFast,
     BertForSequenceClassification,
     GPT2Config,
     GPT2LMHeadModel,
@@ -17,6 +18,7 @@ from transformers import (
 )
 
 VOCAB = 64
+WORDS = [f"w{i}" for i in range(60)]
 SEQ = 16
 NUM_LABELS = 3
 
@@ -92,3 +94,14 @@ def params_of(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 def max_abs_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
     return max(float((a[k].double() - b[k].double()).abs().max()) for k in a)
+
+
+def word_tokenizer() -> PreTrainedTokenizerFast:
+    """A word-level tokenizer over ``WORDS`` (ids 0–3: pad, unk, bos, eos), built offline."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    vocab = {"[PAD]": 0, "[UNK]": 1, "[BOS]": 2, "[EOS]": 3} | {w: i + 4 for i, w in enumerate(WORDS)}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]",
+                                   bos_token="[BOS]", eos_token="[EOS]")
