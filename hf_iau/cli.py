@@ -20,7 +20,7 @@ import math
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -316,7 +316,7 @@ def _label_info(train, column: str) -> tuple[int | None, list[str] | None]:
 
 def _image_to_array(ds, data: DataArguments):
     """PIL image column -> float32 ``pixel_values`` [C,H,W], standardised."""
-    from datasets import Array3D, Features
+    from datasets import Array3D
 
     col = data.image_column if data.image_column in ds.column_names else ("img" if "img" in ds.column_names else "image")
     if col == "pixel_values" and not hasattr(ds[0][col], "convert"):

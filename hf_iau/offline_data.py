@@ -22,7 +22,6 @@ memorise something that a retrained model provably never saw.
 from __future__ import annotations
 
 import bz2
-import csv
 import gzip
 import importlib.util
 import io

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tiny import image_dataset, lm_dataset, params_of, tiny_gpt2, tiny_vit
+from tiny import image_dataset, lm_dataset, tiny_gpt2, tiny_vit
 from transformers import default_data_collator
 
 from hf_iau import IAUConfig, IAUTrainer, forget_retain_split

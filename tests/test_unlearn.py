@@ -18,7 +18,7 @@ from tiny import (
     tiny_llama,
     tiny_vit,
 )
-from transformers import DataCollatorWithPadding, default_data_collator
+from transformers import default_data_collator
 
 from hf_iau import IAUConfig, IAUTrainer, forget_retain_split
 
