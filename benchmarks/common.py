@@ -208,3 +208,25 @@ def snapshot(model) -> dict[str, torch.Tensor]:
 
 def restore(model, state) -> None:
     model.load_state_dict(state)
+
+
+# --- the removal scenarios of benchmarks/scenarios.py (owned by removal.py's author: import only) ---
+def scenario_gap(s, model, retrained) -> dict[str, float]:
+    """Gap to retrain on a ``scenarios.Scenario``, measured exactly as ``benchmarks/removal.py`` does:
+    ``evaluate_unlearning`` with the loss-attack MIA, gap = mean |Δ| of forget accuracy, test accuracy
+    and MIA AUC between ``model`` and ``retrained``."""
+    from hf_iau.report import evaluate_unlearning
+
+    rep = evaluate_unlearning(
+        model, retrained=retrained, forget=s.forget, retain=s.retain, test=s.test, data_collator=s.data_collator,
+        tokenizer=s.tokenizer, mia=("loss",), batch_size=64, seed=s.seed, max_examples=1000,
+    )
+    m = rep.metrics
+    return {
+        "gap_to_retrain": m["gap_to_retrain"],
+        "forget_accuracy": m["unlearned/forget_accuracy"],
+        "test_accuracy": m["unlearned/test_accuracy"],
+        "mia_auc": m["unlearned/mia_loss_auc"],
+        "retrained_forget_accuracy": m["retrained/forget_accuracy"],
+        "retrained_test_accuracy": m["retrained/test_accuracy"],
+    }
