@@ -265,13 +265,23 @@ class IAUUnlearner:
             self._active_frac = float(np.mean([losses[i] < self.targets[i] for i in range(self.n_forget)]))
         return spent
 
-    def _pass(self, batches: Iterator[dict[str, Any]], weight: float, total: float, forget: bool, backward: bool) -> _Pass:
+    def _pass(
+        self,
+        batches: Iterator[dict[str, Any]],
+        weight: float,
+        total: float,
+        forget: bool,
+        backward: bool,
+        allow_nonfinite: bool = False,
+    ) -> _Pass:
+        """One pass over ``batches`` (backpropagating the weighted sum when ``backward``); a non-finite loss
+        raises, or — for the runaway guard's check (``allow_nonfinite``) — is returned as such."""
         stats = _Pass()
         pos = 0
         for batch in batches:
             with torch.set_grad_enabled(backward), self.autocast():
                 bl = batch_losses(self.model, batch, self.kind)
-            if not torch.isfinite(bl.loss_sum.detach()).all():
+            if not torch.isfinite(bl.loss_sum.detach()).all() and not allow_nonfinite:
                 raise UnlearningError(
                     f"non-finite {'forget' if forget else 'retain'} loss during unlearning; the original weights "
                     "were restored. Lower `unlearn_learning_rate` or check the inputs."
@@ -456,7 +466,8 @@ class IAUUnlearner:
             for g in optimizer.param_groups:
                 g["lr"] = lr
             optimizer.step()
-            after = self._reduce(self._pass(self.retain_batches(r_local), 0.0, 0.0, False, False)) if r_local or self.dist.on else _Pass()
+            check = self._pass(self.retain_batches(r_local), 0.0, 0.0, False, False, allow_nonfinite=True)
+            after = self._reduce(check) if r_local or self.dist.on else _Pass()
             fwd += after.examples
             rise = after.mean_loss - r_before.mean_loss
             if after.count == 0 or (math.isfinite(after.mean_loss) and rise <= tol):
