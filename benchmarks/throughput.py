@@ -8,7 +8,8 @@ tokens = predicted tokens of those steps. Unlearning: `IAUTrainer.unlearn` (one 
 forget set plus a retain sample), two figures: end to end (tokens in gradient passes / the
 request's wall time, which also holds the count pass and the after-request forward evaluation)
 and the gradient phase alone (the same tokens / the time of the step's passes, measured with
-unlearn_steps=2 minus unlearn_steps=1). Train and unlearn runs are interleaved, 3 repeats, medians.
+unlearn_steps=2 minus unlearn_steps=1, with a fixed step count and no saturation). Train and unlearn
+runs are interleaved, 3 repeats, medians.
 """
 
 from __future__ import annotations
@@ -57,7 +58,10 @@ def main() -> None:
 
     args = IAUConfig(output_dir=tempfile.mkdtemp(), use_cpu=True, report_to=[], disable_tqdm=True, save_strategy="no",
                      logging_strategy="no", max_steps=steps, per_device_train_batch_size=bs, unlearn_batch_size=bs,
-                     retain_sample_size=sample, learning_rate=1e-4, dataloader_num_workers=0)
+                     retain_sample_size=sample, learning_rate=1e-4, dataloader_num_workers=0,
+                     # fixed step count: the self-limiting default may stop early, and the gradient phase
+                     # is measured as the time of step 2 (steps=2 minus steps=1)
+                     forget_saturation="none", unlearn_stop="fixed")
     clock = Clock()
     trainer = IAUTrainer(model, args=args, train_dataset=ds, data_collator=default_data_collator, callbacks=[clock])
     forget, retain = ds.select(range(n_forget)), ds.select(range(n_forget, n_train))
