@@ -350,9 +350,10 @@ class IAUTrainer(Trainer):
     def _batches(self, ds: Dataset, indices: Sequence[int]) -> Iterator[dict[str, Any]]:
         bs = self.args.unlearn_batch_size or self.args.per_device_eval_batch_size
         for start in range(0, len(indices), bs):
-            rows = ds.select(indices[start : start + bs])
-            batch = self.data_collator([rows[i] for i in range(len(rows))])
-            yield self._prepare_inputs(batch)
+            columns = ds[list(indices[start : start + bs])]  # one batched read, not one per row
+            names = list(columns)
+            rows = [dict(zip(names, values)) for values in zip(*(columns[n] for n in names))]
+            yield self._prepare_inputs(self.data_collator(rows))
 
     def _reference_level(self, reference: Dataset | None, req: str) -> tuple[dict[str, float], float]:
         """Per-example losses (for quantile targets), mean loss and accuracy of held-out data: what a
