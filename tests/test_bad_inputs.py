@@ -31,19 +31,10 @@ from tiny import (
     tiny_gpt2,
     tiny_vit,
 )
+from tiny import parity_args as make_args
 from transformers import PreTrainedTokenizerFast, default_data_collator
 
-from hf_iau import IAUConfig, IAUTrainer
-
-
-def make_args(out, **kw) -> IAUConfig:
-    base = dict(
-        output_dir=str(out), use_cpu=True, report_to=[], disable_tqdm=True, save_strategy="no",
-        # the reference-parity update (one Adam step on whole sets), not the self-limiting default mode
-        unlearn_steps=1, unlearn_learning_rate=1e-3, retain_sample_size=None, forget_saturation="none", unlearn_stop="fixed",
-    )
-    base.update(kw)
-    return IAUConfig(**base)
+from hf_iau import IAUTrainer
 
 
 def tree(root: Path) -> dict[str, str]:

@@ -14,21 +14,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 from tiny import lm_dataset, params_of, text_cls_dataset, tiny_bert, tiny_gpt2
+from tiny import parity_args as make_args
 from transformers import default_data_collator
 
 from hf_iau import IAUConfig, IAUTrainer
 
 HF_IAU = Path(__file__).resolve().parent.parent / "hf_iau"
-
-
-def make_args(out, **kw) -> IAUConfig:
-    base = dict(
-        output_dir=str(out), use_cpu=True, report_to=[], disable_tqdm=True, save_strategy="no",
-        # the reference-parity update (one Adam step on whole sets), not the self-limiting default mode
-        unlearn_steps=1, unlearn_learning_rate=1e-3, retain_sample_size=None, forget_saturation="none", unlearn_stop="fixed",
-    )
-    base.update(kw)
-    return IAUConfig(**base)
 
 
 class _Payload:

@@ -105,3 +105,18 @@ def word_tokenizer() -> PreTrainedTokenizerFast:
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]",
                                    bos_token="[BOS]", eos_token="[EOS]")
+
+
+# The reference-parity update (one fresh Adam step on whole sets), not the self-limiting default mode.
+PARITY = dict(
+    unlearn_steps=1, unlearn_learning_rate=1e-3, retain_sample_size=None, forget_saturation="none", unlearn_stop="fixed"
+)
+
+
+def parity_args(out, **kw):
+    """IAUConfig for CPU tests in reference-parity mode; ``kw`` overrides."""
+    from hf_iau import IAUConfig
+
+    base = dict(output_dir=str(out), use_cpu=True, report_to=[], disable_tqdm=True, save_strategy="no", **PARITY)
+    base.update(kw)
+    return IAUConfig(**base)
