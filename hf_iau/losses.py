@@ -104,6 +104,14 @@ def batch_losses(model: torch.nn.Module, batch: dict[str, Any], kind: str | None
     return BatchLoss(ce, torch.ones_like(ce), correct, logits)
 
 
+def true_count(batch: dict[str, Any], kind: str) -> float:
+    """Predicted tokens (causal LM, after the one-token shift) or examples in ``batch``."""
+    labels = batch["labels"]
+    if kind == "causal_lm":
+        return float((labels[:, 1:] != IGNORE_INDEX).sum())
+    return float(labels.shape[0])
+
+
 @torch.no_grad()
 def evaluate_losses(
     model: torch.nn.Module, batches: Iterable[dict[str, Any]], kind: str | None = None

@@ -29,7 +29,7 @@ import torch
 import torch.distributed as dist
 
 from .config import IAUConfig
-from .losses import batch_losses, loss_kind
+from .losses import batch_losses, loss_kind, true_count
 
 Batches = Callable[[Sequence[int]], Iterator[dict[str, Any]]]
 
@@ -302,15 +302,11 @@ class IAUUnlearner:
                 stats.has_correct = 1.0
         return stats
 
-    def _count(self, batches: Iterator[dict[str, Any]]) -> float:
-        total = 0.0
-        for batch in batches:
-            labels = batch["labels"]
-            if self.kind == "causal_lm":
-                total += float((labels[:, 1:] != -100).sum())
-            else:
-                total += float(labels.shape[0])
-        return total
+    def _count(self, make_batches: Batches, local: list[int]) -> float:
+        """True count over all processes: predicted tokens (causal LM, needs the collated labels) or rows."""
+        if self.kind != "causal_lm":
+            return self.dist.sum_list([float(len(local))], self.device)[0]
+        return self.dist.sum_list([sum(true_count(b, self.kind) for b in make_batches(local))], self.device)[0]
 
     def _reduce(self, stats: _Pass) -> _Pass:
         return _Pass.of(self.dist.sum_list(stats.vec(), self.device))
@@ -333,7 +329,7 @@ class IAUUnlearner:
         original = self._snapshot()
         forget_local = d.shard(range(self.n_forget))
         self._forget_local = forget_local
-        n_f = d.sum_list([self._count(self.forget_batches(forget_local))], self.device)[0]
+        n_f = self._count(self.forget_batches, forget_local)
         if n_f == 0:
             raise UnlearningError("The forget set has no labelled tokens/examples: nothing to unlearn.")
         optimizer = _make_optimizer(args, self.params)
@@ -352,7 +348,7 @@ class IAUUnlearner:
                 if step == 0:
                     first_retain = r_idx
                 r_local = d.shard(r_idx)
-                n_r = d.sum_list([self._count(self.retain_batches(r_local))], self.device)[0] if r_idx else 0.0
+                n_r = self._count(self.retain_batches, r_local) if r_idx else 0.0
                 optimizer.zero_grad(set_to_none=False)
                 for p in self.params:
                     if p.grad is None:

@@ -22,7 +22,7 @@ import torch
 from datasets import Dataset
 
 from ..data import fingerprint_dataset
-from ..losses import IGNORE_INDEX, BatchLoss, batch_losses, loss_kind
+from ..losses import BatchLoss, batch_losses, loss_kind, true_count
 from ..unlearning import UnlearningError, UnlearningResult, _Dist, request_id, retain_sample
 
 if TYPE_CHECKING:
@@ -53,14 +53,6 @@ class Stats:
 
 class BudgetError(ValueError):
     """The budget does not pay for the smallest unit of work of a method."""
-
-
-def true_count(batch: dict[str, Any], kind: str) -> float:
-    """Predicted tokens (causal LM, after the one-token shift) or examples in ``batch``."""
-    labels = batch["labels"]
-    if kind == "causal_lm":
-        return float((labels[:, 1:] != IGNORE_INDEX).sum())
-    return float(labels.shape[0])
 
 
 def make_optimizer(name: str, params: list[torch.nn.Parameter], lr: float) -> torch.optim.Optimizer:
