@@ -27,10 +27,10 @@ import importlib.util
 import io
 import re
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
-from datasets import Array3D, ClassLabel, Dataset, DatasetDict, Features, Value
+from datasets import Array3D, ClassLabel, Dataset, DatasetDict, Features, Value, concatenate_datasets
 
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
 BBC_CLASSES = ("business", "entertainment", "politics", "sports", "tech")
@@ -202,10 +202,36 @@ def minilm_path() -> str:
     return str(path)
 
 
-def train_test(dataset: Dataset, test_size: float | int, seed: int = 0, stratify: str | None = "label") -> DatasetDict:
-    """Seeded ``DatasetDict(train=..., test=...)``, stratified by ``stratify`` when it is a ClassLabel column."""
+def train_validation_test(
+    dataset: Dataset,
+    test_size: float | int,
+    validation_size: float | int,
+    seed: int = 0,
+    stratify: str | None = "label",
+    keep_in_train: Sequence[bool] | None = None,
+) -> DatasetDict:
+    """Seeded, disjoint ``DatasetDict(train=..., validation=..., test=...)``.
+
+    ``test_size`` rows (a fraction < 1 of the rows that may be drawn, or a count) come first, then
+    ``validation_size`` rows (fraction of what is left, or a count); both are stratified by
+    ``stratify`` when it is a ClassLabel column. Rows where ``keep_in_train`` is true (e.g.
+    canaries: members the model must be able to memorise) are never drawn; they lead ``train``.
+    A size of 0 leaves that split empty.
+    """
+    pinned = np.zeros(len(dataset), bool) if keep_in_train is None else np.asarray(keep_in_train, bool)
+    if len(pinned) != len(dataset):
+        raise ValueError(f"`keep_in_train` has {len(pinned)} flags for {len(dataset)} rows; give one per row.")
     by = stratify if stratify and isinstance(dataset.features.get(stratify), ClassLabel) else None
-    return dataset.train_test_split(test_size=test_size, seed=seed, stratify_by_column=by)
+    pool = dataset.select(np.flatnonzero(~pinned)) if pinned.any() else dataset
+    parts: dict[str, Dataset] = {}
+    for name, size in (("test", test_size), ("validation", validation_size)):
+        if not size:
+            parts[name] = pool.select([])
+            continue
+        split = pool.train_test_split(test_size=size, seed=seed, stratify_by_column=by)
+        pool, parts[name] = split["train"], split["test"]
+    train = concatenate_datasets([dataset.select(np.flatnonzero(pinned)), pool]) if pinned.any() else pool
+    return DatasetDict(train=train, validation=parts["validation"], test=parts["test"])
 
 
 OFFLINE_DATASETS: dict[str, Callable[..., Dataset]] = {
@@ -236,6 +262,6 @@ __all__ = [
     "load_offline",
     "minilm_path",
     "mnist5k",
-    "train_test",
+    "train_validation_test",
     "wiki_text",
 ]

@@ -414,10 +414,8 @@ class IAUTrainer(Trainer):
 
     def _write_unlearning_artifacts(self, output_dir: str) -> None:
         """Model card and deletion ledger for the unlearning requests (filled in by hf_iau.hub)."""
-        try:
-            from .hub import write_unlearning_artifacts
-        except ImportError:
-            return
+        from .hub import write_unlearning_artifacts
+
         write_unlearning_artifacts(self, output_dir)
 
     def push_to_hub(
