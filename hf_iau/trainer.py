@@ -99,7 +99,9 @@ class IAUTrainer(Trainer):
         if data_collator is None and isinstance(processing_class, PreTrainedTokenizerBase) and loss_kind(model) == "causal_lm":
             if processing_class.pad_token is None:
                 processing_class.pad_token = processing_class.eos_token
-            data_collator = DataCollatorForLanguageModeling(processing_class, mlm=False)
+            from .collators import CausalLMCollator  # keeps given (prompt-masked) labels
+
+            data_collator = CausalLMCollator(processing_class)
         validate_trainer_inputs(model, args, processing_class, (("train_dataset", train_dataset), ("eval_dataset", eval_dataset)))
         super().__init__(
             model=model,
@@ -319,7 +321,9 @@ class IAUTrainer(Trainer):
         cols = [c for c in _LABEL_COLUMNS if c in ds.column_names]
         kind = loss_kind(self.model)
         if not cols:
-            if kind == "causal_lm" and isinstance(self.data_collator, DataCollatorForLanguageModeling):
+            from .collators import CausalLMCollator
+
+            if kind == "causal_lm" and isinstance(self.data_collator, (DataCollatorForLanguageModeling, CausalLMCollator)):
                 return
             if kind == "causal_lm" and "input_ids" in ds.column_names and len(ds):
                 probe = self.data_collator([{k: v for k, v in ds[0].items() if k in self._signature()}])
