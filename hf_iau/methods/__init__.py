@@ -65,6 +65,8 @@ from . import finetune  # noqa: E402,F401
 from . import gradient_ascent  # noqa: E402,F401
 from . import gradient_difference  # noqa: E402,F401
 from . import npo  # noqa: E402,F401
+from . import simnpo  # noqa: E402,F401
+from . import rmu  # noqa: E402,F401
 from . import influence_function  # noqa: E402,F401
 from . import fisher  # noqa: E402,F401
 
