@@ -1,6 +1,6 @@
 """Model cards for unlearned checkpoints, rendered from the deletion ledger.
 
-The card is built only from ledger entries (fingerprints, sizes, hashes, configs, aggregate
+The card is built only from ledger entries (keyed fingerprints, sizes, hashes, configs, aggregate
 metrics) plus optional aggregate evaluation metrics: it never sees a forget-set row.
 Template: ``model_cards/unlearned_model_card.md`` (Jinja, rendered by
 ``huggingface_hub.ModelCard.from_template``).
@@ -37,6 +37,7 @@ _HYPERPARAMETERS = (
     ("seed", "seed"),
     ("unlearn_seed", "unlearning seed"),
 )
+_SCHEMES = {"hmac-sha256": "HMAC-SHA256", "sha256": "sha256 (unkeyed)"}
 _VARIANTS = {
     "full": "full model",
     "adapter": "LoRA/PEFT adapter only (load it on top of the base model)",
@@ -96,6 +97,11 @@ def _num(value: Any) -> float | None:
     return v if math.isfinite(v) else None
 
 
+def scheme_of(entry: Mapping[str, Any]) -> str:
+    """Fingerprint scheme of a ledger entry: ``hmac-sha256`` (keyed) or ``sha256`` (old, unkeyed)."""
+    return str(entry.get("fingerprint_scheme") or "sha256")
+
+
 def _metric_rows(metrics: Mapping[str, Any]) -> list[dict[str, str]]:
     rows = []
     for key in metrics:
@@ -130,7 +136,7 @@ def _eval_results(latest: Mapping[str, Any], task_type: str, evaluation: Mapping
     fp = str(latest.get("forget_fingerprint", ""))
     results = []
     sets = {
-        "forget": (f"forget set ({latest.get('forget_size')} examples, sha256 {fp[:16]})", "forget-set"),
+        "forget": (f"forget set ({latest.get('forget_size')} examples, {scheme_of(latest)} {fp[:16]})", "forget-set"),
         "retain": (f"retain set ({latest.get('retain_size')} examples)", "retain-set"),
     }
     for split, (dname, dtype) in sets.items():
@@ -206,6 +212,7 @@ def build_model_card(
             "requests": len(entries),
             "forget_size": int(latest.get("forget_size", 0)),
             "forget_sha256": latest.get("forget_fingerprint"),
+            "forget_fingerprint_scheme": scheme_of(latest),
             "total_forget_size": int(sum(int(e.get("forget_size", 0)) for e in entries)),
             "weights_sha256": latest.get("child_checkpoint_sha256"),
             "ledger": ledger_name,
@@ -232,6 +239,8 @@ def build_model_card(
         child_sha256=latest.get("child_checkpoint_sha256"),
         library_name=library_name,
         latest=latest,
+        scheme=_SCHEMES.get(scheme_of(latest), scheme_of(latest)),
+        keyed=any(scheme_of(e) != "sha256" for e in entries),
         retain_text=f"{latest.get('retain_size')} examples disjoint from the forget set; the retain term used {sample}",
         hyperparameters=[(label, _param(config.get(key)) if key != "retain_sample_size" or retain_n else "whole set")
                          for key, label in _HYPERPARAMETERS if key in config],
@@ -260,5 +269,6 @@ def _request_row(e: Mapping[str, Any]) -> dict[str, Any]:
         "request_id": str(e.get("request_id", ""))[:16],
         "forget_size": e.get("forget_size"),
         "forget_fingerprint": e.get("forget_fingerprint"),
+        "scheme": _SCHEMES.get(scheme_of(e), scheme_of(e)),
         "child": (e.get("child_checkpoint_sha256") or "")[:16] or None,
     }

@@ -188,6 +188,12 @@ class IAUConfig(TrainingArguments):
         default="id",
         metadata={"help": "Column that identifies training rows (for retain = train − forget, overlap checks)."},
     )
+    fingerprint_key_file: str | None = field(
+        default=None,
+        metadata={"help": "Secret key of the keyed (HMAC-SHA256) forget-set fingerprints and deletion record; None: "
+                  "$HF_IAU_KEY_FILE or ~/.cache/hf_iau/fingerprint.key, created (0600) on first use. Never saved "
+                  "with the model: keep it to prove which ids a fingerprint names and to unlearn again with retain=None."},
+    )
     model_init_kwargs: dict[str, Any] | str | None = field(
         default=None,
         metadata={"help": "Keyword arguments for `from_pretrained` when `model` is given as a string."},

@@ -1,32 +1,106 @@
-"""Forget/retain splits and fingerprints of forget sets.
+"""Forget/retain splits and keyed fingerprints of forget sets.
 
-A fingerprint is the sha256 of the sorted ids (as JSON strings): it names a forget set in
-cards and ledgers without revealing a single row.
+A fingerprint names a forget set in cards and ledgers without revealing a row:
+``HMAC-SHA256(key, sorted ids)`` under a secret key created locally on first use
+(``default_key_file()``: ``$HF_IAU_KEY_FILE`` or ``~/.cache/hf_iau/fingerprint.key``, mode 0600).
+Without the key nobody can test a guess of ids against it; with the key its holder can prove which
+ids a fingerprint names. The key is never written into a checkpoint folder, card, ledger or log.
+``legacy_fingerprint_ids`` is the old unkeyed sha256, kept to read ledgers written before keys.
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
+import os
 import random
+import secrets
+from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 from datasets import Dataset, DatasetDict
 
 ForgetSpec = Sequence[Any] | Callable[[dict[str, Any]], bool] | float
 
+FINGERPRINT_SCHEME = "hmac-sha256"
+LEGACY_SCHEME = "sha256"
+KEY_ENV = "HF_IAU_KEY_FILE"
+_KEY_BYTES = 32
 
-def fingerprint_ids(ids: Iterable[Any]) -> str:
-    """sha256 (hex) over the sorted ids, independent of order and of int/str spelling."""
+
+def default_key_file() -> Path:
+    """``$HF_IAU_KEY_FILE`` when set, else ``~/.cache/hf_iau/fingerprint.key``."""
+    env = os.environ.get(KEY_ENV)
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "hf_iau" / "fingerprint.key"
+
+
+def load_key(path: str | os.PathLike | None = None, create: bool = True) -> bytes:
+    """The fingerprint key in ``path`` (default ``default_key_file()``), created (0600, 32 random bytes as hex) if absent.
+
+    Raises ``ValueError`` when the file is missing and ``create=False``, or holds no valid key.
+    """
+    path = Path(path).expanduser() if path else default_key_file()
+    if not path.exists():
+        if not create:
+            raise ValueError(
+                f"fingerprint key file {path} does not exist; pass the key file that made the fingerprints "
+                f"(--key FILE, IAUConfig(fingerprint_key_file=...) or ${KEY_ENV})."
+            )
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:  # created by a concurrent process: read theirs
+            return load_key(path, create=False)
+        try:
+            os.write(fd, (secrets.token_hex(_KEY_BYTES) + "\n").encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    text = path.read_text(encoding="ascii", errors="replace").strip()
+    try:
+        key = bytes.fromhex(text)
+    except ValueError:
+        key = b""
+    if len(key) < 16:
+        raise ValueError(
+            f"fingerprint key file {path} does not hold a key (expected at least 32 hex digits); restore it from "
+            f"your backup, or point IAUConfig(fingerprint_key_file=...) / ${KEY_ENV} at a new path to create a new key."
+        )
+    return key
+
+
+def key_id(key: bytes) -> str:
+    """A public name of a key (HMAC of a constant; reveals nothing about the key): 16 hex digits."""
+    return hmac.new(key, b"hf-iau fingerprint key id", hashlib.sha256).hexdigest()[:16]
+
+
+def _canonical_ids(ids: Iterable[Any]) -> bytes:
     keys = sorted(json.dumps(str(i)) for i in ids)
-    return hashlib.sha256(("[" + ",".join(keys) + "]").encode()).hexdigest()
+    return ("[" + ",".join(keys) + "]").encode()
 
 
-def fingerprint_dataset(dataset: Dataset, id_column: str | None = "id") -> str:
-    """Fingerprint of a dataset: of its id column when present, else of its rows' content hashes."""
+def fingerprint_ids(ids: Iterable[Any], key: bytes | None = None) -> str:
+    """HMAC-SHA256 (hex) of the sorted ids under ``key`` (default: ``load_key()``); order and int/str spelling do not matter."""
+    key = load_key() if key is None else key
+    return hmac.new(key, _canonical_ids(ids), hashlib.sha256).hexdigest()
+
+
+def legacy_fingerprint_ids(ids: Iterable[Any]) -> str:
+    """The unkeyed sha256 fingerprint of ledgers written before keys (reversible by enumeration: do not publish)."""
+    return hashlib.sha256(_canonical_ids(ids)).hexdigest()
+
+
+def row_digests(ids: Iterable[Any], key: bytes) -> list[str]:
+    """Keyed per-row digests ``HMAC-SHA256(key, id)`` (hex), in the order of ``ids``: a deletion record without ids."""
+    return [hmac.new(key, json.dumps(str(i)).encode(), hashlib.sha256).hexdigest() for i in ids]
+
+
+def fingerprint_dataset(dataset: Dataset, id_column: str | None = "id", key: bytes | None = None) -> str:
+    """Keyed fingerprint of a dataset: of its id column when present, else of its rows' content hashes."""
     if id_column and id_column in dataset.column_names:
-        return fingerprint_ids(dataset[id_column])
-    return fingerprint_ids(_row_hashes(dataset))
+        return fingerprint_ids(dataset[id_column], key)
+    return fingerprint_ids(_row_hashes(dataset), key)
 
 
 def _row_hashes(dataset: Dataset) -> list[str]:

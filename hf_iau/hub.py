@@ -3,7 +3,8 @@
 ``IAUTrainer.save_model()`` calls :func:`write_unlearning_artifacts` on the folder being saved:
 it copies the parent checkpoint's ledger (from ``trainer.parent_checkpoint`` or the local folder
 the model was loaded from, ``trainer.model_id``) into the new folder as a new file, appends one
-entry per request in ``trainer.unlearning_history``, and renders ``README.md`` from the ledger.
+entry per request in ``trainer.unlearning_history``, renders ``README.md`` from the ledger, and writes
+the deletion record ``deleted_rows.json`` (keyed digests of every row deleted so far, see hf_iau.request).
 ``IAUTrainer.push_to_hub()`` calls :func:`push_unlearned`: full model, LoRA adapter alone, or
 the adapter merged into its base model, safetensors only.
 """
@@ -50,6 +51,7 @@ PUSH_IGNORE_PATTERNS = [
 _VERSION_PACKAGES = (
     "hf-iau", "torch", "transformers", "peft", "accelerate", "datasets", "safetensors", "huggingface_hub",
 )
+_KEYED_FIELDS = ("fingerprint_scheme", "fingerprint_key_id", "deleted_rows", "deleted_rows_sha256")
 _STATE_ATTR = "_hf_iau_hub_state"
 _PUSHING_ATTR = "_hf_iau_pushing"
 
@@ -296,13 +298,15 @@ def write_unlearning_artifacts(
             str(k): float(v) for k, v in (rec.get("metrics") or {}).items()
             if isinstance(v, (int, float)) and not isinstance(v, bool)
         }
+        keyed = {k: _jsonable(rec[k]) for k in _KEYED_FIELDS if rec.get(k) is not None}
         append_entry(
             ledger,
             {
                 "request_id": str(rec["request_id"]),
                 "time_utc": when,
-                "method": "iau",
+                "method": str(rec.get("method") or "iau"),
                 "forget_fingerprint": str(rec["forget_fingerprint"]),
+                **keyed,
                 "forget_size": int(rec["forget_size"]),
                 "retain_size": int(rec.get("retain_size", 0)),
                 "parent_checkpoint_sha256": prev_child,
@@ -316,6 +320,9 @@ def write_unlearning_artifacts(
             },
         )
         prev_child = child
+    from .request import deletion_record
+
+    deletion_record(trainer).save(out)  # keyed row digests of every row deleted so far; never ids, never the key
     if record and history:
         state.children.setdefault((last, str(history[-1]["request_id"])), (digest, dict(files), variant))
     entries = read_ledger(ledger)

@@ -1,8 +1,10 @@
 """Deletion ledger: an append-only, hash-chained JSONL record of unlearning requests.
 
 One line per deletion request, in the folder of the checkpoint it produced
-(``deletion_ledger.jsonl``). Each entry names the forget set only by its size and sha256
-fingerprint, the parent and child checkpoints by the sha256 of their ``*.safetensors`` files,
+(``deletion_ledger.jsonl``). Each entry names the forget set only by its size and keyed
+fingerprint (``fingerprint_scheme: "hmac-sha256"`` under the key named by ``fingerprint_key_id``;
+entries without a scheme hold the old unkeyed sha256), the deletion record of every row deleted so
+far by ``deleted_rows_sha256`` (the folder's ``deleted_rows.json``), the parent and child checkpoints by the sha256 of their ``*.safetensors`` files,
 and carries ``prev_entry_sha256`` (the previous entry's ``entry_sha256``; 64 zeros for the
 first) and ``entry_sha256`` (sha256 of the entry's canonical JSON without that field).
 
@@ -19,9 +21,10 @@ import math
 import os
 import sys
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 LEDGER_NAME = "deletion_ledger.jsonl"
+DELETION_RECORD_NAME = "deleted_rows.json"
 LEDGER_VERSION = 1
 GENESIS_HASH = "0" * 64
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
@@ -72,6 +75,27 @@ def canonical_json(value: Any) -> str:
 def config_hash(config: Mapping[str, Any]) -> str:
     """sha256 of a configuration dict's canonical JSON."""
     return hashlib.sha256(canonical_json(dict(config)).encode()).hexdigest()
+
+
+def deletion_record_sha256(parts: Mapping[str, Iterable[str]]) -> str:
+    """sha256 of a deletion record ``{key_id: row digests}`` (canonical: sorted keys, sorted digests)."""
+    body = [[str(k), sorted(str(d) for d in v)] for k, v in sorted(parts.items()) if v]
+    return hashlib.sha256(json.dumps(body, separators=(",", ":")).encode()).hexdigest()
+
+
+def read_deletion_record(folder: str | os.PathLike) -> dict[str, list[str]] | None:
+    """``{key_id: row digests}`` of the folder's ``deleted_rows.json``; None when absent. ``LedgerError`` if unreadable."""
+    path = Path(folder) / DELETION_RECORD_NAME
+    if not path.is_file():
+        return None
+    try:
+        body = json.loads(path.read_text())
+        parts: dict[str, list[str]] = {}
+        for part in body["parts"]:
+            parts.setdefault(str(part["key_id"]), []).extend(str(d) for d in part["digests"])
+        return parts
+    except (ValueError, KeyError, TypeError) as err:
+        raise LedgerError(f"{path} is not a valid deletion record ({err.__class__.__name__})") from None
 
 
 def entry_hash(entry: Mapping[str, Any]) -> str:
@@ -274,17 +298,80 @@ def verify_ledger(folder: str | os.PathLike, check_weight_files: bool = True) ->
     problems += check_chain(entries)
     if check_weight_files and entries:
         problems += check_weights(path.parent, entries[-1])
+    if entries:
+        problems += check_deletion_record(path.parent, entries[-1])
+        problems += check_card_head(path.parent, entries[-1])
     return problems
 
 
+def check_card_head(folder: str | os.PathLike, entry: Mapping[str, Any]) -> list[str]:
+    """Problems between the card's ``unlearning.ledger_head`` (README.md metadata, if any) and the last entry."""
+    readme = Path(folder) / "README.md"
+    if not readme.is_file():
+        return []
+    from huggingface_hub import metadata_load
+
+    try:
+        head = ((metadata_load(readme) or {}).get("unlearning") or {}).get("ledger_head")
+    except Exception:  # a card that is not ours: nothing to compare
+        return []
+    if head and head != entry.get("entry_sha256"):
+        return [f"README.md ledger_head {str(head)[:12]} is not the last entry's entry_sha256 (the ledger or the card was edited)"]
+    return []
+
+
+def check_deletion_record(folder: str | os.PathLike, entry: Mapping[str, Any]) -> list[str]:
+    """Problems between the folder's ``deleted_rows.json`` and ``entry``'s ``deleted_rows_sha256`` (no key needed)."""
+    expected = entry.get("deleted_rows_sha256")
+    try:
+        parts = read_deletion_record(folder)
+    except LedgerError as err:
+        return [str(err)]
+    if expected is None:
+        return []  # a ledger written before deletion records
+    if parts is None:
+        return [f"{DELETION_RECORD_NAME} is missing but the last entry records one (rows deleted earlier could come back)"]
+    problems = []
+    if deletion_record_sha256(parts) != expected:
+        problems.append(f"{DELETION_RECORD_NAME} does not match the last entry's deleted_rows_sha256 (the record was edited)")
+    count = sum(len(set(v)) for v in parts.values())
+    if entry.get("deleted_rows") is not None and count != entry.get("deleted_rows"):
+        problems.append(f"{DELETION_RECORD_NAME} holds {count} rows, the last entry {entry.get('deleted_rows')}")
+    return problems
+
+
+def prove_ids(entries: Sequence[Mapping[str, Any]], ids: Sequence[Any], key: bytes | None) -> dict[str, Any]:
+    """Which entry's fingerprint names exactly ``ids``: keyed entries need ``key``; unkeyed (old) ones do not."""
+    from .data import FINGERPRINT_SCHEME, fingerprint_ids, key_id, legacy_fingerprint_ids
+
+    kid = key_id(key) if key is not None else None
+    keyed = fingerprint_ids(ids, key) if key is not None else None
+    legacy = legacy_fingerprint_ids(ids)
+    for i, e in enumerate(entries):
+        scheme = e.get("fingerprint_scheme") or "sha256"
+        if scheme == FINGERPRINT_SCHEME and keyed is not None and e.get("forget_fingerprint") == keyed:
+            return {"match": i, "request_id": e.get("request_id"), "scheme": scheme, "key_id": kid}
+        if scheme == "sha256" and e.get("forget_fingerprint") == legacy:
+            return {"match": i, "request_id": e.get("request_id"), "scheme": scheme, "key_id": None}
+    return {"match": None, "scheme": None, "key_id": kid}
+
+
 def main_ledger(argv: Sequence[str] | None = None) -> int:
-    """``hf-iau ledger verify <dir> [--json] [--no-weights]``: exit 0 valid, 1 problems, 2 no ledger."""
+    """``hf-iau ledger verify <dir> [--json] [--no-weights] [--key FILE] [--ids IDS.json]``.
+
+    Exit 0: valid (and, with ``--ids``, the ids match an entry); 1: problems or no match; 2: no ledger
+    or unreadable key/ids. The chain, weights and deletion record are checked without a key.
+    """
     parser = argparse.ArgumentParser(prog="hf-iau ledger", description="Inspect a deletion ledger.")
     sub = parser.add_subparsers(dest="command", required=True)
-    v = sub.add_parser("verify", help="check the hash chain and that the weight files match the last entry")
+    v = sub.add_parser("verify", help="check the hash chain, the deletion record and that the weight files match the last entry")
     v.add_argument("dir", help="checkpoint folder holding deletion_ledger.jsonl")
     v.add_argument("--json", action="store_true", help="print a JSON object instead of text")
     v.add_argument("--no-weights", action="store_true", help="check the chain only, not the weight files")
+    v.add_argument("--key", default=None, help="fingerprint key file (IAUConfig.fingerprint_key_file); lists the entries "
+                   "it fingerprinted. Default with --ids: $HF_IAU_KEY_FILE or ~/.cache/hf_iau/fingerprint.key")
+    v.add_argument("--ids", default=None, help="JSON file with a list of row ids: prove which entry deleted exactly "
+                   "these ids (recomputes the keyed fingerprint; old unkeyed entries need no key)")
     args = parser.parse_args(list(argv) if argv is not None else None)
     try:
         problems = verify_ledger(args.dir, check_weight_files=not args.no_weights)
@@ -293,14 +380,50 @@ def main_ledger(argv: Sequence[str] | None = None) -> int:
         return 2
     path = ledger_path(args.dir)
     entries, _ = _parse(path.read_bytes(), path)
-    if args.json:
-        print(json.dumps({"ok": not problems, "entries": len(entries), "problems": problems}))
-    elif problems:
-        print(f"FAILED: {len(problems)} problem(s) in {path}")
-        for p in problems:
-            print(f"  - {p}")
-    else:
-        head = entries[-1]["entry_sha256"][:16]
-        print(f"OK: {len(entries)} entr{'y' if len(entries) == 1 else 'ies'}, chain intact (head {head}), weights match")
-    return 1 if problems else 0
+    report: dict[str, Any] = {"ok": not problems, "entries": len(entries), "problems": problems}
+    lines: list[str] = []
+    if args.key or args.ids:
+        from .data import key_id, load_key
 
+        try:
+            key = load_key(args.key, create=False) if (args.key or args.ids) else None
+        except (ValueError, OSError) as err:
+            if args.key or any(e.get("fingerprint_scheme") for e in entries):
+                print(f"error: {err}", file=sys.stderr)
+                return 2
+            key = None  # only old unkeyed entries: --ids works without a key
+        if key is not None:
+            kid = key_id(key)
+            mine = [i for i, e in enumerate(entries) if e.get("fingerprint_key_id") == kid]
+            report["key"] = {"key_id": kid, "entries": mine}
+            lines.append(f"key {kid}: fingerprinted entr{'y' if len(mine) == 1 else 'ies'} {mine or 'none'} of {len(entries)}")
+        if args.ids:
+            try:
+                ids = json.loads(Path(args.ids).read_text())
+                if not isinstance(ids, list) or not ids:
+                    raise ValueError("not a non-empty JSON list")
+            except (OSError, ValueError) as err:
+                print(f"error: --ids {args.ids}: {err}; pass a JSON file holding a list of ids", file=sys.stderr)
+                return 2
+            proof = prove_ids(entries, ids, key)
+            report["ids"] = {"count": len(ids), **proof}
+            if proof["match"] is None:
+                lines.append(f"ids: the {len(ids)} ids match no entry's fingerprint" + ("" if key is not None else " (no key given)"))
+            else:
+                lines.append(f"ids: the {len(ids)} ids are exactly the forget set of entry {proof['match']} "
+                             f"(request {str(proof['request_id'])[:16]}, {proof['scheme']} fingerprint)")
+    failed = bool(problems) or (args.ids is not None and report["ids"]["match"] is None)
+    if args.json:
+        print(json.dumps(report))
+    else:
+        if problems:
+            print(f"FAILED: {len(problems)} problem(s) in {path}")
+            for p in problems:
+                print(f"  - {p}")
+        else:
+            head = entries[-1]["entry_sha256"][:16]
+            print(f"OK: {len(entries)} entr{'y' if len(entries) == 1 else 'ies'}, chain intact (head {head}), "
+                  + ("weights match" if not args.no_weights else "weights not checked"))
+        for line in lines:
+            print(line)
+    return 1 if failed else 0

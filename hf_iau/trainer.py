@@ -21,17 +21,15 @@ from transformers import (
 )
 
 from .config import IAUConfig
-from .data import check_disjoint, fingerprint_dataset
 from .losses import evaluate_losses, loss_kind
 from .restriction import gr_gradient
+from .request import DeletionRequest
 from .safe_io import atomic_directory
 from .unlearning import IAUUnlearner, UnlearningResult, request_id
 from .validation import (
     check_model_source,
     check_resume_checkpoint,
     validate_trainer_inputs,
-    validate_unlearning_data,
-    validate_unlearning_ids,
 )
 
 _LABEL_COLUMNS = ("label", "labels", "label_ids")
@@ -220,8 +218,9 @@ class IAUTrainer(Trainer):
         level used by ``forget_saturation="loss"``. On any error the weights are left unchanged.
         """
         args = self.args
-        forget_dataset, retain_dataset = self._validate_unlearning_data(forget_dataset, retain_dataset)
-        fingerprint = fingerprint_dataset(forget_dataset, args.id_column)
+        deletion = self._deletion_request(forget_dataset, retain_dataset, reference_dataset)
+        forget_dataset, retain_dataset, reference_dataset = deletion.forget, deletion.retain, deletion.reference
+        fingerprint = deletion.fingerprint  # keyed (HMAC-SHA256), see hf_iau.request
         seed = args.unlearn_seed if args.unlearn_seed is not None else args.seed
         req = request_id(fingerprint, seed + len(self.unlearning_history))
         forget_in = self._model_columns(forget_dataset)
@@ -253,7 +252,18 @@ class IAUTrainer(Trainer):
         method: str,
         config: dict[str, Any] | None = None,
     ) -> UnlearningResult:
-        """Append a finished request to ``unlearning_history`` (read by the card and ledger) and log it."""
+        """Append a finished request to ``unlearning_history`` (read by the card and ledger) and log it.
+
+        The request validated last by ``_deletion_request`` / ``_validate_unlearning_data`` is committed to the
+        model's deletion record (its rows stay deleted for later requests) and its keyed fingerprint is recorded.
+        """
+        deletion, self._pending_deletion = getattr(self, "_pending_deletion", None), None
+        extra: dict[str, Any] = {}
+        if deletion is not None:
+            fingerprint = deletion.fingerprint
+            record = deletion.commit(self)
+            extra = {"fingerprint_scheme": deletion.scheme, "fingerprint_key_id": deletion.key_id,
+                     "deleted_rows": record.count, "deleted_rows_sha256": record.sha256()}
         result.forget_fingerprint = fingerprint
         self.unlearning_history.append(
             {
@@ -264,6 +274,7 @@ class IAUTrainer(Trainer):
                 "retain_size": result.retain_size,
                 "metrics": dict(result.metrics),
                 "config": config if config is not None else self.unlearning_config(),
+                **extra,
             }
         )
         if self.state is not None:
@@ -279,43 +290,19 @@ class IAUTrainer(Trainer):
         ).split()
         return {n: getattr(self.args, n) for n in names}
 
+    def _deletion_request(
+        self, forget: Dataset, retain: Dataset | None = None, reference: Dataset | None = None
+    ) -> DeletionRequest:
+        """Validate a request: retain = train − forget − every row deleted so far (``hf_iau.request``).
+
+        Kept as the pending request: ``record_unlearning`` commits its rows to the deletion record."""
+        self._pending_deletion = DeletionRequest.build(self, forget, retain, reference)
+        return self._pending_deletion
+
     def _validate_unlearning_data(self, forget: Dataset, retain: Dataset | None) -> tuple[Dataset, Dataset]:
-        args = self.args
-        if not isinstance(forget, Dataset):
-            raise ValueError(f"`forget_dataset` must be a datasets.Dataset, got {type(forget).__name__}.")
-        if len(forget) == 0:
-            raise ValueError("`forget_dataset` is empty: pass at least one row to forget.")
-        validate_unlearning_ids(forget, retain, self.train_dataset, args.id_column)
-        if retain is None:
-            train = self.train_dataset
-            if not isinstance(train, Dataset):
-                raise ValueError(
-                    "`retain_dataset` is None and the trainer has no `train_dataset`: pass `retain_dataset=`."
-                )
-            col = args.id_column
-            if col not in forget.column_names or col not in train.column_names:
-                raise ValueError(
-                    f"`retain_dataset` is None, so retain = train_dataset minus the forget rows by `id_column`={col!r}, "
-                    "but that column is missing; add an id column or pass `retain_dataset=`."
-                )
-            forget_ids = set(forget[col])
-            missing = len(forget_ids - set(train[col]))
-            if missing:
-                raise ValueError(
-                    f"`forget_dataset`: {missing} id(s) are not in the train dataset's `{col}` column; "
-                    "check the ids or pass `retain_dataset=` explicitly."
-                )
-            keep = [i for i, v in enumerate(train[col]) if v not in forget_ids]
-            retain = train.select(keep)
-        elif not isinstance(retain, Dataset):
-            raise ValueError(f"`retain_dataset` must be a datasets.Dataset or None, got {type(retain).__name__}.")
-        if len(retain) == 0 and args.retain_weight > 0:
-            raise ValueError("`retain_dataset` is empty: pass retained rows, or set retain_weight=0 (pure ascent).")
-        check_disjoint(forget, retain, args.id_column)
-        for name, ds in (("forget_dataset", forget), ("retain_dataset", retain)):
-            self._check_labels(name, ds)
-        validate_unlearning_data(self.model, forget, retain)
-        return forget, retain
+        """``(forget, retain)`` of ``_deletion_request`` (for the baselines in ``hf_iau.methods``)."""
+        deletion = self._deletion_request(forget, retain)
+        return deletion.forget, deletion.retain
 
     def _check_labels(self, name: str, ds: Dataset) -> None:
         cols = [c for c in _LABEL_COLUMNS if c in ds.column_names]

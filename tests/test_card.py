@@ -116,7 +116,7 @@ def test_saved_files_hold_fingerprints_never_forgotten_rows(tmp_path, monkeypatc
     assert card.data.library_name == "transformers"
     forget_loss = [r.metric_value for r in card.data.eval_results if (r.dataset_type, r.metric_type) == ("forget-set", "loss")]
     assert forget_loss == [round(result.metrics["forget_loss_after"], 6)]
-    assert f"3 examples, sha256 fingerprint `{fingerprint}`" in card.text
+    assert f"3 examples, HMAC-SHA256 fingerprint `{fingerprint}`" in card.text
     assert "Against the retrained model" in card.text
     gap = [r.metric_value for r in card.data.eval_results if r.metric_type == "gap_to_retrain"]
     assert gap == [round(report.metrics["gap_to_retrain"], 6)]

@@ -83,7 +83,10 @@ def chain(tmp_path_factory):
     t2 = IAUTrainer(model=str(root / "out1"), args=_args(root / "out2"), train_dataset=ds,
                     data_collator=default_data_collator)
     s2 = forget_retain_split(ds, forget=[3, 4], id_column="id")
-    t2.unlearn(s2["forget"], retain_dataset=s2["retain"])
+    with pytest.raises(ValueError, match="3 row\\(s\\) deleted by an earlier request"):
+        t2.unlearn(s2["forget"], retain_dataset=s2["retain"])  # request 1's rows are back in this retain set
+    res = t2.unlearn(s2["forget"])  # retain = train − {0..4}: the reloaded folder's deletion record
+    assert res.retain_size == len(ds) - 5
     t2.save_model()
     fps = [fingerprint_dataset(s1["forget"], "id"), fingerprint_dataset(s2["forget"], "id")]
     return root, first, fps
@@ -153,7 +156,7 @@ def test_in_place_request_keeps_linked_ledgers_intact(chain, tmp_path):
     ds = lm_dataset(10)
     t3 = IAUTrainer(model=str(folder), args=_args(folder), train_dataset=ds, data_collator=default_data_collator)
     s3 = forget_retain_split(ds, forget=[7], id_column="id")
-    t3.unlearn(s3["forget"], retain_dataset=s3["retain"])
+    t3.unlearn(s3["forget"])  # retain = train − {0..4} − {7}
     t3.save_model()
     assert len(read_ledger(folder)) == 3 and verify_ledger(folder) == []
     assert len(read_ledger(tmp_path / "linked.jsonl")) == 2
@@ -165,12 +168,12 @@ def test_one_trainer_many_requests_appends_only(tmp_path):
     trainer = IAUTrainer(model=tiny_gpt2(), args=_args(out), train_dataset=ds, data_collator=default_data_collator)
     for ids in ([0, 1], [2]):
         s = forget_retain_split(ds, forget=ids, id_column="id")
-        trainer.unlearn(s["forget"], retain_dataset=s["retain"])
+        trainer.unlearn(s["forget"])
         if ids == [0, 1]:
             trainer.save_model()
             first = (out / LEDGER_NAME).read_bytes()
     s = forget_retain_split(ds, forget=[3], id_column="id")
-    trainer.unlearn(s["forget"], retain_dataset=s["retain"])
+    trainer.unlearn(s["forget"])
     trainer.save_model()
     data = (out / LEDGER_NAME).read_bytes()
     assert data.startswith(first)  # the saved entry is kept byte for byte; new requests are appended
