@@ -184,7 +184,7 @@ def recipe_path(name: str) -> Path:
     """Folder of the bundled recipe ``name``: ``hf_iau/recipes/<name>`` (packaged with the wheel)."""
     path = RECIPES_DIR / name
     if not (path / "config.yaml").exists():
-        have = sorted(p.name for p in RECIPES_DIR.glob("*/config.yaml")) if RECIPES_DIR.is_dir() else []
+        have = sorted(p.parent.name for p in RECIPES_DIR.glob("*/config.yaml")) if RECIPES_DIR.is_dir() else []
         raise SystemExit(
             f"hf-iau: recipe {name!r} not found: no {path / 'config.yaml'}. Bundled recipes: {', '.join(have) or 'none'} "
             "(this installation ships none if the list is empty: reinstall hf-iau, or take recipes/ from the source "
