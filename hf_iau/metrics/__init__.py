@@ -13,7 +13,24 @@ from pathlib import Path
 
 from .canary import canary_exposure, canary_rank, model_canary_exposure, sequence_nll
 from .fidelity import causal_lm_mask, gap_to_retrain, kl_js_divergence, kl_js_per_position
+from .llm import (
+    answer_probability,
+    answer_rouge,
+    exact_memorisation,
+    extraction_strength,
+    forget_quality,
+    greedy_answers,
+    lm_example_stats,
+    model_utility,
+    option_probability,
+    privleak,
+    rouge_l_recall,
+    truth_ratio,
+    truth_ratio_score,
+)
 from .mia import (
+    CONVENTIONS,
+    DEFAULT_MIN_K,
     TokenLogProbs,
     loss_scores,
     min_k_plus_plus_scores,
@@ -22,9 +39,11 @@ from .mia import (
     roc_auc,
     shadow_attack_scores,
     shadow_features,
+    scored_token_mask,
     token_log_probs,
     zlib_length,
     zlib_scores,
+    zlib_token_ids,
 )
 from .utility import accuracy, mean_loss, perplexity
 
@@ -39,28 +58,45 @@ def evaluate_module_path(name: str) -> str:
 
 
 __all__ = [
+    "CONVENTIONS",
+    "DEFAULT_MIN_K",
     "EVALUATE_MODULES",
     "TokenLogProbs",
     "accuracy",
+    "answer_probability",
+    "answer_rouge",
     "canary_exposure",
     "canary_rank",
     "causal_lm_mask",
     "evaluate_module_path",
+    "exact_memorisation",
+    "extraction_strength",
+    "forget_quality",
     "gap_to_retrain",
+    "greedy_answers",
     "kl_js_divergence",
     "kl_js_per_position",
+    "lm_example_stats",
     "loss_scores",
     "mean_loss",
     "min_k_plus_plus_scores",
     "min_k_scores",
     "model_canary_exposure",
+    "model_utility",
+    "option_probability",
     "perplexity",
+    "privleak",
     "reference_scores",
     "roc_auc",
+    "rouge_l_recall",
+    "scored_token_mask",
     "sequence_nll",
     "shadow_attack_scores",
     "shadow_features",
     "token_log_probs",
+    "truth_ratio",
+    "truth_ratio_score",
     "zlib_length",
     "zlib_scores",
+    "zlib_token_ids",
 ]

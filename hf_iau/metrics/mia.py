@@ -49,6 +49,10 @@ def reference_scores(target_losses: ArrayLike, reference_losses: ArrayLike) -> n
     return -(np.asarray(target_losses, dtype=np.float64) - np.asarray(reference_losses, dtype=np.float64))
 
 
+CONVENTIONS = ("hf_iau", "open_unlearning")
+DEFAULT_MIN_K = 0.4  # TOFU and MUSE configurations (open-unlearning) use k = 0.4 for LMs
+
+
 @dataclass
 class TokenLogProbs:
     """Per predicted token (after the causal shift): log p(x_t), and μ_t, σ_t of log p over the vocabulary."""
@@ -56,20 +60,65 @@ class TokenLogProbs:
     logp: torch.Tensor  # [B, T-1] log p(x_t | x_<t)
     mu: torch.Tensor  # [B, T-1] E_{z~p}[log p(z)]
     sigma: torch.Tensor  # [B, T-1] sqrt(Var_{z~p}[log p(z)])
-    mask: torch.Tensor  # [B, T-1] bool, label != -100
+    mask: torch.Tensor  # [B, T-1] bool: the tokens the scores use
+    target: torch.Tensor | None = None  # [B, T-1] the target ids (-100 outside ``mask``)
+
+
+def _check_convention(convention: str) -> None:
+    if convention not in CONVENTIONS:
+        raise ValueError(f"convention must be one of {', '.join(CONVENTIONS)}, got {convention!r}")
+
+
+def scored_token_mask(labels: torch.Tensor, convention: str = "hf_iau") -> torch.Tensor:
+    """Which predicted tokens (after the shift, ``[B, T-1]``) per-token metrics use.
+
+    ``"hf_iau"``: every labelled target, ``labels[:, 1:] != -100`` (the loss's tokens).
+    ``"open_unlearning"``: the span from the first labelled position to the second-to-last
+    labelled one (open-unlearning drops the last labelled token, usually EOS); empty with fewer
+    than two labelled tokens. Position 0 is never predicted in either convention.
+    """
+    _check_convention(convention)
+    lab = labels != IGNORE_INDEX
+    if convention == "hf_iau":
+        return lab[:, 1:]
+    pos = torch.arange(labels.size(-1), device=labels.device).expand_as(labels)
+    last = torch.where(lab, pos, -1).amax(-1, keepdim=True)
+    end = torch.where(lab & (pos < last), pos, -1).amax(-1, keepdim=True)  # second-to-last labelled
+    first = torch.where(lab, pos, labels.size(-1)).amin(-1, keepdim=True)
+    return ((pos >= first) & (pos <= end))[:, 1:]
+
+
+def _full(x: torch.Tensor) -> torch.Tensor:
+    return x if x.dtype in (torch.float32, torch.float64) else x.float()
 
 
 @torch.no_grad()
-def token_log_probs(logits: torch.Tensor, labels: torch.Tensor) -> TokenLogProbs:
-    """Shift ``logits[:, :-1]`` against ``labels[:, 1:]`` and return per-token log-prob statistics."""
-    lp = F.log_softmax(logits[:, :-1, :].float(), dim=-1)
+def token_log_probs(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    input_ids: torch.Tensor | None = None,
+    convention: str = "hf_iau",
+) -> TokenLogProbs:
+    """Shift ``logits[:, :-1]`` against the targets ``[:, 1:]`` and return per-token log-prob statistics.
+
+    Targets are ``labels`` (``"hf_iau"``) or, inside open-unlearning's span, ``input_ids`` when given
+    (``"open_unlearning"``, see :func:`scored_token_mask`). σ_t = sqrt(max(Var, 0)) (``"hf_iau"``) or
+    sqrt(max(Var, 1e-6)) (``"open_unlearning"``).
+    """
+    lp = F.log_softmax(_full(logits[:, :-1, :]), dim=-1)
+    mask = scored_token_mask(labels, convention).to(lp.device)
     target = labels[:, 1:].to(lp.device)
-    mask = target != IGNORE_INDEX
+    if convention == "open_unlearning" and input_ids is not None:
+        target = input_ids[:, 1:].to(lp.device)
+    if (mask & (target == IGNORE_INDEX)).any():
+        raise ValueError("open_unlearning convention: the labelled span has unlabelled positions; pass `input_ids`.")
+    target = target.masked_fill(~mask, IGNORE_INDEX)
     logp = lp.gather(-1, target.clamp_min(0).unsqueeze(-1)).squeeze(-1)
     p = lp.exp()
     mu = (p * lp).sum(-1)
     var = (p * lp.square()).sum(-1) - mu.square()
-    return TokenLogProbs(logp, mu, var.clamp_min(0).sqrt(), mask)
+    var = var.clamp_min(1e-6 if convention == "open_unlearning" else 0.0)
+    return TokenLogProbs(logp, mu, var.sqrt(), mask, target)
 
 
 def _mean_lowest(values: torch.Tensor, mask: torch.Tensor, k: float) -> np.ndarray:
@@ -85,12 +134,15 @@ def _mean_lowest(values: torch.Tensor, mask: torch.Tensor, k: float) -> np.ndarr
     return out.cpu().numpy()
 
 
-def min_k_scores(stats: TokenLogProbs, k: float = 0.2) -> np.ndarray:
-    """Min-K% (Shi et al. 2024): s_i = mean of the k-fraction lowest log p(x_t) of sequence i."""
+def min_k_scores(stats: TokenLogProbs, k: float = DEFAULT_MIN_K) -> np.ndarray:
+    """Min-K% (Shi et al. 2024): s_i = mean of the max(1, ⌊k·n_i⌋) lowest log p(x_t) of sequence i.
+
+    NaN for a sequence with no scored token (callers skip such rows).
+    """
     return _mean_lowest(stats.logp, stats.mask, k)
 
 
-def min_k_plus_plus_scores(stats: TokenLogProbs, k: float = 0.2) -> np.ndarray:
+def min_k_plus_plus_scores(stats: TokenLogProbs, k: float = DEFAULT_MIN_K) -> np.ndarray:
     """Min-K%++ (Zhang et al. 2024): Min-K% over z_t = (log p(x_t) − μ_t) / σ_t.
 
     μ_t and σ_t are the mean and standard deviation of log p(z) for z drawn from the model's
@@ -98,6 +150,14 @@ def min_k_plus_plus_scores(stats: TokenLogProbs, k: float = 0.2) -> np.ndarray:
     """
     z = (stats.logp.double() - stats.mu.double()) / stats.sigma.double().clamp_min(1e-12)
     return _mean_lowest(z, stats.mask, k)
+
+
+def zlib_token_ids(labels: torch.Tensor, convention: str = "hf_iau") -> list[list[int]]:
+    """Token ids whose decoded text ZLib compresses: the loss's targets, ``labels[:, 1:] != -100``
+    (``"hf_iau"``), or every labelled token (``"open_unlearning"``). Never the unlabelled prompt."""
+    _check_convention(convention)
+    lab = labels[:, 1:] if convention == "hf_iau" else labels
+    return [row[row != IGNORE_INDEX].tolist() for row in lab]
 
 
 def shadow_features(logits: torch.Tensor | np.ndarray, labels: ArrayLike) -> np.ndarray:
