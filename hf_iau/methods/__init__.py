@@ -69,5 +69,7 @@ from . import simnpo  # noqa: E402,F401
 from . import rmu  # noqa: E402,F401
 from . import influence_function  # noqa: E402,F401
 from . import fisher  # noqa: E402,F401
+from . import salun  # noqa: E402,F401
+from . import scrub  # noqa: E402,F401
 
 __all__ = ["METHODS", "Method", "get_method", "register_method", "run_method"]

@@ -1,0 +1,136 @@
+"""SCRUB: teacher–student unlearning (Kurmanji et al. 2023, arXiv 2302.09880), for classifiers.
+
+The teacher is the original model (frozen); the student starts as a copy of it and alternates
+
+* a max-step on a forget mini-batch:  minimise  −mean_{B_f} KL(p_T(x) ‖ p_S(x))   (move away from the teacher),
+* a min-step on a retain mini-batch:  minimise  α·mean_{B_r} KL(p_T ‖ p_S) + γ·mean_{B_r} CE(p_S, y),
+
+max-steps only during the first ``max_fraction`` of the steps (the paper's ``msteps``). The teacher is never
+copied: its class probabilities on every row the loop will use are computed once, before the first update
+(forward passes), so LoRA/sharded models need no second model. Each step costs |B_f| + |B_r| passes.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any, Sequence
+
+import torch
+import torch.nn.functional as F
+from datasets import Dataset
+
+from ..losses import BatchLoss, batch_losses
+from ..unlearning import UnlearningResult
+from . import register_method
+from ._request import BudgetError, Request, make_optimizer
+from ._steps import _chunks
+
+if TYPE_CHECKING:
+    from ..trainer import IAUTrainer
+
+
+def teacher_log_probs(req: Request, ds: Dataset, idx: Sequence[int]) -> dict[int, torch.Tensor]:
+    """log p_T(·|x) of rows ``idx`` under the current (original) weights, by index (forward passes)."""
+    out: dict[int, torch.Tensor] = {}
+    idx = sorted(set(idx))
+    with torch.no_grad():
+        for batch, ix in req.batches(ds, idx):
+            with req.trainer.autocast_smart_context_manager():
+                bl = batch_losses(req.model, batch, req.kind)
+            lp = F.log_softmax(bl.logits.float(), -1).detach()
+            out.update({i: lp[k] for k, i in enumerate(ix)})
+    req.fwd_passes += req.count(ds, idx, per_example=True)
+    return out
+
+
+def _step(req: Request, opt: torch.optim.Optimizer) -> None:
+    engine = getattr(req, "engine", None)  # the GradScaler path when the request engine has one
+    engine.step(opt) if engine is not None else opt.step()
+
+
+def kl_term(teacher: dict[int, torch.Tensor], ce_weight: float = 0.0, kl_weight: float = 1.0):
+    """Per-example kl_weight·KL(p_T ‖ p_S) + ce_weight·CE."""
+
+    def term(bl: BatchLoss, ix: Sequence[int]) -> torch.Tensor:
+        lt = torch.stack([teacher[i] for i in ix]).to(bl.logits.device)
+        ls = F.log_softmax(bl.logits.float(), -1)
+        kl = (lt.exp() * (lt - ls)).sum(-1)
+        return kl_weight * kl + ce_weight * bl.loss_sum
+
+    return term
+
+
+@register_method("scrub")
+def scrub(
+    trainer: "IAUTrainer",
+    forget_dataset: Dataset,
+    retain_dataset: Dataset | None = None,
+    budget: float | None = None,
+    *,
+    alpha: float = 1.0,
+    gamma: float = 1.0,
+    max_fraction: float = 0.5,
+    learning_rate: float | None = None,
+    optimizer: str | None = None,
+    batch_size: int | None = None,
+    retain_batch_size: int | None = None,
+    steps: int | None = None,
+    epochs: float | None = None,
+) -> UnlearningResult:
+    """SCRUB on a classifier; length: ``steps``, or ``epochs`` over the forget set, or (with a budget) what it pays."""
+    if not (alpha >= 0 and gamma >= 0 and 0 <= max_fraction <= 1):
+        raise ValueError("scrub needs alpha >= 0, gamma >= 0 and max_fraction in [0, 1].")
+    req = Request("scrub", trainer, forget_dataset, retain_dataset, budget)
+    if req.kind != "classification":
+        raise ValueError("scrub needs a single-label classifier (class-probability KL); use npo or iau for this model.")
+    args = req.args
+    lr = float(learning_rate if learning_rate is not None else args.unlearn_learning_rate)
+    bs = int(batch_size or args.per_device_train_batch_size * args.gradient_accumulation_steps)
+    rbs = int(retain_batch_size or bs)
+    n_f, n_r = len(req.forget), len(req.retain)
+    if n_r == 0:
+        raise ValueError("scrub needs retained data, but the retain set is empty.")
+    if steps is None:
+        if epochs is not None:
+            steps = math.ceil(float(epochs) * n_f / bs)
+        elif budget is not None:
+            cost = lambda k: round(max_fraction * k) * min(bs, n_f) + k * min(rbs, n_r)  # noqa: E731
+            steps = 1
+            while cost(steps + 1) <= budget:
+                steps += 1
+        else:
+            steps = math.ceil(n_f / bs)
+    n_max = int(round(max_fraction * steps))
+    f_stream, r_stream = _chunks(req, n_f, bs, 0), _chunks(req, n_r, rbs, 1)
+    plan = [(next(f_stream) if t < n_max else [], next(r_stream)) for t in range(steps)]
+    config = {"learning_rate": lr, "optimizer": optimizer or args.unlearn_optimizer, "batch_size": bs,
+              "retain_batch_size": rbs, "alpha": alpha, "gamma": gamma, "steps": steps, "max_steps": n_max,
+              "seed": req.seed, "budget": budget}
+    req.begin()
+    try:
+        t_f = teacher_log_probs(req, req.forget, range(n_f))
+        t_r = teacher_log_probs(req, req.retain, [i for _, r in plan for i in r])
+        opt = make_optimizer(optimizer or args.unlearn_optimizer, req.params, lr)
+        history: list[dict[str, float]] = []
+        done = 0
+        for t, (f_idx, r_idx) in enumerate(plan):
+            if not req.affordable(len(f_idx) + len(r_idx)):
+                break
+            rec: dict[str, float] = {"step": float(t)}
+            if f_idx:
+                req.zero_grad()
+                rec["forget_loss"] = req.accumulate(req.forget, f_idx, -1.0, kl_term(t_f), per_example=True).mean_loss
+                req.sync_grads()
+                _step(req, opt)
+            req.zero_grad()
+            rec["retain_loss"] = req.accumulate(req.retain, r_idx, 1.0, kl_term(t_r, gamma, alpha), per_example=True).mean_loss
+            req.sync_grads()
+            _step(req, opt)
+            history.append(rec)
+            done += 1
+        if done == 0:
+            raise BudgetError(f"budget={budget:g} example-gradient passes cannot pay for one step of scrub; raise it.")
+        return req.finish(config, {"steps": float(done), "learning_rate": lr}, history)
+    except BaseException:
+        req.restore()
+        raise

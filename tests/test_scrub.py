@@ -1,0 +1,48 @@
+"""SCRUB: the student moves away from the teacher on the forget set and stays with it on retained data."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_salun import fitted, fresh  # noqa: E402,F401
+from test_unlearn_defaults import make_args  # noqa: E402
+from tiny import lm_dataset, params_of, tiny_gpt2  # noqa: E402
+
+from hf_iau import IAUTrainer  # noqa: E402
+from hf_iau.methods import METHODS, run_method  # noqa: E402
+
+
+def test_scrub_is_registered():
+    assert "scrub" in METHODS
+
+
+def test_scrub_forgets_and_keeps_retained_predictions(fitted):  # noqa: F811
+    trainer, split = fresh(fitted)
+    m = run_method("scrub", trainer, split["forget"], split["retain"], steps=30, max_fraction=0.5,
+                   batch_size=8, learning_rate=1e-2).metrics
+    assert m["steps"] == 30
+    assert m["forget_loss_after"] > 5 * m["forget_loss_before"]  # pushed away from the teacher, then partly pulled back
+    assert m["retain_accuracy_after"] >= 0.9
+    assert m["example_gradient_passes"] == 15 * 8 + 30 * 8  # max-steps only in the first half
+    assert m["example_forward_passes"] >= 8  # teacher outputs on the forget set, computed once
+
+
+def test_scrub_budget_sets_the_length(fitted):  # noqa: F811
+    trainer, split = fresh(fitted)
+    m = run_method("scrub", trainer, split["forget"], split["retain"], budget=100, batch_size=8).metrics
+    assert m["example_gradient_passes"] <= 100
+    assert m["example_gradient_passes"] > 100 - 16
+
+
+def test_scrub_refuses_a_causal_lm_and_keeps_the_weights(tmp_path):
+    ds = lm_dataset(12)
+    trainer = IAUTrainer(tiny_gpt2(0), args=make_args(tmp_path), train_dataset=ds)
+    state = params_of(trainer.model)
+    with pytest.raises(ValueError, match="scrub needs a single-label classifier"):
+        run_method("scrub", trainer, ds.select(range(3)), ds.select(range(3, 12)))
+    assert all(torch.equal(state[k], v) for k, v in params_of(trainer.model).items())
