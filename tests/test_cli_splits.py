@@ -161,3 +161,22 @@ def test_missing_recipe_explains_where_recipes_live() -> None:
     assert (recipe_path("mnist_resnet") / "config.yaml").exists()
     with pytest.raises(SystemExit, match="Bundled recipes: .*mnist_resnet.*--config"):
         recipe_path("no_such_recipe")
+
+
+def test_local_dataset_folder_splits(tmp_path: Path) -> None:
+    """The datasets.load_dataset path: validation is carved from train (kept in source order); a given test split is used as is."""
+    import csv
+
+    for name, rows in (("train", 40), ("test", 10)):
+        with open(tmp_path / f"{name}.csv", "w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(["text", "label", "is_canary"])
+            w.writerows([[f"{name} row {i}", i % 2, name == "train" and i < 3] for i in range(rows)])
+    data = DataArguments(dataset_name=str(tmp_path), test_split="test", validation_size=8)
+    train, validation, test = load_raw(data, seed=0)
+    assert (len(train), len(validation), len(test)) == (32, 8, 10)
+    assert train["id"] == sorted(train["id"]) and set(test["id"]) == set(range(40, 50))
+    assert sum(train["is_canary"]) == 3 and not any(validation["is_canary"])
+    carved = load_raw(DataArguments(dataset_name=str(tmp_path), test_size=10, validation_size=5), seed=0)
+    assert [len(d) for d in carved] == [25, 5, 10] and sum(carved[0]["is_canary"]) == 3
+    assert set(carved[0]["id"]) | set(carved[1]["id"]) | set(carved[2]["id"]) == set(range(40))
