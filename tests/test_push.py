@@ -15,7 +15,8 @@ from tiny import lm_dataset, tiny_gpt2
 from transformers import default_data_collator
 
 from hf_iau import IAUConfig, IAUTrainer, forget_retain_split
-from hf_iau.ledger import LEDGER_NAME, verify_ledger
+from hf_iau.data import load_key
+from hf_iau.ledger import DELETION_RECORD_NAME, LEDGER_NAME, verify_ledger
 
 FAKE_TOKEN = "hf_FAKEtokenNEVERwrittenANYWHERE0123456789"
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
@@ -79,8 +80,11 @@ def test_push_full_model(hub, tmp_path):
     trainer = _trainer(tmp_path, "full")
     info = trainer.push_to_hub()
     files = hub.repos["tester/full"]
-    assert {"README.md", LEDGER_NAME, "model.safetensors", "config.json", "training_args.json"} <= set(files)
-    assert not [p for p in files if p.endswith((".bin", ".pt", ".pth", ".pkl"))]
+    assert {"README.md", LEDGER_NAME, DELETION_RECORD_NAME, "model.safetensors", "config.json",
+            "training_args.json"} <= set(files)
+    assert not [p for p in files if p.endswith((".bin", ".pt", ".pth", ".pkl", ".key"))]
+    key = load_key(trainer.args.fingerprint_key_file, create=False)  # the fingerprint key never travels
+    assert not [p for p, data in files.items() if key.hex().encode() in data or key in data]
     assert info.oid == hub.commits[-1]["oid"]
     assert len(hub.commits) == 1
     # the client authenticated with the token from HF_TOKEN on every call
@@ -118,7 +122,7 @@ def test_push_adapter_and_merged(hub, tmp_path):
     n_params = sum(p.numel() for p in trainer.model.parameters())
     trainer.push_to_hub(merge_adapter=True, repo_id="tester/lora-merged")
     merged = hub.repos["tester/lora-merged"]
-    assert {"README.md", LEDGER_NAME, "model.safetensors", "config.json"} <= set(merged)
+    assert {"README.md", LEDGER_NAME, DELETION_RECORD_NAME, "model.safetensors", "config.json"} <= set(merged)
     assert not [p for p in merged if p.startswith("adapter_")]
     m_entry = json.loads(merged[LEDGER_NAME].decode().splitlines()[-1])
     assert m_entry["checkpoint_format"] == "merged"
