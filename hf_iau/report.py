@@ -23,7 +23,22 @@ from torch.utils.data import DataLoader
 from .data import fingerprint_ids
 from .losses import base_model_of, batch_losses, loss_kind
 from .metrics.fidelity import causal_lm_mask, gap_to_retrain, kl_js_per_position
+from .metrics.llm import (
+    answer_probability,
+    answer_rouge,
+    exact_memorisation,
+    extraction_strength,
+    forget_quality,
+    lm_example_stats,
+    model_utility,
+    nanmean,
+    privleak,
+    truth_ratio,
+    truth_ratio_score,
+)
 from .metrics.mia import (
+    CONVENTIONS,
+    DEFAULT_MIN_K,
     loss_scores,
     min_k_plus_plus_scores,
     min_k_scores,
@@ -34,6 +49,7 @@ from .metrics.mia import (
     token_log_probs,
     zlib_length,
     zlib_scores,
+    zlib_token_ids,
 )
 from .metrics.utility import accuracy, mean_loss, perplexity
 
@@ -76,10 +92,13 @@ class UnlearningReport:
     def _rows(self) -> list[tuple[str, str]]:
         rows: list[tuple[str, str]] = []
         for split in SPLITS:
-            for metric in ("loss", "accuracy", "perplexity"):
-                rows.append((f"{split}_{metric}", f"{split} {metric}"))
+            for metric in ("loss", "accuracy", "perplexity", "probability", "exact_memorisation",
+                           "extraction_strength", "rouge_l_recall", "truth_ratio"):
+                rows.append((f"{split}_{metric}", f"{split} {metric.replace('_', ' ')}"))
         for attack in self.info.get("attacks", []):
             rows.append((f"mia_{attack}_auc", f"MIA AUC ({attack})"))
+        rows += [("forget_quality", "forget quality (KS p-value)"), ("privleak", "PrivLeak (%)"),
+                 ("model_utility", "model utility")]
         for split in SPLITS:
             rows.append((f"kl_to_retrained_{split}", f"KL to retrained ({split})"))
             rows.append((f"js_to_retrained_{split}", f"JS to retrained ({split})"))
@@ -118,6 +137,16 @@ class UnlearningReport:
         if any("kl_to_retrained" in k for k in self.metrics):
             lines.append("KL/JS: KL(P_retrained ‖ P_model) and Jensen-Shannon divergence in nats, "
                          "averaged over examples (classifiers) or predicted tokens (LMs).")
+        if info.get("forget_quality_statistic"):
+            lines.append(f"Forget quality: KS-test p-value between the forget set's per-example "
+                         f"{info['forget_quality_statistic'].replace('_', ' ')}s under the model and under the retrained "
+                         f"model. PrivLeak (MUSE): relative MIA AUC difference to the retrained model "
+                         f"({info.get('privleak_attack', '–')} attack), 0 = like retraining.")
+        if info.get("utility_keys"):
+            lines.append("Model utility: harmonic mean of " + ", ".join(info["utility_keys"]) + ".")
+        if any(info.get("skipped_rows", {}).values()):
+            lines.append("Rows without a labelled token, skipped by per-example metrics: "
+                         + ", ".join(f"{k} {v}" for k, v in info["skipped_rows"].items()) + ".")
         if info.get("skipped_attacks"):
             lines.append("Skipped attacks: " + "; ".join(f"{k} ({v})" for k, v in info["skipped_attacks"].items()) + ".")
         if info.get("warnings"):
@@ -194,10 +223,19 @@ def _model_inputs_only(dataset, columns: set[str]):
     return dataset.remove_columns(drop) if drop else dataset
 
 
+def _sample_indices(size: int, n: int | None, rng: np.random.Generator) -> list[int] | None:
+    """Sorted seeded sample of ``n`` row indices, or None for all rows."""
+    if n is None or n >= size:
+        return None
+    return np.sort(rng.choice(size, size=n, replace=False)).tolist()
+
+
+def _select(dataset, idx: list[int] | None):
+    return dataset if idx is None else dataset.select(idx)
+
+
 def _sample(dataset, n: int | None, rng: np.random.Generator):
-    if n is None or n >= len(dataset):
-        return dataset
-    return dataset.select(np.sort(rng.choice(len(dataset), size=n, replace=False)).tolist())
+    return _select(dataset, _sample_indices(len(dataset), n, rng))
 
 
 def _device(model: torch.nn.Module) -> torch.device:
@@ -246,6 +284,7 @@ def _run_split(
     tokenizer,
     reference: Callable[[dict[str, Any]], torch.Tensor] | None,
     k: float,
+    convention: str = "hf_iau",
 ) -> tuple[dict[str, _Collected], np.ndarray | None, np.ndarray | None]:
     """One pass of every model over ``dataset``; returns per-model collections, zlib lengths, reference losses."""
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=data_collator)
@@ -264,9 +303,12 @@ def _run_split(
             if bl.correct is not None:
                 c.add("correct", bl.correct)
             if kind == "causal_lm" and attacks & {"min_k", "min_k_plus_plus"}:
-                stats = token_log_probs(bl.logits, b["labels"])
+                stats = token_log_probs(bl.logits, b["labels"], b.get("input_ids"), convention)
                 c.add("min_k", min_k_scores(stats, k))
                 c.add("min_k_plus_plus", min_k_plus_plus_scores(stats, k))
+            if kind == "causal_lm":
+                c.add("exact_memorisation", exact_memorisation(bl.logits, b["labels"], b.get("input_ids"), convention))
+                c.add("extraction_strength", extraction_strength(bl.logits, b["labels"], b.get("input_ids"), convention))
             if kind == "classification" and "shadow" in attacks:
                 c.add("shadow_features", shadow_features(bl.logits.detach().cpu(), b["labels"].cpu()))
             if bl.logits is not None and "retrained" in models:
@@ -285,12 +327,10 @@ def _run_split(
                 got[name].js_sum += float(js.sum())
                 got[name].n_positions += int(kl.numel())
         if "zlib" in attacks:
-            ids = batch["input_ids"]
-            att = batch.get("attention_mask")
-            for i in range(ids.shape[0]):
-                row = ids[i][att[i].bool()] if att is not None else ids[i]
-                # the decoded text lives only inside this expression: its compressed length is kept
-                zlens.append(zlib_length(tokenizer.decode(row.tolist(), skip_special_tokens=True)))
+            # the loss's tokens only (the answer, never the prompt); the decoded text lives only
+            # inside this expression: its compressed length is kept
+            for row in zlib_token_ids(batch["labels"], convention):
+                zlens.append(zlib_length(tokenizer.decode(row, skip_special_tokens=True)))
         if reference is not None:
             ref_losses.append(reference(batch).detach().double().cpu().numpy())
     z = np.asarray(zlens, dtype=np.float64) if zlens else None
@@ -318,8 +358,13 @@ def evaluate_unlearning(
     seed: int = 0,
     reference_model: torch.nn.Module | None = None,
     retain_sample_size: int | None = None,
-    min_k_fraction: float = 0.2,
+    min_k_fraction: float = DEFAULT_MIN_K,
     id_column: str = "id",
+    mia_convention: str = "hf_iau",
+    question_column: str = "question",
+    answer_column: str = "answer",
+    rouge_max_new_tokens: int = 32,
+    truth_ratio_data: Mapping[str, tuple[Any, Sequence[Any]]] | None = None,
 ) -> UnlearningReport:
     """Evaluate ``unlearned`` (and ``original`` / ``retrained`` when given) in one call.
 
@@ -334,9 +379,36 @@ def evaluate_unlearning(
     ``reference_model``; for a peft ``unlearned`` model, defaults to it with the adapter
     disabled), ``shadow`` (classifiers: attack fitted on retain vs half the test set, scored on
     forget vs the other half). Writes the report to ``output_dir`` when given.
+
+    Causal LMs (per-token quantities over the labelled tokens only, so prompt-masked QA data is
+    scored on its answers): a row with no labelled token is skipped by every per-example metric
+    and counted in ``info["skipped_rows"]``. ``mia_convention="open_unlearning"`` uses
+    open-unlearning's token set for Min-K%, Min-K%++, ZLib, exact memorisation and extraction
+    strength (see :mod:`hf_iau.metrics.llm`). Added per model: ``<split>_probability``,
+    ``<split>_exact_memorisation``, ``<split>_extraction_strength``; ``<split>_rouge_l_recall`` of
+    greedy answers (up to ``rouge_max_new_tokens``; 0 disables) when the split has
+    ``question_column`` and ``answer_column`` and a ``tokenizer`` is given; ``<split>_truth_ratio``
+    when ``truth_ratio_data[split] = (paraphrased, [perturbed, ...])`` gives prompt-masked examples
+    aligned row by row with that split; ``model_utility`` (harmonic mean of the retain split's
+    probability, ROUGE and truth ratio, those present); with ``retrained``: ``forget_quality``
+    (KS p-value on the forget set's truth ratios, else its per-example losses) and ``privleak``
+    (MUSE, on the Min-K% AUC, else the first attack's).
     """
     from transformers import default_data_collator
 
+    if mia_convention not in CONVENTIONS:
+        raise ValueError(f"mia_convention must be one of {', '.join(CONVENTIONS)}, got {mia_convention!r}")
+    for split, pair in (truth_ratio_data or {}).items():
+        if split not in SPLITS:
+            raise ValueError(f"truth_ratio_data: unknown split {split!r}; use one of {', '.join(SPLITS)}")
+        n_rows = len({"forget": forget, "retain": retain, "test": test}[split])
+        para, perturbed = pair
+        sizes = [len(para)] + [len(d) for d in perturbed]
+        if not perturbed or any(n != n_rows for n in sizes):
+            raise ValueError(
+                f"truth_ratio_data[{split!r}] must be (paraphrased, [perturbed, ...]) with one row per {split} row "
+                f"({n_rows}); got sizes {sizes}"
+            )
     unknown = set(mia) - set(ATTACKS)
     if unknown:
         raise ValueError(f"unknown MIA attack(s) {sorted(unknown)}; available: {', '.join(ATTACKS)}")
@@ -358,12 +430,15 @@ def evaluate_unlearning(
     }
     if id_column in forget.column_names:
         info["forget_fingerprint"] = fingerprint_ids(forget[id_column])
-    forget_s = _sample(forget, max_examples, rng)
-    test_s = _sample(test, max_examples, rng)
+    picked: dict[str, list[int] | None] = {"forget": _sample_indices(len(forget), max_examples, rng)}
+    picked["test"] = _sample_indices(len(test), max_examples, rng)
+    forget_s, test_s = _select(forget, picked["forget"]), _select(test, picked["test"])
     n_retain = retain_sample_size if retain_sample_size is not None else max(len(forget_s), len(test_s))
     if max_examples is not None:
         n_retain = min(n_retain, max_examples)
-    retain_s = _sample(retain, n_retain, rng)
+    picked["retain"] = _sample_indices(len(retain), n_retain, rng)
+    retain_s = _select(retain, picked["retain"])
+    raw = {"forget": forget_s, "retain": retain_s, "test": test_s}
     columns = set.intersection(*(_input_columns(m) for m in models.values()))
     data = {s: _model_inputs_only(d, columns) for s, d in zip(SPLITS, (forget_s, retain_s, test_s))}
     info.update(n_forget=len(forget_s), n_retain=len(retain_s), n_test=len(test_s))
@@ -394,6 +469,8 @@ def evaluate_unlearning(
         info["skipped_attacks"] = skipped
     if "min_k" in attacks or "min_k_plus_plus" in attacks:
         info["min_k_fraction"] = min_k_fraction
+    if kind == "causal_lm":
+        info["mia_convention"] = mia_convention
 
     reference = None
     if "reference" in attacks:
@@ -421,7 +498,7 @@ def evaluate_unlearning(
                 models, data[split], kind=kind, data_collator=collator, batch_size=batch_size,
                 attacks=set(attacks) if split != "retain" else set(attacks) & {"shadow"},
                 tokenizer=tokenizer, reference=reference if split != "retain" else None,
-                k=min_k_fraction,
+                k=min_k_fraction, convention=mia_convention,
             )
             for split in SPLITS
         }
@@ -434,6 +511,19 @@ def evaluate_unlearning(
     metrics: dict[str, float] = {}
     scores: dict[str, dict[str, dict[str, np.ndarray]]] = {}
     per_model: dict[str, dict[str, float]] = {}
+    # rows with no labelled token (causal LM): skipped by every per-example metric, counted
+    valid: dict[str, np.ndarray] = {}
+    if kind == "causal_lm":
+        first = next(iter(models))
+        for split in SPLITS:
+            count = runs[split][0][first].get("count")
+            if count is not None:
+                valid[split] = count > 0
+        info["skipped_rows"] = {split: int((~v).sum()) for split, v in valid.items()}
+
+    def keep(split: str, values: np.ndarray | None) -> np.ndarray | None:
+        return values[valid[split]] if values is not None and split in valid else values
+
     for name in models:
         m: dict[str, float] = {}
         for split in SPLITS:
@@ -446,6 +536,9 @@ def evaluate_unlearning(
                 m[f"{split}_accuracy"] = accuracy(c.get("correct"), count)
             if kind == "causal_lm":
                 m[f"{split}_perplexity"] = perplexity(loss, count)
+                m[f"{split}_probability"] = nanmean(answer_probability(keep(split, loss)))
+                for key in ("exact_memorisation", "extraction_strength"):
+                    m[f"{split}_{key}"] = nanmean(keep(split, c.get(key)))
             if c.n_positions:
                 m[f"kl_to_retrained_{split}"] = c.kl_sum / c.n_positions
                 m[f"js_to_retrained_{split}"] = c.js_sum / c.n_positions
@@ -470,10 +563,17 @@ def evaluate_unlearning(
                     members, test_feats[fit], np.concatenate([fc.get("shadow_features"), test_feats[held]]), seed=seed
                 )
                 pair = scored[: len(fc.get("loss"))], scored[len(fc.get("loss")) :]
+            pair = keep("forget", pair[0]), keep("test", pair[1])
             s[a] = {"forget": pair[0], "test": pair[1]}
             m[f"mia_{a}_auc"] = roc_auc(pair[0], pair[1])
         scores[name] = s
         per_model[name] = m
+    if kind == "causal_lm":
+        _llm_metrics(
+            per_model, models, runs, raw, picked, keep, info, attacks=attacks, tokenizer=tokenizer,
+            batch_size=batch_size, convention=mia_convention, question_column=question_column,
+            answer_column=answer_column, max_new_tokens=rouge_max_new_tokens, truth_ratio_data=truth_ratio_data,
+        )
 
     acc_or_loss = "accuracy" if any(k.endswith("_accuracy") for k in per_model["unlearned"]) else "loss"
     gap_keys = [f"forget_{acc_or_loss}", f"test_{acc_or_loss}"] + ([f"mia_{attacks[0]}_auc"] if attacks else [])
@@ -493,6 +593,82 @@ def evaluate_unlearning(
     if output_dir is not None:
         report.save(output_dir)
     return report
+
+
+def _llm_metrics(
+    per_model: dict[str, dict[str, float]],
+    models: dict[str, torch.nn.Module],
+    runs: dict[str, Any],
+    raw: dict[str, Any],
+    picked: dict[str, list[int] | None],
+    keep: Callable[[str, np.ndarray | None], np.ndarray | None],
+    info: dict[str, Any],
+    *,
+    attacks: list[str],
+    tokenizer,
+    batch_size: int,
+    convention: str,
+    question_column: str,
+    answer_column: str,
+    max_new_tokens: int,
+    truth_ratio_data: Mapping[str, tuple[Any, Sequence[Any]]] | None,
+) -> None:
+    """ROUGE, truth ratio, model utility, forget quality and PrivLeak of causal LMs, into ``per_model``."""
+    skipped: dict[str, str] = {}
+    if max_new_tokens <= 0:
+        skipped["rouge"] = "rouge_max_new_tokens=0"
+    elif tokenizer is None:
+        skipped["rouge"] = "needs `tokenizer`"
+    else:
+        splits = [sp for sp in SPLITS if {question_column, answer_column} <= set(raw[sp].column_names) and len(raw[sp])]
+        if not splits:
+            skipped["rouge"] = f"needs `{question_column}` and `{answer_column}` text columns"
+        for sp in splits:
+            questions, answers = raw[sp][question_column], raw[sp][answer_column]
+            for name, model in models.items():
+                rouge = answer_rouge(model, tokenizer, questions, answers, max_new_tokens=max_new_tokens,
+                                     batch_size=batch_size)
+                per_model[name][f"{sp}_rouge_l_recall"] = float(np.mean(rouge))
+        if splits:
+            info["rouge"] = f"ROUGE-L recall of greedy answers (up to {max_new_tokens} new tokens)"
+    ratios: dict[str, dict[str, np.ndarray]] = {}
+    for sp, (para, perturbed) in (truth_ratio_data or {}).items():
+        idx = picked[sp]
+        para_s, pert_s = _select(para, idx), [_select(d, idx) for d in perturbed]
+        for name, model in models.items():
+            def losses(d):
+                return lm_example_stats(model, d, tokenizer=tokenizer, batch_size=batch_size, convention=convention)["loss"]
+
+            tr = truth_ratio(losses(para_s), np.stack([losses(d) for d in pert_s], axis=1))
+            ratios.setdefault(name, {})[sp] = tr
+            per_model[name][f"{sp}_truth_ratio"] = truth_ratio_score(tr, "forget" if sp == "forget" else "retain")
+    if truth_ratio_data:
+        info["truth_ratio"] = "forget: mean min(R, 1/R); retain/test: mean max(0, 1 − R); R = P̄(perturbed)/P(paraphrased)"
+    utility_keys = [k for k in ("retain_probability", "retain_rouge_l_recall", "retain_truth_ratio")
+                    if all(math.isfinite(per_model[n].get(k, math.nan)) for n in models)]
+    if utility_keys:
+        info["utility_keys"] = utility_keys
+        for name in models:
+            per_model[name]["model_utility"] = model_utility([per_model[name][k] for k in utility_keys])
+    if "retrained" in models:
+        by_tr = all("forget" in ratios.get(n, {}) for n in models)
+        info["forget_quality_statistic"] = "truth_ratio" if by_tr else "loss"
+
+        def stat(name: str) -> np.ndarray | None:
+            if by_tr:
+                return ratios[name]["forget"]
+            return keep("forget", runs["forget"][0][name].get("loss"))
+
+        for name in models:
+            per_model[name]["forget_quality"] = forget_quality(stat(name), stat("retrained"))
+        attack = "min_k" if "min_k" in attacks else (attacks[0] if attacks else None)
+        if attack is not None:
+            info["privleak_attack"] = attack
+            ref = per_model["retrained"][f"mia_{attack}_auc"]
+            for name in models:
+                per_model[name]["privleak"] = privleak(per_model[name][f"mia_{attack}_auc"], ref)
+    if skipped:
+        info["skipped_metrics"] = skipped
 
 
 def _warnings(per_model: dict[str, dict[str, float]], kind: str, unlearned: torch.nn.Module) -> list[str]:

@@ -15,6 +15,7 @@ import pytest
 import torch
 from datasets import Dataset
 from scipy.special import log_softmax, rel_entr, softmax
+from scipy.stats import ks_2samp
 from sklearn.metrics import accuracy_score
 from transformers import (
     BertConfig,
@@ -118,8 +119,9 @@ def test_lm_report_matches_hand_computation(lm_setup, tmp_path):
     np.testing.assert_allclose(report.scores["original"]["loss"]["forget"], -np.array(per_example), rtol=1e-5)
     assert m["original/mia_loss_auc"] == pytest.approx(
         hand_auc(report.scores["original"]["loss"]["forget"], report.scores["original"]["loss"]["test"]))
-    # zlib scores: loss / compressed length of the decoded text
-    zl = [len(zlib.compress(t.encode())) for t in forget["text"]]
+    # zlib scores: loss / compressed length of the text the loss covers (every word but the first, which
+    # is never predicted; the old convention compressed the whole text, prompt included: issue 13)
+    zl = [len(zlib.compress(" ".join(t.split()[1:]).encode())) for t in forget["text"]]
     np.testing.assert_allclose(report.scores["original"]["zlib"]["forget"], -np.array(per_example) / zl, rtol=1e-5)
 
     # fidelity: gap = mean |Δ| over forget accuracy, test accuracy, loss-attack AUC
@@ -290,3 +292,157 @@ def test_image_classifier_collapse_is_flagged():
     assert "gap_to_retrain" not in m and "unlearned/kl_to_retrained_test" not in m
     assert set(report.info["skipped_attacks"]) == {"zlib", "min_k", "min_k_plus_plus", "reference"}
     assert isinstance(report, UnlearningReport) and "**Warnings**" in report.to_markdown()
+
+
+# ------------------------------------------------------------------ QA data (prompt-masked), LLM metrics
+
+
+def qa_splits(seed: int = 0):
+    rng = np.random.default_rng(seed)
+
+    def words(lo, hi):
+        return " ".join(rng.choice(WORDS[:40], size=rng.integers(lo, hi)))
+
+    def rows(prefix, n):
+        answers = [words(3, 6) for _ in range(n)]
+        return Dataset.from_dict({
+            "id": [f"{prefix}-{i}" for i in range(n)],
+            "question": [words(2, 4) for _ in range(n)],
+            "answer": answers,
+            "paraphrase": [" ".join(reversed(a.split())) for a in answers],
+            "wrong_0": [words(3, 6) for _ in range(n)],
+            "wrong_1": [words(3, 6) for _ in range(n)],
+        })
+
+    return rows("forget", 8), rows("retain", 8), rows("test", 8)
+
+
+def hand_answer_loss(model, example) -> float:
+    """Mean CE of the labelled (answer) tokens of one prompt-masked example, by a plain loop."""
+    with torch.no_grad():
+        lp = log_softmax(model(input_ids=torch.tensor([example["input_ids"]])).logits.double().numpy()[0], -1)
+    lab = example["labels"]
+    nll = [-lp[t - 1, lab[t]] for t in range(1, len(lab)) if lab[t] != -100]
+    return float(np.mean(nll)) if nll else float("nan")
+
+
+@pytest.fixture(scope="module")
+def qa_setup():
+    from hf_iau.collators import CausalLMCollator
+    from hf_iau.qa import qa_to_lm_examples
+
+    tok = word_tokenizer()
+    raw = qa_splits()
+    enc = [qa_to_lm_examples(d, tok, keep_columns=["question", "answer"]) for d in raw]
+    collate = CausalLMCollator(tok)
+    cols = ("input_ids", "attention_mask", "labels")
+
+    def batch(*ds):
+        return collate([{c: r[c] for c in cols} for d in ds for r in d])
+
+    original = fit(tiny_gpt2(0), batch(enc[0], enc[1]), 120)
+    retrained = fit(tiny_gpt2(0), batch(enc[1]), 120)
+    return tok, raw, enc, collate, original, retrained
+
+
+def test_qa_report_llm_metrics_against_references(qa_setup, tmp_path):
+    from rouge_score import rouge_scorer
+
+    from hf_iau.metrics import greedy_answers
+    from hf_iau.qa import qa_to_lm_examples
+
+    tok, raw, (forget, retain, test), collate, original, retrained = qa_setup
+    unlearned = copy.deepcopy(original)
+    with torch.no_grad():
+        for p in unlearned.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+    # one forget row whose answer was cut away entirely: no labelled token
+    empty = Dataset.from_dict({"id": ["forget-empty"], "question": ["w1"], "answer": ["w2"],
+                               "input_ids": [[1, 5, 1]], "attention_mask": [[1, 1, 1]], "labels": [[-100, -100, -100]]})
+    from datasets import concatenate_datasets
+
+    forget_plus = concatenate_datasets([forget, empty.cast(forget.features)])
+    f_raw = raw[0]
+    para = qa_to_lm_examples(f_raw, tok, answer_column="paraphrase")
+    pert = [qa_to_lm_examples(f_raw, tok, answer_column=c) for c in ("wrong_0", "wrong_1")]
+    nan_row = Dataset.from_dict({"id": ["forget-empty"], "input_ids": [[1, 5, 1]], "attention_mask": [[1, 1, 1]],
+                                 "labels": [[-100, -100, -100]]}).cast(para.features)
+    tr_data = {"forget": (concatenate_datasets([para, nan_row]), [concatenate_datasets([d, nan_row]) for d in pert])}
+    report = evaluate_unlearning(unlearned, original, retrained, forget=forget_plus, retain=retain, test=test,
+                                 data_collator=collate, batch_size=4, tokenizer=tok, rouge_max_new_tokens=8,
+                                 truth_ratio_data=tr_data, output_dir=tmp_path)
+    m, info = report.metrics, report.info
+    assert info["skipped_rows"] == {"forget": 1, "retain": 0, "test": 0}
+    assert info["min_k_fraction"] == 0.4 and info["mia_convention"] == "hf_iau"
+    assert len(report.scores["unlearned"]["min_k"]["forget"]) == 8  # the empty row is not scored
+    assert np.isfinite(report.scores["unlearned"]["loss"]["forget"]).all()
+
+    # truth ratio by hand: exp(ℓ_para − mean ℓ_pert) per forget question, then mean min(R, 1/R)
+    def ratios(model):
+        lp = [hand_answer_loss(model, r) for r in para]
+        lw = [[hand_answer_loss(model, r) for r in d] for d in pert]
+        return np.array([math.exp(lp[i] - (lw[0][i] + lw[1][i]) / 2) for i in range(len(para))])
+
+    tr = {name: ratios(mdl) for name, mdl in (("unlearned", unlearned), ("retrained", retrained))}
+    assert m["unlearned/forget_truth_ratio"] == pytest.approx(np.mean(np.minimum(tr["unlearned"], 1 / tr["unlearned"])), rel=1e-6)
+    assert info["forget_quality_statistic"] == "truth_ratio"
+    assert m["unlearned/forget_quality"] == pytest.approx(ks_2samp(tr["unlearned"], tr["retrained"]).pvalue, rel=1e-6)
+    assert m["retrained/forget_quality"] == 1.0
+
+    # PrivLeak on the Min-K% AUC, MUSE's orientation (1 − AUC)
+    assert info["privleak_attack"] == "min_k"
+    a_u, a_r = 1 - m["unlearned/mia_min_k_auc"], 1 - m["retrained/mia_min_k_auc"]
+    assert m["unlearned/privleak"] == pytest.approx(100 * (a_u - a_r) / a_r, rel=1e-9)
+    assert m["retrained/privleak"] == 0.0
+
+    # ROUGE-L recall of greedy answers (rouge-score) and the answer probability, by hand
+    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+    gen = greedy_answers(original, tok, forget_plus["question"], max_new_tokens=8)
+    want = np.mean([scorer.score(a, g)["rougeL"].recall for g, a in zip(gen, forget_plus["answer"])])
+    assert m["original/forget_rouge_l_recall"] == want  # exactly
+    assert m["original/forget_rouge_l_recall"] > m["retrained/forget_rouge_l_recall"]  # the original memorised
+    prob = np.mean([math.exp(-hand_answer_loss(retrained, r)) for r in retain])
+    assert m["retrained/retain_probability"] == pytest.approx(prob, rel=1e-6)
+    assert info["utility_keys"] == ["retain_probability", "retain_rouge_l_recall"]
+    u = [m["retrained/retain_probability"], m["retrained/retain_rouge_l_recall"]]
+    assert m["retrained/model_utility"] == pytest.approx(2 / (1 / u[0] + 1 / u[1]), rel=1e-12)
+    assert 0 <= m["unlearned/forget_exact_memorisation"] <= 1 and 0 <= m["unlearned/forget_extraction_strength"] <= 1
+    assert m["original/forget_exact_memorisation"] > m["retrained/forget_exact_memorisation"]
+
+    md = report.to_markdown()
+    assert "| forget quality (KS p-value) |" in md and "| PrivLeak (%) |" in md and "forget 1" in md
+    # no question, answer, generated text or id of the forget set in any file
+    secrets = [s for s in list(f_raw["answer"]) + list(f_raw["question"]) + list(f_raw["id"]) + gen if len(s.split()) >= 2]
+    for p in tmp_path.iterdir():
+        content = p.read_bytes()
+        for s in secrets:
+            assert s.encode() not in content
+
+
+def test_qa_report_open_unlearning_convention_and_loss_forget_quality(qa_setup):
+    from hf_iau.metrics import lm_example_stats
+
+    tok, raw, (forget, retain, test), collate, original, retrained = qa_setup
+    report = evaluate_unlearning(original, None, retrained, forget=forget, retain=retain, test=test,
+                                 data_collator=collate, batch_size=3, tokenizer=tok, rouge_max_new_tokens=0,
+                                 mia_convention="open_unlearning")
+    m, s = report.metrics, report.scores["unlearned"]
+    ou = lm_example_stats(original, forget, tokenizer=tok, convention="open_unlearning")
+    np.testing.assert_allclose(s["min_k"]["forget"], ou["min_k"], rtol=1e-6)
+    np.testing.assert_allclose(s["min_k_plus_plus"]["forget"], ou["min_k_plus_plus"], rtol=1e-6)
+    # ZLib in open-unlearning's convention: every labelled token (answer + EOS, special tokens dropped)
+    zl = np.array([len(zlib.compress(a.encode())) for a in raw[0]["answer"]])
+    np.testing.assert_allclose(s["zlib"]["forget"], s["loss"]["forget"] / zl, rtol=1e-9)
+    assert report.info["skipped_metrics"] == {"rouge": "rouge_max_new_tokens=0"}
+    # without truth ratios, forget quality is the KS p-value of the per-example answer losses
+    assert report.info["forget_quality_statistic"] == "loss"
+    loss_u = [hand_answer_loss(original, r) for r in forget]
+    loss_r = [hand_answer_loss(retrained, r) for r in forget]
+    assert m["unlearned/forget_quality"] == pytest.approx(ks_2samp(loss_u, loss_r).pvalue, rel=1e-6)
+    assert m["unlearned/forget_quality"] < 0.05  # the original memorised the forget answers
+    with pytest.raises(ValueError, match="mia_convention"):
+        evaluate_unlearning(original, forget=forget, retain=retain, test=test, data_collator=collate,
+                            mia_convention="tofu")
+    with pytest.raises(ValueError, match="truth_ratio_data"):
+        evaluate_unlearning(original, forget=forget, retain=retain, test=test, data_collator=collate,
+                            truth_ratio_data={"forget": (forget.select([0]), [forget])})
