@@ -22,7 +22,7 @@ from transformers import (
 
 from .config import IAUConfig
 from .losses import evaluate_losses, loss_kind
-from .restriction import gr_gradient
+from .restriction import check_gr_setup, gr_training_step
 from .request import DeletionRequest
 from .safe_io import atomic_directory
 from .unlearning import IAUUnlearner, UnlearningResult, request_id
@@ -114,11 +114,7 @@ class IAUTrainer(Trainer):
         self.unlearning_history: list[dict[str, Any]] = []
         self.parent_checkpoint: str | None = None  # folder this model came from, when not `model_id`
         self.unlearning_report: Any = None  # an evaluate_unlearning report, shown in the card
-        if self.args.gr_alpha > 0 and (self.is_fsdp_enabled or self.is_deepspeed_enabled):
-            raise ValueError(
-                "gr_alpha > 0 is not supported with FSDP or DeepSpeed (GR needs unsharded gradients); "
-                "train with DDP, or set gr_alpha=0 and unlearn with FSDP/DeepSpeed."
-            )
+        check_gr_setup(self)  # fp16, DeepSpeed, FSDP, multi-process exact GR: clear errors
 
     # --- training with gradient restriction ---------------------------------------------------
     def training_step(
@@ -130,66 +126,9 @@ class IAUTrainer(Trainer):
         (plain steps in between, or the last penalty gradient reused with ``gr_reuse_penalty``), and H·u
         on a ``gr_sub_batch_fraction`` of the rows.
         """
-        args = self.args
-        if args.gr_alpha == 0:
+        if self.args.gr_alpha == 0:
             return super().training_step(model, inputs, num_items_in_batch)
-        fresh = self.state.global_step % args.gr_every_n_steps == 0
-        reuse = getattr(self, "_gr_penalty_grads", None) if args.gr_reuse_penalty else None
-        if not fresh:
-            loss = super().training_step(model, inputs, num_items_in_batch)
-            if reuse is not None:
-                scale = 1.0 / self.current_gradient_accumulation_steps
-                with torch.no_grad():
-                    for p, g in zip((p for p in self.model.parameters() if p.requires_grad), reuse):
-                        if p.grad is not None:
-                            p.grad.add_(g.to(p.dtype), alpha=scale)
-            return loss
-        module = self.model  # unwrapped: gradients are synchronised by hand below
-        module.train()
-        inputs = self._prepare_inputs(inputs)
-        params = [p for p in module.parameters() if p.requires_grad]
-
-        def loss_of(batch: dict[str, Any]) -> Callable[[], torch.Tensor]:
-            def loss_fn() -> torch.Tensor:
-                with self.compute_loss_context_manager():
-                    return self.compute_loss(module, batch)
-
-            return loss_fn
-
-        sub_batch = None
-        if args.gr_sub_batch_fraction < 1 and args.gr_mode == "finite_difference":
-            split = _split_rows(inputs, args.gr_sub_batch_fraction, loss_kind(module) == "causal_lm")
-            if split is not None:
-                sub_batch = (loss_of(split[0]), loss_of(split[1]), split[2])
-        keep = args.gr_reuse_penalty and args.gr_every_n_steps > 1
-        out = gr_gradient(
-            loss_of(inputs), params, args.gr_alpha, args.gr_mode, args.gr_norm, args.gr_fd_radius,
-            sub_batch=sub_batch, keep_penalty_grads=keep,
-        )
-        scale = 1.0 / self.current_gradient_accumulation_steps
-        multi = self.accelerator.num_processes > 1
-        with torch.no_grad():
-            for p, g in zip(params, out.grads):
-                g = g.to(p.dtype)  # a fresh tensor from gr_gradient: used in place, no copy
-                if scale != 1.0:
-                    g.mul_(scale)
-                if p.grad is None:
-                    p.grad = g
-                else:
-                    p.grad.add_(g)
-            if self.accelerator.sync_gradients and multi:
-                for p in params:
-                    torch.distributed.all_reduce(p.grad, op=torch.distributed.ReduceOp.SUM)
-                    p.grad.div_(self.accelerator.num_processes)
-            if out.penalty_grads is not None:
-                if multi:
-                    for g in out.penalty_grads:
-                        torch.distributed.all_reduce(g, op=torch.distributed.ReduceOp.SUM)
-                        g.div_(self.accelerator.num_processes)
-                self._gr_penalty_grads = out.penalty_grads
-        self._gr_logs["gr_penalty"].append(float(out.penalty))
-        self._gr_logs["gr_loss"].append(float(out.loss))
-        return (out.loss * scale).detach()
+        return gr_training_step(self, model, inputs, num_items_in_batch)
 
     def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
         """Adds the mean GR penalty ‖∇ℓ‖ since the last log to training logs."""
@@ -467,28 +406,6 @@ def _apply_peft(model: torch.nn.Module, peft_config: Any, args: IAUConfig) -> to
     if args.gradient_checkpointing and hasattr(model, "enable_input_require_grads"):
         model.enable_input_require_grads()  # else LoRA silently stops training under checkpointing
     return model
-
-
-def _split_rows(inputs: dict[str, Any], fraction: float, causal_lm: bool) -> tuple[dict, dict, float] | None:
-    """(first rows, the rest, the first rows' share of the loss count) for a GR sub-batch; None if no split."""
-    rows = next((v.shape[0] for v in inputs.values() if isinstance(v, torch.Tensor) and v.dim() > 0), 0)
-    k = max(1, int(round(fraction * rows)))
-    if k >= rows:
-        return None
-    labels = inputs.get("labels")
-    if isinstance(labels, torch.Tensor) and causal_lm and labels.dim() >= 2:
-        counts = (labels[:, 1:] != -100).sum(dim=tuple(range(1, labels.dim()))).double()
-    else:
-        counts = torch.ones(rows, dtype=torch.float64)
-    total = float(counts.sum())
-    if total == 0:
-        return None
-
-    def part(sl: slice) -> dict[str, Any]:
-        return {k2: (v[sl] if isinstance(v, torch.Tensor) and v.dim() > 0 and v.shape[0] == rows else v)
-                for k2, v in inputs.items()}
-
-    return part(slice(0, k)), part(slice(k, rows)), float(counts[:k].sum()) / total
 
 
 def _check_gr_attention(model: torch.nn.Module, args: IAUConfig) -> None:

@@ -9,7 +9,7 @@ from transformers import default_data_collator
 
 from hf_iau import IAUConfig, IAUTrainer
 from hf_iau.restriction import gr_exact, gr_finite_difference, gr_gradient, norm_direction
-from hf_iau.trainer import _split_rows
+from hf_iau.restriction import split_rows as _split_rows
 
 
 def _batch(ds, lo, hi):
@@ -121,7 +121,7 @@ def test_every_n_steps_plain_or_reused_penalty_between(tmp_path, reuse):
         plain = torch.autograd.grad(model(**b2).loss, params)
         expected = [g + pg for g, pg in zip(plain, ref.penalty_grads)] if reuse else plain
         assert _rel(got, expected) < 1e-9
-    assert (getattr(trainer, "_gr_penalty_grads", None) is not None) == reuse
+    assert (trainer._gr_state.penalty_grads is not None) == reuse
 
 
 def test_sub_batch_fraction_in_training_step(tmp_path):

@@ -1,0 +1,54 @@
+"""GR training on 2 CPU processes (torchrun, gloo, DDP) equals 1 process with the same global batch."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import gr_dist_worker  # noqa: E402
+
+TOL = 1e-5
+
+
+@pytest.fixture(scope="module")
+def two_process_weights(tmp_path_factory) -> Path:
+    torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable)) or shutil.which("torchrun")
+    if torchrun is None:
+        pytest.skip("torchrun not found")
+    out = tmp_path_factory.mktemp("gr_dist")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    env.pop("CUDA_VISIBLE_DEVICES", None)
+    cmd = [torchrun, "--nproc_per_node", "2", "--standalone", str(HERE / "gr_dist_worker.py"), str(out)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    assert (out / "world_size.txt").read_text() == "2"
+    return out
+
+
+@pytest.fixture(scope="module")
+def one_process_weights(tmp_path_factory) -> dict:
+    out = tmp_path_factory.mktemp("gr_single")
+    weights = {case: gr_dist_worker.run_case(case, world=1, out_dir=str(out)) for case in gr_dist_worker.CASES}
+    weights["control"] = gr_dist_worker.run_case("fd_ga2", world=1, out_dir=str(out), overrides=gr_dist_worker.CONTROL)
+    return weights
+
+
+@pytest.mark.parametrize("case", list(gr_dist_worker.CASES))
+def test_gr_two_processes_equal_one(case: str, two_process_weights: Path, one_process_weights: dict) -> None:
+    from safetensors.torch import load_file
+
+    from tiny import max_abs_diff
+
+    multi = load_file(str(two_process_weights / f"{case}.safetensors"))
+    single = one_process_weights[case]
+    assert set(multi) == set(single)
+    assert max_abs_diff(single, multi) <= TOL
+    assert max_abs_diff(single, one_process_weights["control"]) > 1e-4  # GR changed the training
