@@ -5,7 +5,8 @@ mean over a set does not depend on how it was batched or sharded. Three cases:
 
 * causal LM (``*ForCausalLM``): token cross-entropy with the one-token shift; an example's
   weight is its number of predicted tokens (labels != -100 after the shift);
-* classification (logits ``[B, C]``, integer labels ``[B]``): cross-entropy, weight 1;
+* classification (logits ``[B, C]``, integer labels ``[B]``): cross-entropy, weight 1 (0 for a
+  row labelled -100);
 * anything else: the model's own ``.loss`` taken as the mean over the batch, weight 1 each.
 """
 
@@ -99,9 +100,10 @@ def batch_losses(model: torch.nn.Module, batch: dict[str, Any], kind: str | None
         hits = (_hits(shift_logits.detach(), shift_labels) & mask).sum(-1).to(tok.dtype)
         return BatchLoss((tok * mask).sum(-1), count, hits / count.clamp_min(1), logits)
     labels = labels.to(logits.device).view(-1)
-    ce = F.cross_entropy(_full(logits), labels, reduction="none")
-    correct = _hits(logits.detach(), labels).to(ce.dtype)
-    return BatchLoss(ce, torch.ones_like(ce), correct, logits)
+    ce = F.cross_entropy(_full(logits), labels, ignore_index=IGNORE_INDEX, reduction="none")
+    valid = labels != IGNORE_INDEX  # a row labelled -100 (padding) weighs nothing
+    correct = (_hits(logits.detach(), labels) & valid).to(ce.dtype)
+    return BatchLoss(ce, valid.to(ce.dtype), correct, logits)
 
 
 def true_count(batch: dict[str, Any], kind: str) -> float:
@@ -109,6 +111,8 @@ def true_count(batch: dict[str, Any], kind: str) -> float:
     labels = batch["labels"]
     if kind == "causal_lm":
         return float((labels[:, 1:] != IGNORE_INDEX).sum())
+    if kind == "classification":
+        return float((labels != IGNORE_INDEX).sum())
     return float(labels.shape[0])
 
 

@@ -1,8 +1,9 @@
 """The IAU update: steps on  w_r·mean ℓ(D_r) − w_f·mean ℓ(D_f).
 
 Each mean is over the WHOLE set (or the step's retain sample), weighted by true example/token
-counts, so batching and the number of processes do not change the result: every process takes
-every world-th example, backpropagates sums, and gradient sums and counts are all-reduced.
+counts, so batching and the number of processes do not change the result: every pass runs
+through an :class:`~hf_iau.engine.Engine` (a share of the rows per process, sums over processes,
+gradients through ``accelerator.backward``).
 Optional refinements (all off in reference-parity mode):
 
 * a seeded retain sample per step (``retain_sample_size``), the same on every process;
@@ -26,12 +27,11 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
-import torch.distributed as dist
 
 from .config import IAUConfig
-from .losses import batch_losses, loss_kind, true_count
+from .engine import Engine
+from .losses import BatchLoss, batch_losses
 
-Batches = Callable[[Sequence[int]], Iterator[dict[str, Any]]]
 
 
 class UnlearningError(ValueError):
@@ -74,36 +74,6 @@ class _Pass:
         return self.correct / self.examples if self.has_correct else float("nan")
 
 
-class _Dist:
-    """Rank/world and sum-all-reduce; a no-op in one process."""
-
-    def __init__(self) -> None:
-        self.on = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-        self.rank = dist.get_rank() if self.on else 0
-        self.world = dist.get_world_size() if self.on else 1
-
-    def shard(self, idx: Sequence[int]) -> list[int]:
-        return list(idx[self.rank :: self.world])
-
-    def sum_(self, tensors: Sequence[torch.Tensor]) -> None:
-        if not self.on:
-            return
-        for t in tensors:
-            dist.all_reduce(t, op=dist.ReduceOp.SUM)
-
-    def sum_list(self, values: Sequence[float], device: torch.device) -> list[float]:
-        if not self.on:
-            return list(values)
-        t = torch.tensor(list(values), dtype=torch.float64, device=device)
-        dist.all_reduce(t, op=dist.ReduceOp.SUM)
-        return t.tolist()
-
-    def broadcast_(self, tensors: Sequence[torch.Tensor]) -> None:
-        if self.on:
-            for t in tensors:
-                dist.broadcast(t, src=0)
-
-
 def retain_sample(n_retain: int, size: int | None, seed: int, request: str, step: int) -> list[int]:
     """Indices of the retain data used at ``step``: all, or a sample seeded by (seed, request, step)."""
     if size is None or size >= n_retain:
@@ -120,41 +90,34 @@ def _rank_auc(a: Sequence[float], b: Sequence[float]) -> float:
     return float((x > y).mean() + 0.5 * (x == y).mean())
 
 
-def _make_optimizer(args: IAUConfig, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
-    if args.unlearn_optimizer == "sgd":
-        return torch.optim.SGD(params, lr=args.unlearn_learning_rate)
-    return torch.optim.Adam(params, lr=args.unlearn_learning_rate)
-
-
 class IAUUnlearner:
     """Runs one deletion request on ``model`` in place (see module docstring)."""
 
     def __init__(
         self,
-        model: torch.nn.Module,
-        args: IAUConfig,
-        forget_batches: Batches,
-        retain_batches: Batches,
-        n_forget: int,
-        n_retain: int,
+        engine: Engine,
+        forget: Any,
+        retain: Any,
         request_id: str,
         reference: dict[str, float] | None = None,
-        autocast: Callable[[], AbstractContextManager] | None = None,
         on_step: Callable[[dict[str, float]], None] | None = None,
     ) -> None:
-        self.model, self.args = model, args
-        self.forget_batches, self.retain_batches = forget_batches, retain_batches
-        self.n_forget, self.n_retain = n_forget, n_retain
+        self.engine = self.dist = engine
+        self.model, self.args, self.kind = engine.model, engine.args, engine.kind
+        args = self.args
+        self.forget, self.retain = forget, retain
+        self.n_forget, self.n_retain = len(forget), len(retain)
+        # forward-only loops over a process's share (no padding; see Engine.per_example for sharded models)
+        self.forget_batches = lambda local: engine.batches(forget, local)
+        self.retain_batches = lambda local: engine.batches(retain, local)
         self.request_id = request_id
         self.reference = reference or {}
-        self.autocast = autocast or nullcontext
+        self.autocast = engine.autocast
         self.on_step = on_step
-        self.kind = loss_kind(model)
-        self.dist = _Dist()
-        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.params = engine.params
         if not self.params:
             raise UnlearningError("The model has no trainable parameters (requires_grad=False everywhere).")
-        self.device = self.params[0].device
+        self.device = engine.device
         self.seed = args.unlearn_seed if args.unlearn_seed is not None else args.seed
         self.mode = args.forget_saturation  # resolved per request by _resolve_mode ("auto" -> "loss"/"flip")
         self.targets: dict[int, float] | None = None
@@ -192,93 +155,66 @@ class IAUUnlearner:
     def _resolve_mode(self, forget_local: list[int]) -> float:
         """Pick the saturation rule and per-example loss targets; returns the forward passes spent.
 
-        ``loss``: forget example of loss rank r (among the forget set, under the original model) is
-        pushed until its loss reaches the held-out loss quantile (r + ½)/|D_f| — so the forget losses
-        end up distributed like those of never-seen data. ``auto`` compares the forget losses with the
-        step-0 retain sample's (rank AUC, 0.5 for a random forget set): fit clearly WORSE (AUC > 0.75, or
-        forget accuracy below held-out accuracy — labels the rest of the data contradicts, e.g.
-        mislabelled points, which a retrained model gets wrong) → ``flip``; fit far BETTER (AUC < 0.25 —
-        duplicated or unique memorised text such as canaries) → every example is pushed to the largest
-        held-out loss; otherwise ``loss``. Without held-out data both fall back to ``flip``.
+        ``auto`` (default): every forget example gets its own target, its estimated loss under the model
+        retrained without the forget set (``hf_iau.counterfactual.estimate_targets``: first-order group
+        influence of the whole forget set on each forget example's logits, curvature calibrated so that a
+        random retained sample would land at the held-out loss), and is pushed until it first reaches it
+        (``self.mode = "loss"`` with per-example ``self.targets``). Cost: |D_f| + |S| example-gradient passes
+        (``self.estimate_gradient_passes``) plus the forward passes returned; diagnostics in
+        ``self.counterfactual``. ``loss``: held-out loss quantiles matched by rank. Without held-out data,
+        both fall back to ``flip``.
         """
+        from .counterfactual import estimate_targets
+
         mode = self.args.forget_saturation
-        self.targets: dict[int, float] | None = None
+        self.targets = None
         self.mode = mode
+        self.estimate_gradient_passes = 0.0
         if mode in ("none", "flip"):
             return 0.0
         ref_losses = self.reference.get("losses")
         if ref_losses is None and "loss" not in self.reference:
             self.mode = "flip"
             return 0.0
-        losses = [0.0] * self.n_forget
-        correct = [0.0, 0.0]
+        self.mode = "loss"
+        if mode == "auto":
+            self.targets, self.estimate_gradient_passes, fwd, self.counterfactual = estimate_targets(self, forget_local)
+            return fwd
+        local = [0.0] * self.n_forget
         with torch.no_grad():
             pos = 0
             for batch in self.forget_batches(forget_local):
                 with self.autocast():
                     bl = batch_losses(self.model, batch, self.kind)
-                for i, v in enumerate(bl.per_example.detach().double().tolist()):
-                    losses[forget_local[pos + i]] = v
-                if bl.correct is not None:
-                    correct[0] += float(bl.correct.sum())
-                    correct[1] += float(bl.correct.shape[0])
-                pos += int(bl.loss_sum.shape[0])
-        losses = self.dist.sum_list(losses, self.device)
-        correct = self.dist.sum_list(correct, self.device)
-        self.forget_accuracy_original = correct[0] / correct[1] if correct[1] else float("nan")
-        spent = float(self.n_forget)
-        ref_acc = self.reference.get("accuracy")
-        if mode == "auto" and correct[1]:
-            # Is the forget set fit WORSE than the data the model keeps? Rank AUC of forget losses against
-            # the step-0 retain sample's (0.5 for a random forget set, → 1 when labels disagree).
-            r_idx = retain_sample(self.n_retain, self.args.retain_sample_size, self.seed, self.request_id, 0)
-            r_local = self.dist.shard(r_idx)
-            r_losses = [0.0] * len(r_idx)
-            where = {j: k for k, j in enumerate(r_idx)}
-            with torch.no_grad():
-                pos = 0
-                for batch in self.retain_batches(r_local):
-                    with self.autocast():
-                        bl = batch_losses(self.model, batch, self.kind)
-                    for i, v in enumerate(bl.per_example.detach().double().tolist()):
-                        r_losses[where[r_local[pos + i]]] = v
-                    pos += int(bl.loss_sum.shape[0])
-            r_losses = self.dist.sum_list(r_losses, self.device)
-            spent += float(len(r_idx))
-            self.forget_harder_auc = _rank_auc(losses, r_losses)
-            if (ref_acc is not None and self.forget_accuracy_original < ref_acc) or self.forget_harder_auc > 0.75:
-                self.mode = "flip"
-                return spent
-        self.mode = "loss"
-        if ref_losses and mode == "auto" and self.forget_harder_auc < 0.25:
-            # Fit far BETTER than the kept data (duplicated or unique memorised text: canaries, secrets): a
-            # model that never saw it finds it at least as surprising as the most surprising held-out example.
-            top = float(np.max(np.asarray(ref_losses, dtype=np.float64)))
-            self.targets = {i: top for i in range(self.n_forget)}
-            self._active_frac = float(np.mean([v < top for v in losses]))
-            return spent
+                for v in bl.per_example.detach().double().tolist():
+                    local[forget_local[pos]] = v
+                    pos += 1
+        losses = self.dist.sum_list(local, self.device)
         if ref_losses:
             q = np.sort(np.asarray(ref_losses, dtype=np.float64))
             order = np.argsort(np.asarray(losses), kind="stable")
             levels = np.quantile(q, (np.arange(self.n_forget) + 0.5) / self.n_forget)
             self.targets = {int(i): float(levels[r]) for r, i in enumerate(order)}
             self._active_frac = float(np.mean([losses[i] < self.targets[i] for i in range(self.n_forget)]))
-        return spent
+        return float(self.n_forget)
 
     def _pass(
         self,
-        batches: Iterator[dict[str, Any]],
+        forget: bool,
+        local: list[int],
+        n_global: int,
         weight: float,
         total: float,
-        forget: bool,
         backward: bool,
         allow_nonfinite: bool = False,
     ) -> _Pass:
-        """One pass over ``batches`` (backpropagating the weighted sum when ``backward``); a non-finite loss
-        raises, or — for the runaway guard's check (``allow_nonfinite``) — is returned as such."""
+        """One pass over this process's rows ``local`` of the forget or retain set (``n_global`` rows over all
+        processes), backpropagating ``±weight/total · Σ active·loss`` when ``backward``. A non-finite loss raises,
+        or — for the runaway guard's check (``allow_nonfinite``) — is returned as such."""
         stats = _Pass()
         pos = 0
-        for batch in batches:
+        dataset = self.forget if forget else self.retain
+        for batch in self.engine.batches(dataset, local, n_global):
             with torch.set_grad_enabled(backward), self.autocast():
                 bl = batch_losses(self.model, batch, self.kind)
             if not torch.isfinite(bl.loss_sum.detach()).all() and not allow_nonfinite:
@@ -287,52 +223,40 @@ class IAUUnlearner:
                     "were restored. Lower `unlearn_learning_rate` or check the inputs."
                 )
             n_rows = int(bl.loss_sum.shape[0])
-            rows = self._forget_local[pos : pos + n_rows] if forget else None
-            pos += n_rows
-            active = self._active(bl, rows) if forget else torch.ones_like(bl.loss_sum)
+            k = max(0, min(n_rows, len(local) - pos))  # real rows; padding rows (sharded models) come last
+            active = torch.zeros_like(bl.loss_sum)
+            if k:
+                active[:k] = self._active(_head(bl, k), local[pos : pos + k]) if forget else 1.0
+            pos += k
             if backward and weight != 0 and total > 0:
                 sign = -1.0 if forget else 1.0
-                (sign * weight / total * (bl.loss_sum * active).sum()).backward()
+                self.engine.backward(sign * weight / total * (bl.loss_sum * active).sum())
             stats.loss_sum += float(bl.loss_sum.detach().sum())
             stats.count += float(bl.count.sum())
-            stats.examples += float(bl.loss_sum.shape[0])
+            stats.examples += float(k)
             stats.active += float(active.sum())
             if bl.correct is not None:
                 stats.correct += float(bl.correct.sum())
                 stats.has_correct = 1.0
         return stats
 
-    def _count(self, make_batches: Batches, local: list[int]) -> float:
-        """True count over all processes: predicted tokens (causal LM, needs the collated labels) or rows."""
-        if self.kind != "causal_lm":
-            return self.dist.sum_list([float(len(local))], self.device)[0]
-        return self.dist.sum_list([sum(true_count(b, self.kind) for b in make_batches(local))], self.device)[0]
-
     def _reduce(self, stats: _Pass) -> _Pass:
-        return _Pass.of(self.dist.sum_list(stats.vec(), self.device))
-
-    def _snapshot(self) -> list[torch.Tensor]:
-        return [p.detach().clone() for p in self.params]
-
-    def _restore(self, snap: list[torch.Tensor]) -> None:
-        with torch.no_grad():
-            for p, s in zip(self.params, snap):
-                p.copy_(s)
+        return _Pass.of(self.engine.sum(stats.vec()))
 
     # --- the request ----------------------------------------------------------------------
     def run(self) -> UnlearningResult:
-        args, d = self.args, self.dist
+        args, engine = self.args, self.engine
         start = time.perf_counter()
         was_training = self.model.training
         self.model.eval()  # no dropout: the update is a deterministic function of the data
-        d.broadcast_([p.data for p in self.model.parameters()])
-        original = self._snapshot()
-        forget_local = d.shard(range(self.n_forget))
+        engine.broadcast_weights()
+        original = engine.snapshot()
+        forget_local = engine.shard(range(self.n_forget))
         self._forget_local = forget_local
-        n_f = self._count(self.forget_batches, forget_local)
+        n_f = engine.count(self.forget, forget_local)
         if n_f == 0:
             raise UnlearningError("The forget set has no labelled tokens/examples: nothing to unlearn.")
-        optimizer = _make_optimizer(args, self.params)
+        optimizer = engine.make_optimizer(args.unlearn_optimizer, args.unlearn_learning_rate)
         lr = args.unlearn_learning_rate
         history: list[dict[str, float]] = []
         grad_passes = fwd_passes = 0.0
@@ -347,18 +271,15 @@ class IAUUnlearner:
                 r_idx = retain_sample(self.n_retain, args.retain_sample_size, self.seed, self.request_id, step)
                 if step == 0:
                     first_retain = r_idx
-                r_local = d.shard(r_idx)
-                n_r = self._count(self.retain_batches, r_local) if r_idx else 0.0
-                optimizer.zero_grad(set_to_none=False)
-                for p in self.params:
-                    if p.grad is None:
-                        p.grad = torch.zeros_like(p)
+                r_local = engine.shard(r_idx)
+                n_r = engine.count(self.retain, r_local) if r_idx else 0.0
+                engine.zero_grad()
                 # The ascent stays a mean over the WHOLE forget set: forgotten examples contribute 0, so the push
                 # fades as the set is forgotten (normalising by the active count instead was measured to hurt
                 # utility: MNIST mislabelled test accuracy 0.79 vs 0.86).
-                f_stats = self._reduce(self._pass(self.forget_batches(forget_local), args.forget_weight, n_f, True, True))
+                f_stats = self._reduce(self._pass(True, forget_local, self.n_forget, args.forget_weight, n_f, True))
                 self._active_frac = f_stats.active / max(f_stats.examples, 1)
-                r_stats = self._reduce(self._pass(self.retain_batches(r_local), args.retain_weight, n_r, False, True))
+                r_stats = self._reduce(self._pass(False, r_local, len(r_idx), args.retain_weight, n_r, True))
                 grad_passes += f_stats.examples + r_stats.examples
                 if step == 0:
                     before_f, before_r = f_stats, r_stats
@@ -388,18 +309,17 @@ class IAUUnlearner:
                     stopped_early = True
                     history.append(rec)
                     break
-                d.sum_([p.grad for p in self.params])
-                lr, retries, extra = self._guarded_step(optimizer, lr, r_local, r_stats)
+                engine.sync_grads()
+                lr, retries, extra = self._guarded_step(optimizer, lr, r_local, len(r_idx), r_stats)
                 retries_total += retries
                 fwd_passes += extra
                 rec["guard_retries"] = retries
                 history.append(rec)
                 if self.on_step is not None:
                     self.on_step(rec)
-            for p in self.params:
-                p.grad = None
-            f_after = self._reduce(self._pass(self.forget_batches(forget_local), 0.0, 0.0, True, False))
-            r_after = self._reduce(self._pass(self.retain_batches(d.shard(first_retain)), 0.0, 0.0, False, False))
+            engine.clear_grad()
+            f_after = self._reduce(self._pass(True, forget_local, self.n_forget, 0.0, 0.0, False))
+            r_after = self._reduce(self._pass(False, engine.shard(first_retain), len(first_retain), 0.0, 0.0, False))
             fwd_passes += f_after.examples + r_after.examples
             if not (math.isfinite(f_after.mean_loss) and math.isfinite(r_after.mean_loss)):
                 raise UnlearningError(
@@ -407,13 +327,11 @@ class IAUUnlearner:
                     "Lower `unlearn_learning_rate` or `unlearn_steps`."
                 )
         except BaseException:
-            self._restore(original)
-            for p in self.params:
-                p.grad = None
+            engine.restore(original)
+            engine.clear_grad()
             self.model.train(was_training)
             raise
-        with torch.no_grad():
-            update_norm = math.sqrt(sum(float((p - s).double().pow(2).sum()) for p, s in zip(self.params, original)))
+        update_norm = engine.distance(original)
         self.model.train(was_training)
         metrics = {
             "forget_loss_before": before_f.mean_loss,
@@ -448,27 +366,26 @@ class IAUUnlearner:
         return UnlearningResult(metrics, history, self.request_id, self.n_forget, self.n_retain)
 
     def _guarded_step(
-        self, optimizer: torch.optim.Optimizer, lr: float, r_local: list[int], r_before: _Pass
+        self, optimizer: torch.optim.Optimizer, lr: float, r_local: list[int], n_r: int, r_before: _Pass
     ) -> tuple[float, int, float]:
         """optimizer.step(); with a tolerance set, undo and retry smaller while the retain loss runs away."""
         tol = self.args.unlearn_max_retain_loss_rise
         if tol is None:
-            optimizer.step()
+            self.engine.step(optimizer)
             return lr, 0, 0.0
-        snap = self._snapshot()
+        snap = self.engine.snapshot()
         state = copy.deepcopy(optimizer.state_dict())
         fwd = 0.0
         for attempt in range(self.args.unlearn_guard_retries + 1):
             for g in optimizer.param_groups:
                 g["lr"] = lr
-            optimizer.step()
-            check = self._pass(self.retain_batches(r_local), 0.0, 0.0, False, False, allow_nonfinite=True)
-            after = self._reduce(check) if r_local or self.dist.on else _Pass()
+            self.engine.step(optimizer)
+            after = self._reduce(self._pass(False, r_local, n_r, 0.0, 0.0, False, allow_nonfinite=True))
             fwd += after.examples
             rise = after.mean_loss - r_before.mean_loss
             if after.count == 0 or (math.isfinite(after.mean_loss) and rise <= tol):
                 return lr, attempt, fwd
-            self._restore(snap)
+            self.engine.restore(snap)
             optimizer.load_state_dict(state)
             lr *= self.args.unlearn_guard_shrink
         raise UnlearningError(
@@ -476,6 +393,13 @@ class IAUUnlearner:
             f"after {self.args.unlearn_guard_retries} retries with smaller steps; the original weights were "
             "restored. Lower `unlearn_learning_rate`, raise `retain_weight`, or raise the tolerance."
         )
+
+
+def _head(bl: BatchLoss, k: int) -> BatchLoss:
+    """The first ``k`` rows of a batch's losses (the real rows before any padding)."""
+    if k == int(bl.loss_sum.shape[0]):
+        return bl
+    return BatchLoss(bl.loss_sum[:k], bl.count[:k], None if bl.correct is None else bl.correct[:k])
 
 
 def request_id(fingerprint: str, seed: int) -> str:

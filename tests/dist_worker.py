@@ -48,6 +48,38 @@ CASES: dict[str, tuple[Callable, Callable, dict, list[str] | None]] = {
     ),
 }
 
+# Every baseline through the same engine: case -> (model factory, dataset factory, method, options).
+# (`retrain` is Trainer.train under DDP, whose global batch grows with the number of processes: not a parity case.)
+METHOD_CASES: dict[str, tuple[Callable, Callable, str, dict]] = {
+    "finetune_bert": (tiny.tiny_bert, tiny.text_cls_dataset, "finetune", {"steps": 2, "batch_size": 5, "learning_rate": 0.1, "optimizer": "sgd"}),
+    "gradient_ascent_gpt2": (tiny.tiny_gpt2, tiny.lm_dataset, "gradient_ascent", {"steps": 2, "batch_size": 5, "learning_rate": 0.1, "optimizer": "sgd"}),
+    "gradient_difference_bert": (
+        tiny.tiny_bert, tiny.text_cls_dataset, "gradient_difference", {"steps": 2, "batch_size": 5, "learning_rate": 0.1, "optimizer": "sgd"},
+    ),
+    "npo_gpt2": (tiny.tiny_gpt2, tiny.lm_dataset, "npo", {"steps": 2, "batch_size": 5, "learning_rate": 0.1, "optimizer": "sgd", "retain_weight": 1.0}),
+    "influence_function_bert": (tiny.tiny_bert, tiny.text_cls_dataset, "influence_function", {"max_iterations": 3}),
+    "fisher_bert": (tiny.tiny_bert, tiny.text_cls_dataset, "fisher", {"fisher_sample_size": 9}),
+    "iau_method_gpt2": (tiny.tiny_gpt2, tiny.lm_dataset, "iau", {"unlearn_steps": 2}),
+}
+
+
+def run_method_case(name: str, out_dir: str | None = None) -> dict[str, torch.Tensor]:
+    """Run a registered baseline on forget rows 0..6 / retain rows 7..47 and return the trainable weights."""
+    from hf_iau import IAUConfig, IAUTrainer
+    from hf_iau.methods import run_method
+
+    make_model, make_data, method, options = METHOD_CASES[name]
+    model = make_model(seed=0)
+    data = make_data(n=N_FORGET + N_RETAIN, seed=3)
+    forget, retain = data.select(range(N_FORGET)), data.select(range(N_FORGET, N_FORGET + N_RETAIN))
+    args = IAUConfig(
+        output_dir=out_dir or tempfile.mkdtemp(), use_cpu=True, ddp_find_unused_parameters=False, report_to="none",
+        per_device_eval_batch_size=3, seed=0, disable_tqdm=True, **REFERENCE,
+    )
+    trainer = IAUTrainer(model=model, args=args)
+    run_method(method, trainer, forget, retain, **options)
+    return {n: p.detach().float().cpu().clone().contiguous() for n, p in trainer.model.named_parameters() if p.requires_grad}
+
 
 def run_case(name: str, out_dir: str | None = None) -> dict[str, torch.Tensor]:
     """Unlearn forget rows 0..6 with retain rows 7..47 and return the trainable weights (CPU, fp32)."""
@@ -74,8 +106,8 @@ def main(out_dir: str) -> None:
     from safetensors.torch import save_file
 
     torch.set_num_threads(1)
-    for name in CASES:
-        weights = run_case(name, out_dir)
+    for name, run in [*((n, run_case) for n in CASES), *((n, run_method_case) for n in METHOD_CASES)]:
+        weights = run(name, out_dir)
         if int(os.environ.get("RANK", "0")) == 0:
             save_file(weights, os.path.join(out_dir, f"{name}.safetensors"))
     world = dist.get_world_size() if dist.is_initialized() else 1

@@ -1,4 +1,5 @@
-"""Unlearning on 2 CPU processes (torchrun, gloo) equals 1 process: full, LoRA, retain sampling."""
+"""Unlearning on 2 CPU processes (torchrun, gloo) equals 1 process: IAU full, LoRA, retain sampling, and every
+baseline through the same engine."""
 
 from __future__ import annotations
 
@@ -50,3 +51,18 @@ def test_two_processes_equal_one(case: str, two_process_weights: Path, tmp_path:
     before = {n: p for n, p in make_model(seed=0).named_parameters()}
     moved = [n for n in single if n in before and not torch.allclose(single[n], before[n])]
     assert moved or dist_worker.CASES[case][3], f"{case}: unlearning changed no weight"
+
+
+@pytest.mark.parametrize("case", list(dist_worker.METHOD_CASES))
+def test_every_baseline_two_processes_equal_one(case: str, two_process_weights: Path, tmp_path: Path) -> None:
+    import torch
+    from safetensors.torch import load_file
+
+    from tiny import max_abs_diff
+
+    multi = load_file(str(two_process_weights / f"{case}.safetensors"))
+    single = dist_worker.run_method_case(case, str(tmp_path))
+    assert set(multi) == set(single)
+    assert max_abs_diff(single, multi) <= TOL
+    before = dict(dist_worker.METHOD_CASES[case][0](seed=0).named_parameters())
+    assert any(not torch.allclose(single[n], before[n]) for n in single), f"{case}: changed no weight"

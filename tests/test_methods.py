@@ -17,6 +17,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from tiny import lm_dataset, max_abs_diff, params_of, text_cls_dataset, tiny_bert, tiny_gpt2  # noqa: E402
 
 from hf_iau import IAUConfig, IAUTrainer, UnlearningError  # noqa: E402
+from hf_iau.engine import Engine  # noqa: E402
 from hf_iau.losses import batch_losses  # noqa: E402
 from hf_iau.methods import METHODS, get_method, register_method, run_method  # noqa: E402
 from hf_iau.methods._request import BudgetError  # noqa: E402
@@ -93,7 +94,7 @@ def test_npo_first_step_is_ascent_on_summed_losses(lm):
     model.load_state_dict(before)
     model.eval()
     model.zero_grad()
-    batch = next(trainer._batches(trainer._model_columns(forget), list(range(4))))
+    batch = next(Engine(trainer).batches(trainer._model_columns(forget), list(range(4))))
     (-batch_losses(model, batch).loss_sum.mean()).backward()
     for n, p in model.named_parameters():
         torch.testing.assert_close(after[n], p.detach() - 1e-3 * p.grad, rtol=1e-5, atol=1e-7)
@@ -246,7 +247,7 @@ def test_fisher_noise_has_the_stated_scale(tmp_path):
     model.eval()
     for i in range(len(retain)):
         model.zero_grad()
-        batch_losses(model, next(trainer._batches(cols, [i]))).loss_sum.sum().backward()
+        batch_losses(model, next(Engine(trainer).batches(cols, [i]))).loss_sum.sum().backward()
         for n, p in model.named_parameters():
             fisher[n] += p.grad.pow(2) / len(retain)
     model.zero_grad(set_to_none=True)

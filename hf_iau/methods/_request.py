@@ -1,9 +1,10 @@
 """``Request``: what every baseline shares — data, true counts, budget, passes, restore, record.
 
-A baseline runs one deletion request through an [`IAUTrainer`]: it reuses the trainer's data
-plumbing (``_model_columns``, ``_batches``) and ``batch_losses``, weighs every mean by true
-token/example counts (summed over processes), charges example passes against a budget, restores
-the original weights on any error, and records itself with ``trainer.record_unlearning``.
+A baseline runs one deletion request through an [`IAUTrainer`] and the same
+:class:`~hf_iau.engine.Engine` as IAU (ordered per-process batches through the trainer's collator,
+sums over processes, gradients through ``accelerator.backward``); it weighs every mean by true
+token/example counts, charges example passes against a budget, restores the original weights on
+any error, and records itself with ``trainer.record_unlearning``.
 
 Pass accounting (comparable across methods): one example through forward+backward is one
 *gradient pass*; a Hessian-vector product is two gradient passes per example; a forward alone is
@@ -22,8 +23,9 @@ import torch
 from datasets import Dataset
 
 from ..data import fingerprint_dataset
-from ..losses import BatchLoss, batch_losses, loss_kind, true_count
-from ..unlearning import UnlearningError, UnlearningResult, _Dist, request_id, retain_sample
+from ..losses import BatchLoss, batch_losses
+from ..engine import Engine, make_optimizer  # noqa: F401  (re-exported for methods)
+from ..unlearning import UnlearningError, UnlearningResult, request_id, retain_sample
 
 if TYPE_CHECKING:
     from ..trainer import IAUTrainer
@@ -55,15 +57,6 @@ class BudgetError(ValueError):
     """The budget does not pay for the smallest unit of work of a method."""
 
 
-def make_optimizer(name: str, params: list[torch.nn.Parameter], lr: float) -> torch.optim.Optimizer:
-    """A fresh ``torch.optim.Adam`` or ``SGD`` (``name`` in ``("adam", "sgd")``)."""
-    if name == "adam":
-        return torch.optim.Adam(params, lr=lr)
-    if name == "sgd":
-        return torch.optim.SGD(params, lr=lr)
-    raise ValueError(f"optimizer={name!r} is unknown; use 'adam' or 'sgd'.")
-
-
 class Request:
     """One deletion request handled by baseline ``method`` on ``trainer.model`` (in place)."""
 
@@ -86,12 +79,8 @@ class Request:
         self.forget_raw, self.retain_raw = forget_dataset, retain_dataset
         self.forget = trainer._model_columns(forget_dataset)
         self.retain = trainer._model_columns(retain_dataset)
-        self.model = trainer.model
-        if next(self.model.parameters()).device != self.args.device and not trainer.is_fsdp_enabled:
-            self.model.to(self.args.device)
-        self.kind = loss_kind(self.model)
-        self.dist = _Dist()
-        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.engine = self.dist = Engine(trainer)
+        self.model, self.kind, self.params = self.engine.model, self.engine.kind, self.engine.params
         if not self.params:
             raise UnlearningError("The model has no trainable parameters (requires_grad=False everywhere).")
         self.budget = budget
@@ -105,19 +94,21 @@ class Request:
 
     # --- data -------------------------------------------------------------------------------
     def batches(self, ds: Dataset, idx: Sequence[int]) -> Iterator[tuple[dict[str, Any], list[int]]]:
-        """This process's share of ``idx``, collated by the trainer, with each batch's indices."""
-        local = self.dist.shard(list(idx))
-        bs = self.args.unlearn_batch_size or self.args.per_device_eval_batch_size
+        """This process's share of ``idx`` in batches, with each batch's indices (``[]`` for a padding batch of a
+        sharded model, which must still run so that every process stays in step)."""
+        idx = list(idx)
+        local = self.engine.shard(idx)
+        bs = self.engine.batch_size
         chunks = [local[i : i + bs] for i in range(0, len(local), bs)]
-        return zip(self.trainer._batches(ds, local), chunks)
+        for k, batch in enumerate(self.engine.batches(ds, local, len(idx))):
+            yield batch, (chunks[k] if k < len(chunks) else [])
 
     def count(self, ds: Dataset, idx: Sequence[int], per_example: bool = False) -> float:
         """True count of ``idx`` over all processes: predicted tokens (causal LM) or examples."""
-        if per_example or self.kind != "causal_lm":
-            local = float(len(self.dist.shard(list(idx))))
-        else:
-            local = sum(true_count(b, self.kind) for b, _ in self.batches(ds, idx))
-        return self.dist.sum_list([local], self.params[0].device)[0]
+        local = self.engine.shard(list(idx))
+        if per_example:
+            return self.engine.sum([float(len(local))])[0]
+        return self.engine.count(ds, local)
 
     # --- passes -----------------------------------------------------------------------------
     def evaluate(self, ds: Dataset, idx: Sequence[int] | None = None) -> Stats:
@@ -125,10 +116,11 @@ class Request:
         idx = range(len(ds)) if idx is None else idx
         stats = Stats()
         with torch.no_grad():
-            for batch, _ in self.batches(ds, idx):
-                with self.trainer.autocast_smart_context_manager():
+            for batch, ix in self.batches(ds, idx):
+                with self.engine.autocast():
                     bl = batch_losses(self.model, batch, self.kind)
-                self._add(stats, bl)
+                if ix:
+                    self._add(stats, bl)
         return self._reduce(stats, forward=True)
 
     def accumulate(
@@ -144,23 +136,25 @@ class Request:
         total = self.count(ds, idx, per_example)
         stats = Stats()
         for batch, ix in self.batches(ds, idx):
-            with self.trainer.autocast_smart_context_manager():
+            with self.engine.autocast():
                 bl = batch_losses(self.model, batch, self.kind)
-            self._check_finite(bl.loss_sum)
-            objective = bl.loss_sum if term is None else term(bl, ix)
-            self._check_finite(objective)
+            if ix:
+                self._check_finite(bl.loss_sum)
+                objective = bl.loss_sum if term is None else term(bl, ix)
+                self._check_finite(objective)
+                self._add(stats, bl)
+            else:
+                objective = bl.loss_sum * 0.0  # padding batch: runs, adds nothing
             if total > 0 and scale != 0:
-                (objective.sum() * (scale / total)).backward()
-            self._add(stats, bl)
+                self.engine.backward(objective.sum() * (scale / total))
         return self._reduce(stats, forward=False)
 
     def zero_grad(self) -> None:
-        for p in self.params:
-            p.grad = torch.zeros_like(p)
+        self.engine.zero_grad()
 
     def sync_grads(self) -> None:
         """Sum ``.grad`` over processes (each holds its share of ``scale·Σ/N_global``)."""
-        self.dist.sum_([p.grad for p in self.params])
+        self.engine.sync_grads()
 
     def _add(self, stats: Stats, bl: BatchLoss) -> None:
         stats.loss_sum += float(bl.loss_sum.detach().sum())
@@ -171,10 +165,7 @@ class Request:
             stats.has_correct = True
 
     def _reduce(self, stats: Stats, forward: bool) -> Stats:
-        vals = self.dist.sum_list(
-            [stats.loss_sum, stats.count, stats.examples, stats.correct, float(stats.has_correct)],
-            self.params[0].device,
-        )
+        vals = self.engine.sum([stats.loss_sum, stats.count, stats.examples, stats.correct, float(stats.has_correct)])
         out = Stats(*vals[:4], has_correct=vals[4] > 0)
         if forward:
             self.fwd_passes += out.examples
@@ -206,18 +197,16 @@ class Request:
     def begin(self, measure: bool = True) -> None:
         """Snapshot the weights, switch to eval mode, measure the losses before."""
         self.model.eval()
-        self.original = [p.detach().clone() for p in self.params]
+        self.engine.broadcast_weights()
+        self.original = self.engine.snapshot()
         if measure:
             self.before_f = self.evaluate(self.forget)
             self.before_r = self.evaluate(self.retain, self.retain_eval)
 
     def restore(self) -> None:
         """Put the original weights back (after an error)."""
-        with torch.no_grad():
-            for p, s in zip(self.params, self.original):
-                p.copy_(s)
-        for p in self.params:
-            p.grad = None
+        self.engine.restore(self.original)
+        self.engine.clear_grad()
         self.model.train(self.was_training)
 
     def finish(
@@ -227,8 +216,7 @@ class Request:
         history: list[dict[str, float]] | None = None,
     ) -> UnlearningResult:
         """Measure the losses after, check them, build the result and record it on the trainer."""
-        for p in self.params:
-            p.grad = None
+        self.engine.clear_grad()
         after_f = self.evaluate(self.forget)
         after_r = self.evaluate(self.retain, self.retain_eval)
         if not (math.isfinite(after_f.mean_loss) and math.isfinite(after_r.mean_loss)):
@@ -236,8 +224,7 @@ class Request:
                 f"non-finite loss after {self.method}; the original weights were restored. "
                 "Lower the learning rate or the number of steps."
             )
-        with torch.no_grad():
-            norm = math.sqrt(sum(float((p - s).double().pow(2).sum()) for p, s in zip(self.params, self.original)))
+        norm = self.engine.distance(self.original)
         self.model.train(self.was_training)
         out = {
             "forget_loss_before": self.before_f.mean_loss,

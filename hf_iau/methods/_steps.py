@@ -99,7 +99,7 @@ def minibatch_unlearning(
             if use_r:
                 rec["retain_loss"] = req.accumulate(req.retain, r_idx, retain_scale).mean_loss
             req.sync_grads()
-            opt.step()
+            req.engine.step(opt)
             history.append(rec)
             step += 1
         if step == 0:

@@ -34,18 +34,21 @@ if TYPE_CHECKING:
 
 def diagonal_fisher(req: Request, idx: list[int]) -> list[torch.Tensor]:
     """F = Σ_{i∈idx} (∇ℓ_i)² / N over the retain set, from per-example gradients (summed over processes)."""
+    req.engine.refuse_sharded("fisher")
     fisher = [torch.zeros_like(p) for p in req.params]
     total = req.count(req.retain, idx)
-    for i in req.dist.shard(idx):
-        for batch in req.trainer._batches(req.retain, [i]):
-            with req.trainer.autocast_smart_context_manager():
-                bl = batch_losses(req.model, batch, req.kind)
-            req._check_finite(bl.loss_sum)
-            grads = torch.autograd.grad(bl.loss_sum.sum(), req.params, allow_unused=True)
-            for f, g in zip(fisher, grads):
-                if g is not None:
-                    f.add_(g.detach().pow(2))
-    req.dist.sum_(fisher)
+    unscale = 1.0 / req.engine.grad_scale() ** 2
+    for i in req.engine.shard(idx):
+        req.engine.zero_grad()
+        batch = req.engine.collate(req.retain, [i])
+        with req.engine.autocast():
+            bl = batch_losses(req.model, batch, req.kind)
+        req._check_finite(bl.loss_sum)
+        req.engine.backward(bl.loss_sum.sum())
+        for f, p in zip(fisher, req.params):
+            f.add_(p.grad.detach().pow(2), alpha=unscale)
+    req.engine.clear_grad()
+    req.engine.sum_(fisher)
     req.grad_passes += float(len(idx))
     return [f / total for f in fisher]
 

@@ -52,6 +52,7 @@ def _axpy(alpha: float, x: Vec, y: Vec) -> Vec:
 
 def hessian_vector_product(req: Request, idx: list[int]) -> Callable[[Vec], Vec]:
     """v ↦ ∇²(mean loss over ``idx`` of the retain set)·v, summed over processes."""
+    req.engine.refuse_sharded("influence_function")
     total = req.count(req.retain, idx)
 
     def hvp(v: Vec) -> Vec:

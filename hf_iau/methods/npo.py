@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 
 
 def reference_log_likelihoods(req: Request, reference: str = "original") -> dict[int, float]:
-    """log π_ref(x) of this process's forget examples, by dataset index (forward passes only)."""
+    """log π_ref(x) of every forget example, by dataset index (forward passes only, summed over processes)."""
     model = req.model
     if reference == "base":
         if not hasattr(model, "disable_adapter"):
@@ -45,15 +45,17 @@ def reference_log_likelihoods(req: Request, reference: str = "original") -> dict
         ctx = nullcontext()
     else:
         raise ValueError(f"reference={reference!r} is unknown; use 'original' or 'base'.")
-    out: dict[int, float] = {}
+    values = [0.0] * len(req.forget)
     was_training = model.training
     model.eval()
     with ctx, torch.no_grad():
         for batch, ix in req.batches(req.forget, range(len(req.forget))):
-            with req.trainer.autocast_smart_context_manager():
+            with req.engine.autocast():
                 bl = batch_losses(model, batch, req.kind)
-            out.update(zip(ix, (-bl.loss_sum.double()).tolist()))
+            for i, v in zip(ix, (-bl.loss_sum.double()).tolist()):
+                values[i] = v
     model.train(was_training)
+    out = dict(enumerate(req.engine.sum(values)))  # every process needs every example's reference
     req.fwd_passes += req.count(req.forget, range(len(req.forget)), per_example=True)
     return out
 

@@ -90,6 +90,7 @@ def retrain(
     req.begin()
     try:
         counter = _Budget(budget, step_cost)
+        model = fresh_model(trainer, model_init)  # before new arguments: they reset the accelerator state
         with tempfile.TemporaryDirectory() as tmp:
             new_args = dataclasses.replace(
                 args, output_dir=tmp, save_strategy="no", eval_strategy="no", report_to="none",
@@ -98,7 +99,6 @@ def retrain(
             peft_config = None
             if hasattr(trainer.model, "peft_config"):
                 peft_config = next(iter(trainer.model.peft_config.values()))
-            model = fresh_model(trainer, model_init)
             fresh = _counting_trainer(IAUTrainer, counter, factor, world)(
                 model=model, args=new_args, data_collator=trainer.data_collator, train_dataset=req.retain_raw,
                 processing_class=trainer.processing_class, peft_config=peft_config, callbacks=[counter],

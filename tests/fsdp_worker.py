@@ -1,0 +1,84 @@
+"""FSDP2 unlearning cases: a model sharded with ``fully_shard`` (hf_iau.sharding.shard_per_block) and handed
+to ``IAUTrainer`` on N processes must give the weights of the unsharded model in one process.
+
+``torchrun --nproc_per_node 2 tests/fsdp_worker.py OUT_DIR`` runs every case sharded and rank 0 writes the
+gathered trainable weights to ``OUT_DIR/<case>.safetensors``; tests compare with ``run_case(case)`` (1 process).
+Uneven shards: 7 forget / 41 retain rows, batch size 3 (4 + 3 forget rows → 2 and 1 batches per process).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import tiny  # noqa: E402
+from dist_worker import N_FORGET, N_RETAIN, REFERENCE  # noqa: E402
+
+DEFAULT_MODE = {"unlearn_steps": 3, "unlearn_learning_rate": 1e-2, "retain_sample_size": 13}
+# case -> (IAUConfig overrides, LoRA targets or None)
+CASES: dict[str, tuple[dict, list[str] | None]] = {
+    "gpt2_full_parity": (REFERENCE, None),
+    "gpt2_lora_parity": (REFERENCE, ["c_attn", "c_proj"]),
+    "gpt2_full_default": (DEFAULT_MODE, None),
+    "gpt2_lora_default": (DEFAULT_MODE, ["c_attn", "c_proj"]),
+}
+
+
+def _full(p: torch.Tensor) -> torch.Tensor:
+    return p.full_tensor() if hasattr(p, "full_tensor") else p
+
+
+def run_case(name: str, shard: bool = False, out_dir: str | None = None) -> dict[str, torch.Tensor]:
+    """Unlearn forget rows 0..6 (retain 7..47, held-out 48..63) and return the trainable weights (gathered)."""
+    from peft import LoraConfig, get_peft_model
+
+    from hf_iau import IAUConfig, IAUTrainer
+    from hf_iau.sharding import shard_per_block
+
+    overrides, targets = CASES[name]
+    model = tiny.tiny_gpt2(seed=0)
+    data = tiny.lm_dataset(n=N_FORGET + N_RETAIN + 16, seed=3)
+    forget = data.select(range(N_FORGET))
+    retain = data.select(range(N_FORGET, N_FORGET + N_RETAIN))
+    held_out = data.select(range(N_FORGET + N_RETAIN, len(data)))
+    if targets:
+        torch.manual_seed(1)
+        model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=targets, init_lora_weights=False))
+    if shard:
+        model = shard_per_block(model)
+    args = IAUConfig(
+        output_dir=out_dir or tempfile.mkdtemp(), use_cpu=True, report_to="none", per_device_eval_batch_size=3,
+        seed=0, disable_tqdm=True, save_strategy="no", **overrides,
+    )
+    trainer = IAUTrainer(model=model, args=args, eval_dataset=held_out)
+    trainer.unlearn(forget, retain_dataset=retain)
+    return {
+        n: _full(p).detach().float().cpu().clone().contiguous()
+        for n, p in trainer.model.named_parameters() if p.requires_grad
+    }
+
+
+def main(out_dir: str) -> None:
+    import torch.distributed as dist
+    from safetensors.torch import save_file
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo")
+    for name in CASES:
+        weights = run_case(name, shard=True, out_dir=out_dir)
+        if dist.get_rank() == 0:
+            save_file(weights, os.path.join(out_dir, f"{name}.safetensors"))
+    if dist.get_rank() == 0:
+        with open(os.path.join(out_dir, "world_size.txt"), "w") as fh:
+            fh.write(str(dist.get_world_size()))
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
