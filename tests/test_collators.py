@@ -122,3 +122,23 @@ def test_unlearning_loss_depends_on_answer_tokens_only(make_model):
     with torch.no_grad():
         after = batch_losses(model, CausalLMCollator(tok)(changed)).loss_sum
     assert torch.equal(after[[0, 2]], bl.loss_sum[[0, 2]]) and not torch.equal(after[1], bl.loss_sum[1])
+
+
+def test_trainer_unlearning_loss_covers_answers_only(tmp_path):
+    """End to end: IAUTrainer(processing_class=tokenizer) on QA rows; its forget loss = answer-token CE."""
+    tok = word_tokenizer()
+    tok.pad_token = tok.eos_token
+    model = tiny_gpt2()
+    ds = qa_to_lm_examples(Dataset.from_dict(QA), tok)
+    trainer = IAUTrainer(model=model, args=parity_args(tmp_path), train_dataset=ds, processing_class=tok)
+    rows = qa_rows(tok)[:2]
+    model.eval()  # no dropout in the hand loop
+    with torch.no_grad():
+        nll = []
+        for r in rows:
+            lp = F.log_softmax(model(input_ids=torch.tensor([r["input_ids"]])).logits.double(), -1)[0]
+            p = r["labels"].count(-100)
+            nll += [-float(lp[p + j - 1, t]) for j, t in enumerate(r["input_ids"][p:])]
+    result = trainer.unlearn(ds.select([0, 1]))
+    assert result.metrics["forget_loss_before"] == pytest.approx(sum(nll) / len(nll), rel=1e-5)
+    assert len(nll) == 3 + 6  # answer words + EOS of rows a and b, no question token
