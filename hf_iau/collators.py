@@ -39,6 +39,7 @@ class CausalLMCollator:
 
     Args:
         tokenizer: gives ``pad_token_id`` (falls back to ``eos_token_id``) and ``padding_side``.
+        pad_token_id: overrides the tokenizer's (padding is masked, so any id works without a tokenizer).
         pad_to_multiple_of: round the padded length up to a multiple of this.
         label_pad_token_id: label of padded (and attention-masked) positions.
 
@@ -49,9 +50,12 @@ class CausalLMCollator:
 
     tokenizer: Any = None
     pad_to_multiple_of: int | None = None
+    pad_token_id: int | None = None
     label_pad_token_id: int = IGNORE_INDEX
 
     def _pad_id(self) -> int:
+        if self.pad_token_id is not None:
+            return int(self.pad_token_id)
         tok = self.tokenizer
         for name in ("pad_token_id", "eos_token_id"):
             value = getattr(tok, name, None) if tok is not None else None

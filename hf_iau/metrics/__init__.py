@@ -1,4 +1,6 @@
-"""Unlearning metrics: utility, membership inference, fidelity to the retrained model, canaries.
+"""Unlearning metrics: utility, membership inference, fidelity to the retrained model, canaries,
+and the LLM metrics of TOFU/MUSE/open-unlearning (``llm.py``: forget quality, truth ratio,
+PrivLeak, ROUGE-L, exact memorisation, extraction strength, model utility).
 
 Each metric is also shipped as a local ``evaluate`` module, loadable offline by path::
 

@@ -19,7 +19,15 @@ import torch
 import torch.nn.functional as F
 from numpy.typing import ArrayLike
 
-from .mia import DEFAULT_MIN_K, IGNORE_INDEX, _check_convention, min_k_plus_plus_scores, min_k_scores, token_log_probs
+from .mia import (
+    DEFAULT_MIN_K,
+    IGNORE_INDEX,
+    _check_convention,
+    _full,
+    min_k_plus_plus_scores,
+    min_k_scores,
+    token_log_probs,
+)
 
 # --------------------------------------------------------------------------- aggregates
 
@@ -207,9 +215,8 @@ def lm_example_stats(
 
     _check_convention(convention)
     rows = _rows(examples)
-    collate = CausalLMCollator(tokenizer)
-    if tokenizer is None:  # pad id only fills masked positions: any id works
-        collate.tokenizer = type("_Pad", (), {"pad_token_id": 0, "padding_side": "right"})()
+    # pad id only fills attention-masked positions: any id works without a tokenizer
+    collate = CausalLMCollator(tokenizer, pad_token_id=0 if tokenizer is None else None)
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
@@ -219,8 +226,7 @@ def lm_example_stats(
             batch = collate(rows[start : start + batch_size])
             ids, labels = batch["input_ids"].to(device), batch["labels"].to(device)
             logits = model(input_ids=ids, attention_mask=batch["attention_mask"].to(device)).logits
-            lp = F.log_softmax(logits[:, :-1].float() if logits.dtype not in (torch.float32, torch.float64)
-                               else logits[:, :-1], dim=-1)
+            lp = F.log_softmax(_full(logits[:, :-1]), dim=-1)
             target = labels[:, 1:]
             tok_loss = -lp.gather(-1, target.clamp_min(0).unsqueeze(-1)).squeeze(-1) * (target != IGNORE_INDEX)
             n = (labels != IGNORE_INDEX).sum(-1) if convention == "open_unlearning" else (target != IGNORE_INDEX).sum(-1)
