@@ -27,7 +27,8 @@ class IAUConfig(TrainingArguments):
             passes, any attention kernel) or `"exact"` (double backward).
         gr_norm (`str`, defaults to `"global"`): `"global"` ‖g‖₂ over all trainable parameters, or
             `"per_tensor"` Σₜ‖gₜ‖₂ (the authors' code).
-        gr_fd_radius (`float`, defaults to `1e-3`): perturbation radius r of the finite difference.
+        gr_fd_radius (`float`, defaults to `1e-3`): perturbation radius r of the finite difference (float32);
+            under bf16/fp16 the difference is central and r is calibrated from ‖g‖/‖H·u‖.
         gr_every_n_steps (`int`, defaults to `1`): GR penalty on every n-th optimizer step only.
         gr_sub_batch_fraction (`float`, defaults to `1.0`): rows of the micro-batch used for H·u.
         gr_reuse_penalty (`bool`, defaults to `False`): reuse the last penalty gradient in between.
@@ -68,7 +69,11 @@ class IAUConfig(TrainingArguments):
     )
     gr_fd_radius: float = field(
         default=1e-3,
-        metadata={"help": "Finite-difference radius r: the weights move by r along the normalised gradient."},
+        metadata={
+            "help": "Finite-difference radius r: the weights move by r along the normalised gradient. Under bf16/fp16 "
+            "(mixed precision or weights) the difference is central and r = 0.08·‖g‖/‖H·u‖, measured on the "
+            "first GR step (starting from this value) and kept (benchmarks/results/gr_precision.md)."
+        },
     )
     gr_every_n_steps: int = field(
         default=1,
