@@ -138,3 +138,37 @@ def qa_to_lm_examples(
 
     drop = [c for c in dataset.column_names if c not in keep]
     return dataset.map(encode, batched=True, remove_columns=drop)
+
+
+def qa_truth_ratio_inputs(
+    dataset: Dataset,
+    tokenizer: Any,
+    question_column: str = "question",
+    paraphrased_column: str = "paraphrased_answer",
+    perturbed_columns: str | Sequence[str] = "perturbed_answer",
+    **kwargs: Any,
+) -> tuple[Dataset, list[Dataset]]:
+    """(paraphrased examples, [perturbed examples, ...]) aligned row by row with ``dataset``, for
+    ``evaluate_unlearning(truth_ratio_data={"forget": ...})`` and :func:`hf_iau.metrics.truth_ratio`.
+
+    ``perturbed_columns``: one column holding a list of K wrong answers per row (TOFU's
+    ``perturbed_answer``; every row needs the same K), or several string columns. ``kwargs`` go to
+    :func:`qa_to_lm_examples`.
+    """
+    if isinstance(perturbed_columns, str):
+        if perturbed_columns not in dataset.column_names:
+            raise ValueError(f"`perturbed_columns`={perturbed_columns!r} is not a column of the dataset.")
+        lists = dataset[perturbed_columns]
+        sizes = {len(v) if isinstance(v, (list, tuple)) else -1 for v in lists}
+        if len(sizes) != 1 or min(sizes) < 1:
+            raise ValueError(
+                f"`{perturbed_columns}` must hold a non-empty list of wrong answers per row, the same number in "
+                f"every row; found sizes {sorted(sizes)}"
+            )
+        k = sizes.pop()
+        wrong = [dataset.add_column(f"__wrong_{j}", [v[j] for v in lists]) for j in range(k)]
+        perturbed = [qa_to_lm_examples(w, tokenizer, question_column, f"__wrong_{j}", **kwargs)
+                     for j, w in enumerate(wrong)]
+    else:
+        perturbed = [qa_to_lm_examples(dataset, tokenizer, question_column, c, **kwargs) for c in perturbed_columns]
+    return qa_to_lm_examples(dataset, tokenizer, question_column, paraphrased_column, **kwargs), perturbed

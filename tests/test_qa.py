@@ -74,3 +74,20 @@ def test_eos_not_doubled_truncation_and_bad_input():
     tok.chat_template = "{% for m in messages %}{{ m['content'] }} {% endfor %}{% if add_generation_prompt %}w59{% endif %}"
     with pytest.raises(ValueError, match="chat_template"):
         qa_example(tok, "w1", "w2")
+
+
+def test_truth_ratio_inputs_from_list_or_string_columns():
+    from hf_iau.qa import qa_truth_ratio_inputs
+
+    tok = word_tokenizer()
+    data = Dataset.from_dict({"id": [1, 2], "question": ["w1", "w2"], "paraphrased_answer": ["w3", "w4 w5"],
+                              "perturbed_answer": [["w6", "w7"], ["w8", "w9 w10"]], "alt": ["w11", "w12"]})
+    para, pert = qa_truth_ratio_inputs(data, tok)
+    assert para["labels"] == [[-100] * 3 + [w(3), EOS], [-100] * 3 + [w(4), w(5), EOS]]
+    assert len(pert) == 2 and pert[1]["labels"][1] == [-100] * 3 + [w(9), w(10), EOS]
+    assert pert[0]["id"] == [1, 2] and sorted(pert[0].column_names) == ["attention_mask", "id", "input_ids", "labels"]
+    _, by_columns = qa_truth_ratio_inputs(data, tok, perturbed_columns=["alt"])
+    assert by_columns[0]["labels"][0] == [-100] * 3 + [w(11), EOS]
+    ragged = data.remove_columns("perturbed_answer").add_column("perturbed_answer", [["w6"], ["w8", "w9"]])
+    with pytest.raises(ValueError, match="same number"):
+        qa_truth_ratio_inputs(ragged, tok)
