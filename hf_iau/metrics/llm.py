@@ -26,6 +26,7 @@ from .mia import (
     _full,
     min_k_plus_plus_scores,
     min_k_scores,
+    scored_targets,
     token_log_probs,
 )
 
@@ -142,14 +143,24 @@ def rouge_l_recall(predictions: Sequence[str], references: Sequence[str], use_st
 # --------------------------------------------------------------------------- per-example statistics
 
 
+@torch.no_grad()
+def _hits(
+    logits: torch.Tensor, labels: torch.Tensor, input_ids: torch.Tensor | None, convention: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(argmax == target, scored mask), ``[B, T-1]``, under teacher forcing."""
+    target, mask = scored_targets(labels, input_ids, convention)
+    pred = logits[:, :-1].argmax(-1)
+    return pred == target.to(pred.device), mask.to(pred.device)
+
+
 def exact_memorisation(
     logits: torch.Tensor, labels: torch.Tensor, input_ids: torch.Tensor | None = None, convention: str = "hf_iau"
 ) -> np.ndarray:
     """Exact memorisation (Tirumala et al. 2022; open-unlearning): EM_i = (1/n_i) Σ_t 1[argmax p(·|x_<t) = x_t]
     over the scored answer tokens under teacher forcing. NaN when n_i = 0."""
-    stats = token_log_probs(logits, labels, input_ids, convention)
-    hit = (logits[:, :-1].argmax(-1).to(stats.target.device) == stats.target) & stats.mask
-    n = stats.mask.sum(-1).double()
+    hit, mask = _hits(logits, labels, input_ids, convention)
+    hit = hit & mask
+    n = mask.sum(-1).double()
     out = hit.sum(-1).double() / n.clamp_min(1)
     out[n == 0] = float("nan")
     return out.cpu().numpy()
@@ -164,11 +175,11 @@ def extraction_strength(
     ``"hf_iau"``: k* ∈ [0, n] (no correct suffix → ES = 0; NaN when n = 0). ``"open_unlearning"``:
     k* ∈ [0, n − 1] as in its loop (no correct suffix → ES = 1/n; 0 when n = 0).
     """
-    stats = token_log_probs(logits, labels, input_ids, convention)
-    hit = (logits[:, :-1].argmax(-1).to(stats.target.device) == stats.target) | ~stats.mask
+    hit, mask = _hits(logits, labels, input_ids, convention)
+    hit, mask = hit.cpu(), mask.cpu()
     out = np.empty(hit.size(0))
     for i in range(hit.size(0)):
-        h = hit[i][stats.mask[i]].cpu().numpy()
+        h = hit[i][mask[i]].numpy()
         n = len(h)
         if n == 0:
             out[i] = 0.0 if convention == "open_unlearning" else float("nan")

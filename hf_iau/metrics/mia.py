@@ -88,6 +88,22 @@ def scored_token_mask(labels: torch.Tensor, convention: str = "hf_iau") -> torch
     return ((pos >= first) & (pos <= end))[:, 1:]
 
 
+def scored_targets(
+    labels: torch.Tensor, input_ids: torch.Tensor | None = None, convention: str = "hf_iau"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(targets, mask), both ``[B, T-1]``: the target id of each scored predicted token (-100 elsewhere).
+
+    Targets are ``labels[:, 1:]``, or ``input_ids[:, 1:]`` inside open-unlearning's span when given.
+    """
+    mask = scored_token_mask(labels, convention)
+    target = labels[:, 1:]
+    if convention == "open_unlearning" and input_ids is not None:
+        target = input_ids[:, 1:].to(labels.device)
+    if (mask & (target == IGNORE_INDEX)).any():
+        raise ValueError("open_unlearning convention: the labelled span has unlabelled positions; pass `input_ids`.")
+    return target.masked_fill(~mask, IGNORE_INDEX), mask
+
+
 def _full(x: torch.Tensor) -> torch.Tensor:
     return x if x.dtype in (torch.float32, torch.float64) else x.float()
 
@@ -106,13 +122,8 @@ def token_log_probs(
     sqrt(max(Var, 1e-6)) (``"open_unlearning"``).
     """
     lp = F.log_softmax(_full(logits[:, :-1, :]), dim=-1)
-    mask = scored_token_mask(labels, convention).to(lp.device)
-    target = labels[:, 1:].to(lp.device)
-    if convention == "open_unlearning" and input_ids is not None:
-        target = input_ids[:, 1:].to(lp.device)
-    if (mask & (target == IGNORE_INDEX)).any():
-        raise ValueError("open_unlearning convention: the labelled span has unlabelled positions; pass `input_ids`.")
-    target = target.masked_fill(~mask, IGNORE_INDEX)
+    target, mask = scored_targets(labels, input_ids, convention)
+    target, mask = target.to(lp.device), mask.to(lp.device)
     logp = lp.gather(-1, target.clamp_min(0).unsqueeze(-1)).squeeze(-1)
     p = lp.exp()
     mu = (p * lp).sum(-1)
