@@ -225,7 +225,7 @@ class GRState:
 def low_precision_eps(trainer: Any, params: Sequence[torch.Tensor]) -> float | None:
     """Unit round-off of the passes' arithmetic when it is bf16/fp16 (mixed precision or weights), else None."""
     dtypes = {p.dtype for p in params}
-    mp = getattr(trainer.accelerator, "mixed_precision", "no")
+    mp = getattr(trainer.args, "mixed_precision", "no")  # this trainer's (accelerate's state is shared)
     if mp == "bf16" or torch.bfloat16 in dtypes:
         return 2.0**-8
     if mp == "fp16" or torch.float16 in dtypes:
@@ -304,6 +304,8 @@ def gr_training_step(
                     g.add_(pg.to(g.dtype), alpha=s)
         return loss
     model.train()
+    if callable(getattr(trainer.optimizer, "train", None)):  # schedule-free optimizers, as Trainer.training_step
+        trainer.optimizer.train()
     inputs = trainer._prepare_inputs(inputs)
     keep = args.gr_reuse_penalty and args.gr_every_n_steps > 1
     if args.gr_mode == "exact":
@@ -473,7 +475,7 @@ def check_gr_setup(trainer: Any) -> None:
     args = trainer.args
     if args.gr_alpha == 0:
         return
-    if args.fp16:
+    if args.fp16 or getattr(args, "mixed_precision", "no") == "fp16":
         raise ValueError(
             "gr_alpha > 0 with fp16=True is not supported (GR through the fp16 GradScaler is untested); "
             "use bf16=True, full precision, or gr_alpha=0."
