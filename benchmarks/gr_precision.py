@@ -11,6 +11,9 @@ u = ∇ℓ/‖∇ℓ‖ (global norm), H·u exact = ∇(∇ℓ·u) in float32, e
 3. What the library does: one IAUTrainer GR step with bf16=True (central difference, radius calibrated
    from the measured L, hf_iau.restriction.LOW_PRECISION_RHO), and the same step in float32
    (forward difference, gr_fd_radius=1e-3); the penalty gradient read back through gr_reuse_penalty.
+4. Cost: one optimizer step (IAUTrainer.training_step + AdamW) on GPT-2 2L-128d (8×128 tokens, 1 thread),
+   plain vs FD GR in float32 and under bf16 autocast, interleaved, median of 9, after 2 warm-up steps (the
+   bf16 radius calibration happens in the warm-up); ratios within the same run.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 sys.path.insert(0, str(HERE))
 
-from common import write_results  # noqa: E402
+from common import interleaved, write_results  # noqa: E402
 from tiny import lm_dataset, tiny_gpt2, tiny_llama  # noqa: E402
 from transformers import LlamaConfig, LlamaForCausalLM, default_data_collator  # noqa: E402
 
@@ -113,6 +116,35 @@ def rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).norm() / b.norm())
 
 
+def step_cost(repeats: int = 9) -> dict[str, float]:
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    vocab, batch_size, seq = 4096, 8, 128
+    ids = torch.randint(1, vocab, (batch_size, seq), generator=torch.Generator().manual_seed(0))
+    inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids}
+
+    def step(bf16: bool, alpha: float):
+        torch.manual_seed(0)
+        cfg = GPT2Config(vocab_size=vocab, n_positions=seq, n_embd=128, n_layer=2, n_head=2, bos_token_id=0,
+                         eos_token_id=0, pad_token_id=0, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+        args = IAUConfig(output_dir=tempfile.mkdtemp(), use_cpu=True, report_to=[], bf16=bf16, gr_alpha=alpha)
+        trainer = IAUTrainer(GPT2LMHeadModel(cfg), args=args)
+        trainer.accelerator.prepare_model(trainer.model)
+        trainer.current_gradient_accumulation_steps = 1
+        opt = torch.optim.AdamW(trainer.model.parameters(), lr=1e-4)
+
+        def run():
+            trainer.training_step(trainer.model, dict(inputs))
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+
+        return run
+
+    fns = {"plain fp32": step(False, 0.0), "FD GR fp32": step(False, 0.005),
+           "plain bf16": step(True, 0.0), "FD GR bf16": step(True, 0.005)}
+    return interleaved(fns, repeats=repeats, warmup=2)
+
+
 def main() -> None:
     torch.set_num_threads(1)
     results: dict = {"models": {}}
@@ -156,6 +188,13 @@ def main() -> None:
            "## Radius sweep (fixed absolute r)", "",
            "| model | r | fp32 forward | fp32 central | bf16 forward | bf16 central |",
            "|---|---|---|---|---|---|", *sweep_rows]
+    t = step_cost()
+    results["step_seconds"] = t
+    md += ["", "## Cost of a GR step (GPT-2 2L-128d, 1024 tokens, CPU, 1 thread; interleaved, median of 9)", "",
+           "| config | time × plain of the same precision |", "|---|---:|",
+           f"| FD GR fp32 (forward difference, 2 passes) | {t['FD GR fp32'] / t['plain fp32']:.2f} |",
+           f"| FD GR bf16 (central difference, 3 passes) | {t['FD GR bf16'] / t['plain bf16']:.2f} |",
+           f"| (plain bf16 / plain fp32) | {t['plain bf16'] / t['plain fp32']:.2f} |"]
     write_results("gr_precision", results, md, quick=False)
 
 
