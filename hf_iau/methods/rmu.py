@@ -208,7 +208,9 @@ def rmu(
     if not plan:
         req.need(min(bs, len(req.forget)) + (min(rbs, len(req.retain)) if use_r else 0), "one step of rmu")
     hidden = int(getattr(base_model_of(trainer.model).config, "hidden_size", 0) or 0)
-    u = torch.from_numpy(req.rng(12).random(hidden or 1)).float()
+    if hidden < 1:
+        raise ValueError("RMU needs `config.hidden_size` (the width of the steered activations); the model has none.")
+    u = torch.from_numpy(req.rng(12).random(hidden)).float()  # uniform [0, 1) entries, as WMDP
     target = steering_coeff * u / u.norm()
     config = {
         "layer": layer, "steering_coeff": steering_coeff, "alpha": alpha, "update_layers": chosen,
