@@ -485,6 +485,9 @@ def check_gr_setup(trainer: Any) -> None:
             "gr_alpha > 0 is not supported with DeepSpeed (ZeRO keeps no .grad to take the GR direction from); "
             "train with DDP (or set gr_alpha=0)."
         )
+    # FSDP2 is refused until verified: under no_sync it accumulates unsharded gradients outside p.grad (pass 1
+    # and non-final micro-batches would need a reduce-scatter each), and the norms need shard-local squares
+    # summed over the mesh.
     sharded = trainer.is_fsdp_enabled or any(type(p).__name__ == "DTensor" for p in trainer.model.parameters())
     if sharded:
         raise ValueError(
