@@ -159,3 +159,14 @@ def test_exact_gr_on_several_processes_is_refused(tmp_path, monkeypatch):
     monkeypatch.setattr(type(args), "world_size", property(lambda self: 2))
     with pytest.raises(ValueError, match="gr_mode='finite_difference'"):
         IAUTrainer(tiny_llama(attn="eager"), args=args)
+
+
+def test_gr_step_restores_low_precision_weights_exactly(tmp_path):
+    """bf16 weights: θ + r·u − r·u would round; the step restores a copy (central difference, no autocast)."""
+    trainer = _trainer(tmp_path, tiny_llama().to(torch.bfloat16), gr_alpha=0.1)
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    grads = _step_grads(trainer, _batch(lm_dataset(4), 4))
+    assert all(torch.equal(before[k], v) for k, v in trainer.model.state_dict().items())
+    assert all(torch.isfinite(g.float()).all() for g in grads)
+    assert len(trainer._gr_state.radii) >= 2  # central difference, radius calibrated on the first step
+    assert IAUConfig(output_dir=str(tmp_path), use_cpu=True, report_to=[]).mixed_precision == "no"
