@@ -101,7 +101,7 @@ def set_rng_state(state: tuple[torch.Tensor, list[torch.Tensor] | None]) -> None
 
 def _direction_scales(grads: Sequence[torch.Tensor], norm: str, radius: float) -> list[float]:
     """Per-tensor c_t with r·u_t = c_t·g_t (u = ∂‖g‖/∂g): r/‖g‖ (global) or r/‖g_t‖ (per_tensor), 0 where g is 0."""
-    norms = [float(g.float().norm()) for g in grads]
+    norms = _squared_norms(grads).sqrt().tolist()
     if norm == "per_tensor":
         return [radius / n if n > 0 else 0.0 for n in norms]
     total = sum(n * n for n in norms) ** 0.5
@@ -260,12 +260,45 @@ def _grads(params: Sequence[torch.Tensor]) -> Iterator[torch.Tensor]:
         yield p.grad
 
 
+def _is_sharded(t: torch.Tensor) -> bool:
+    return type(t).__name__ == "DTensor"
+
+
+def _squared_norms(grads: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Per-tensor ‖gₜ‖² (float64, not differentiable); FSDP2 shards: local squares summed over the processes."""
+    if not any(_is_sharded(g) for g in grads):
+        return torch.stack([g.detach().double().pow(2).sum() for g in grads])
+    import torch.distributed as dist
+
+    world = dist.get_world_size()
+    parts = []
+    for g in grads:
+        if _is_sharded(g) and all(pl.is_shard() for pl in g.placements):
+            parts.append(g.to_local().detach().double().pow(2).sum())
+        else:  # replicated on every process: count it once
+            full = g.full_tensor() if _is_sharded(g) else g
+            parts.append(full.detach().double().pow(2).sum() / world)
+    squares = torch.stack(parts)
+    dist.all_reduce(squares)
+    return squares
+
+
+def _norm_value(squares: torch.Tensor, norm: str) -> float:
+    return float(squares.sqrt().sum()) if norm == "per_tensor" else float(squares.sum().sqrt())
+
+
 def _mean_over_processes(trainer: Any, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
-    if trainer.accelerator.num_processes == 1:
+    """Mean over processes of per-process tensors; FSDP2 gradient shards are already that mean (reduce-scatter)."""
+    if trainer.accelerator.num_processes == 1 or any(_is_sharded(t) for t in tensors):
         return tensors
     from accelerate.utils import reduce
 
     return reduce(tensors, reduction="mean")
+
+
+def _no_sync(acc: Any, model: torch.nn.Module, params: Sequence[torch.Tensor]) -> contextlib.AbstractContextManager:
+    """``accelerator.no_sync``, except for FSDP2 shards (whose unsynced gradients do not land in ``.grad``)."""
+    return contextlib.nullcontext() if any(_is_sharded(p) for p in params) else acc.no_sync(model)
 
 
 def _norm_stat_buffers(model: torch.nn.Module) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -349,8 +382,11 @@ def _finite_difference_step(trainer: Any, model: torch.nn.Module, inputs: dict[s
             parts = [(split[0], split[2]), (split[1], 1.0 - split[2])]
     sub, w = parts[0]
     rng = rng_state()
-    # pass 1 at θ, no gradient sync: buf = this micro-batch's gradient (times the scaler's scale s)
-    with acc.no_sync(model):
+    # pass 1 at θ, no gradient sync: buf = this micro-batch's gradient (times the scaler's scale s). FSDP2
+    # (DTensor parameters) reduce-scatters every pass instead: its .grad shards are then the mean over processes.
+    if any(_is_sharded(p) for p in params) and hasattr(model, "set_requires_gradient_sync"):
+        model.set_requires_gradient_sync(True)
+    with _no_sync(acc, model, params):
         buf = [g.detach().clone() for g in _grads(params)]
         loss = _scaled_loss(trainer, model, sub, num_items, w)
         acc.backward(loss)
@@ -369,7 +405,8 @@ def _finite_difference_step(trainer: Any, model: torch.nn.Module, inputs: dict[s
     buf_sub = buf if buf_sub is None else buf_sub
     buf = _mean_over_processes(trainer, buf)
     s = _grad_scale(trainer)
-    penalty = gradient_norm(buf, args.gr_norm) / s
+    squares = _squared_norms(buf)
+    penalty = torch.tensor(_norm_value(squares, args.gr_norm) / s)
     if not torch.isfinite(penalty) or float(penalty) == 0.0:
         return loss.detach(), penalty  # fp16 overflow: the scaler skips this step; zero gradient: no direction
     eps = low_precision_eps(trainer, params)
@@ -392,10 +429,10 @@ def _finite_difference_step(trainer: Any, model: torch.nn.Module, inputs: dict[s
         contrib = _mean_over_processes(trainer, [g - b for g, b in zip(_grads(params), before)])  # α·c·s·H·u
         if not central:
             break
-        hu_norm = float(gradient_norm(contrib, "global")) / (alpha * s)
+        hu_norm = _norm_value(_squared_norms(contrib), "global") / (alpha * s)
         if hu_norm == 0 or not torch.isfinite(torch.tensor(hu_norm)):
             break
-        state.length = float(gradient_norm(buf, "global")) / s / hu_norm  # ‖g‖/‖H·u‖ (both carry the loss scale)
+        state.length = _norm_value(squares, "global") / s / hu_norm  # ‖g‖/‖H·u‖ (both carry the loss scale)
         target = LOW_PRECISION_RHO * state.length
         if 0.5 <= radius / target <= 2.0 or attempt == _CALIBRATION_PASSES:
             break
@@ -429,7 +466,7 @@ def _perturbed_passes(trainer, model, params, batch, num_items, w, buf, buf_sub,
     try:
         if central:
             move(1.0)
-            with acc.no_sync(model):
+            with _no_sync(acc, model, params):
                 backward(k / 2)
             move(-2.0)
             backward(-k / 2)
@@ -485,14 +522,14 @@ def check_gr_setup(trainer: Any) -> None:
             "gr_alpha > 0 is not supported with DeepSpeed (ZeRO keeps no .grad to take the GR direction from); "
             "train with DDP (or set gr_alpha=0)."
         )
-    # FSDP2 is refused until verified: under no_sync it accumulates unsharded gradients outside p.grad (pass 1
-    # and non-final micro-batches would need a reduce-scatter each), and the norms need shard-local squares
-    # summed over the mesh.
-    sharded = trainer.is_fsdp_enabled or any(type(p).__name__ == "DTensor" for p in trainer.model.parameters())
-    if sharded:
+    # A model sharded with FSDP2's fully_shard (DTensor parameters) is supported: every GR pass reduce-scatters
+    # and the norms sum shard-local squares (tests/test_gr_distributed.py). The Trainer's own `fsdp` setting is
+    # refused: FSDP1 flat parameters and accelerate's FSDP2 wrapping cannot be checked on this CPU-only machine.
+    if trainer.is_fsdp_enabled:
         raise ValueError(
-            "gr_alpha > 0 is not supported with FSDP-sharded parameters yet (the GR direction needs a global "
-            "gradient norm, not verified on sharded gradients); train with DDP, or set gr_alpha=0."
+            "gr_alpha > 0 with the Trainer's `fsdp` setting is not verified (FSDP1 flat parameters, accelerate's "
+            "FSDP2 wrapping); train with DDP, shard the model yourself with torch.distributed.fsdp.fully_shard, "
+            "or set gr_alpha=0."
         )
     if args.gr_mode == "exact" and args.world_size > 1:
         raise ValueError(

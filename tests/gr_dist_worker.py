@@ -4,6 +4,11 @@
 per_device_train_batch_size=2 and rank 0 writes the trained weights to ``OUT_DIR/<case>.safetensors``;
 tests compare them with ``run_case(case, world=1)`` (per-device batch 4: the same global batches).
 GPT-2 in float64 without dropout (resid/embd/attn 0), fixed-length rows (equal token counts on every process).
+
+FSDP2 cases (``FSDP_CASES``): the model sharded with ``fully_shard`` per GPT2Block and root, one GR
+training step (``IAUTrainer.training_step``, each process on half the rows); rank 0 writes the gathered
+gradients, compared with ``fsdp_step(case, world=1)`` on all rows unsharded. (``Trainer.train`` itself does
+not accept a user-sharded model on this CPU set-up: accelerate wraps it in DDP.)
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ CASES: dict[str, dict] = {
     "fd_ga2_per_tensor_reuse": {"gr_alpha": 0.05, "gr_norm": "per_tensor", "gr_every_n_steps": 2, "gr_reuse_penalty": True},
 }
 CONTROL = {"gr_alpha": 0.0}  # one process only: GR must change the weights
+FSDP_CASES: dict[str, list[str] | None] = {"fsdp_step_full": None, "fsdp_step_lora": ["c_attn", "c_proj"]}
 
 
 def run_case(name: str, world: int, out_dir: str | None = None, overrides: dict | None = None) -> dict[str, torch.Tensor]:
@@ -44,6 +50,42 @@ def run_case(name: str, world: int, out_dir: str | None = None, overrides: dict 
     return {n: p.detach().float().cpu().clone().contiguous() for n, p in trainer.model.named_parameters()}
 
 
+def fsdp_step(name: str, world: int, rank: int = 0, alpha: float = 0.05) -> dict[str, torch.Tensor]:
+    """One GR step on 4 rows (GA 1); with world > 1 FSDP2-sharded, this process on its 4/world rows.
+    Returns the trainable parameters' full gradients."""
+    from transformers import default_data_collator
+
+    from hf_iau import IAUConfig, IAUTrainer
+
+    model = tiny.tiny_gpt2(seed=0, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0).double()
+    targets = FSDP_CASES[name]
+    if targets:
+        from peft import LoraConfig, get_peft_model
+
+        torch.manual_seed(1)
+        model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=targets, init_lora_weights=False))
+    if world > 1:
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.fsdp import fully_shard
+
+        mesh = init_device_mesh("cpu", (world,))
+        for module in list(model.modules()):
+            if type(module).__name__ == "GPT2Block":
+                fully_shard(module, mesh=mesh)
+        fully_shard(model, mesh=mesh)
+    ds = tiny.lm_dataset(4, seed=5)
+    batch = default_data_collator([ds[i] for i in range(4)])
+    batch.pop("id")
+    rows = slice(rank * 4 // world, (rank + 1) * 4 // world)
+    args = IAUConfig(output_dir=tempfile.mkdtemp(), use_cpu=True, report_to="none", gr_alpha=alpha, disable_tqdm=True,
+                     save_strategy="no")
+    trainer = IAUTrainer(model=model, args=args)
+    trainer.current_gradient_accumulation_steps = 1
+    trainer.training_step(trainer.model, {k: v[rows] for k, v in batch.items()})
+    full = lambda g: g.full_tensor() if hasattr(g, "full_tensor") else g  # noqa: E731
+    return {n: full(p.grad).detach().clone().contiguous() for n, p in trainer.model.named_parameters() if p.requires_grad}
+
+
 def main(out_dir: str) -> None:
     import torch.distributed as dist
     from safetensors.torch import save_file
@@ -54,6 +96,10 @@ def main(out_dir: str) -> None:
         weights = run_case(name, world, out_dir)
         if int(os.environ.get("RANK", "0")) == 0:
             save_file(weights, os.path.join(out_dir, f"{name}.safetensors"))
+    for name in FSDP_CASES:
+        grads = fsdp_step(name, world, dist.get_rank())
+        if dist.get_rank() == 0:
+            save_file(grads, os.path.join(out_dir, f"{name}.safetensors"))
     if int(os.environ.get("RANK", "0")) == 0:
         with open(os.path.join(out_dir, "world_size.txt"), "w") as fh:
             fh.write(str(dist.get_world_size() if dist.is_initialized() else 1))

@@ -1,4 +1,5 @@
-"""GR training on 2 CPU processes (torchrun, gloo, DDP) equals 1 process with the same global batch."""
+"""GR training on 2 CPU processes (torchrun, gloo, DDP) equals 1 process with the same global batch; the GR
+step on an FSDP2-sharded model (fully_shard) gives the unsharded gradients."""
 
 from __future__ import annotations
 
@@ -52,3 +53,17 @@ def test_gr_two_processes_equal_one(case: str, two_process_weights: Path, one_pr
     assert set(multi) == set(single)
     assert max_abs_diff(single, multi) <= TOL
     assert max_abs_diff(single, one_process_weights["control"]) > 1e-4  # GR changed the training
+
+
+@pytest.mark.parametrize("case", list(gr_dist_worker.FSDP_CASES))
+def test_gr_step_on_fsdp2_shards_equals_unsharded(case: str, two_process_weights: Path) -> None:
+    from safetensors.torch import load_file
+
+    from tiny import max_abs_diff
+
+    sharded = load_file(str(two_process_weights / f"{case}.safetensors"))
+    single = gr_dist_worker.fsdp_step(case, world=1)
+    plain = gr_dist_worker.fsdp_step(case, world=1, alpha=0.0)
+    assert set(sharded) == set(single)
+    assert max_abs_diff(single, sharded) <= 1e-10  # float64
+    assert max_abs_diff(single, plain) > 1e-3  # the GR term is in there
