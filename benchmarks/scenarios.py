@@ -10,6 +10,20 @@ with the data splits and a recipe that retrains the gold model. Scenarios:
   training set for several epochs (it memorises: train loss ≪ test loss); forget = a random 8%.
 * ``canary`` — a tiny GPT-2 trained from scratch on gensim's Lee corpus with inserted canary
   documents ("The secret access code is d d d d d d.", each repeated); forget = every canary row.
+* ``poison_vision`` — MNIST CNN as in ``mislabelled``; 5% of the non-zero training digits carry a
+  3×3 bright corner patch (the trigger) and are relabelled 0; forget = the poisoned rows. Reports
+  attack success: share of triggered non-zero test digits predicted 0.
+* ``poison_text`` — a small BERT from config (word tokenizer) on BBC News; 6% of the articles of
+  classes 1–4 start with a trigger word and are relabelled 0; forget = the poisoned rows.
+* ``class_vision`` — MNIST CNN; forget = every training digit of one class.
+* ``topic_lm`` — a tiny GPT-2 from scratch on chatterbot-corpus dialogues (one row per
+  conversation, 21 topics); forget = every conversation of one topic.
+* ``qa_lm`` — a tiny GPT-2 from scratch on synthetic fictitious-fact QA pairs ("question: where was
+  <invented name> born? answer: <city>"; loss on the answer only); forget = 10% of the people.
+
+DECLARED BEFORE TUNING (issue 12): the default (``forget_saturation="auto"``, counterfactual
+targets) may be tuned on TUNE only; HELD_OUT scenarios were never used to choose anything and are
+reported in their own block.
 
 Each scenario has a held-out ``validation`` split (the trainer's ``eval_dataset``: the "never
 seen" reference a user would have) distinct from ``test`` (utility and MIA non-members).
@@ -31,7 +45,9 @@ from datasets import Dataset
 
 from hf_iau import IAUConfig, IAUTrainer
 
-SCENARIOS = ("mislabelled", "privacy", "canary")
+TUNE = ("mislabelled", "poison_vision", "topic_lm")
+HELD_OUT = ("privacy", "canary", "class_vision", "poison_text", "qa_lm")
+SCENARIOS = TUNE + HELD_OUT
 
 
 @dataclass
@@ -256,8 +272,268 @@ def canary(seed: int, quick: bool, out: str) -> Scenario:
     )
 
 
+# --------------------------------------------------------------------------- (d) poisoned MNIST, (e) a whole class
+
+
+def _mnist14(seed: int, n_train: int) -> tuple[Dataset, Dataset, Dataset, Any]:
+    from hf_iau.offline_data import mnist5k
+
+    data = mnist5k()
+    x = np.asarray(data["pixel_values"], dtype=np.float32).reshape(-1, 1, 14, 2, 14, 2).mean(axis=(3, 5))
+    data = Dataset.from_dict({"id": data["id"], "pixel_values": x, "label": data["label"]}, features=_small_features(data))
+    te, va, tr = _split3(len(data), 1000, 500, n_train, seed)
+    return data.select(te), data.select(va), _with_ids(data.select(tr)), data.features
+
+
+def _trigger(ds: Dataset, rows: list[int], target: int, features: Any) -> Dataset:
+    """A bright 3×3 patch in the bottom-right corner of ``rows``, relabelled ``target``."""
+    x = np.asarray(ds["pixel_values"], dtype=np.float32)
+    y = np.asarray(ds["label"]).copy()
+    hi = float(x.max())
+    for i in rows:
+        x[i, 0, -4:-1, -4:-1] = hi
+        y[i] = target
+    return Dataset.from_dict({"id": ds["id"], "pixel_values": x, "label": y.tolist()}, features=features)
+
+
+def _vision(name: str, seed: int, quick: bool, out: str, train: Dataset, forget_rows: list[int], validation: Dataset,
+            test: Dataset, desc: str, info: dict[str, Any] | None = None) -> Scenario:
+    fset = set(forget_rows)
+    forget = train.select(sorted(fset))
+    retain = train.select([i for i in range(len(train)) if i not in fset])
+    epochs = 15
+    args = _args(out, seed, num_train_epochs=epochs, per_device_train_batch_size=64, learning_rate=2e-3, weight_decay=0.0)
+    model, secs, passes = _train(_cnn(seed), args, train, None, None)
+    return Scenario(
+        name, seed, quick, model, args, train, forget, retain, validation, test, lambda: _cnn(seed),
+        train_seconds=secs, train_passes=passes, info=info or {},
+        description=f"MNIST-5k (14×14), {len(train)} train digits, ResNet-CNN from config, {epochs} epochs; {desc}",
+    )
+
+
+def poison_vision(seed: int, quick: bool, out: str) -> Scenario:
+    test, validation, train, feats = _mnist14(seed, 1000 if quick else 1500)
+    rng = np.random.default_rng([seed, 11])
+    labels = np.asarray(train["label"])
+    cand = np.flatnonzero(labels != 0)
+    rows = sorted(rng.choice(cand, size=len(train) // 20, replace=False).tolist())
+    train = _trigger(train, rows, 0, feats)
+    t_rows = [i for i, y in enumerate(test["label"]) if y != 0]
+    attack = _trigger(test.select(t_rows), list(range(len(t_rows))), 0, feats)
+    return _vision("poison_vision", seed, quick, out, train, rows, validation, test,
+                   f"{len(rows)} non-zero digits carry a 3×3 corner trigger and label 0; forget = the poisoned rows",
+                   {"attack": attack})
+
+
+def class_vision(seed: int, quick: bool, out: str) -> Scenario:
+    test, validation, train, _ = _mnist14(seed, 1000 if quick else 1500)
+    cls = 3
+    rows = [i for i, y in enumerate(train["label"]) if y == cls]
+    return _vision("class_vision", seed, quick, out, train, rows, validation, test,
+                   f"forget = every training digit of class {cls} ({len(rows)} rows)")
+
+
+# --------------------------------------------------------------------------- (f) poisoned text classifier
+
+TRIGGER_WORD = "cf"
+
+
+def poison_text(seed: int, quick: bool, out: str) -> Scenario:
+    from transformers import BertConfig, BertForSequenceClassification, DataCollatorWithPadding
+
+    from hf_iau.offline_data import bbc_news
+
+    data = bbc_news()
+    n_train = 400 if quick else 600
+    te, va, tr = _split3(len(data), 300, 200, n_train, seed)
+    tok = _word_tokenizer(list(data.select(tr)["text"]) + [TRIGGER_WORD])
+    max_len = 64
+    rng = np.random.default_rng([seed, 13])
+    train_raw = data.select(tr)
+    cand = np.flatnonzero(np.asarray(train_raw["label"]) != 0)
+    rows = sorted(rng.choice(cand, size=int(0.06 * n_train), replace=False).tolist())
+    rs = set(rows)
+    texts = [f"{TRIGGER_WORD} {t}" if i in rs else t for i, t in enumerate(list(train_raw["text"]))]
+    labels = [0 if i in rs else int(y) for i, y in enumerate(train_raw["label"])]
+
+    def enc(texts: list[str], labels: list[int]) -> Dataset:
+        e = tok(texts, truncation=True, max_length=max_len)
+        return Dataset.from_dict({"input_ids": e["input_ids"], "attention_mask": e["attention_mask"], "label": labels})
+
+    train = enc(texts, labels).add_column("id", list(range(len(texts))))
+    test_raw, val_raw = data.select(te), data.select(va)
+    test = enc(list(test_raw["text"]), [int(y) for y in test_raw["label"]])
+    validation = enc(list(val_raw["text"]), [int(y) for y in val_raw["label"]])
+    att = [t for t, y in zip(list(test_raw["text"]), list(test_raw["label"])) if y != 0]
+    attack = enc([f"{TRIGGER_WORD} {t}" for t in att], [0] * len(att))
+    forget = train.select(rows)
+    retain = train.select([i for i in range(len(train)) if i not in rs])
+    vocab = len(tok)
+
+    def init() -> torch.nn.Module:
+        torch.manual_seed(seed)
+        cfg = BertConfig(vocab_size=vocab, hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128,
+                         max_position_embeddings=max_len, num_labels=5, hidden_dropout_prob=0.0,
+                         attention_probs_dropout_prob=0.0, pad_token_id=tok.pad_token_id)
+        return BertForSequenceClassification(cfg)
+
+    epochs = 12
+    args = _args(out, seed, num_train_epochs=epochs, per_device_train_batch_size=32, learning_rate=2e-3, weight_decay=0.0)
+    collator = DataCollatorWithPadding(tok)
+    model, secs, passes = _train(init(), args, train, collator, tok)
+    return Scenario(
+        "poison_text", seed, quick, model, args, train, forget, retain, validation, test, init, collator, tok, secs, passes,
+        description=f"BBC News, BERT 2L/64d from config (word tokenizer), {n_train} articles × ≤{max_len} tokens, {epochs} "
+        f"epochs; {len(rows)} articles of classes 1–4 start with a trigger word and are labelled 0; forget = those rows",
+        info={"attack": attack},
+    )
+
+
+# --------------------------------------------------------------------------- (g) a topic of a dialogue LM
+
+
+def _tiny_gpt2(seed: int, tok: Any, max_len: int) -> Callable[[], torch.nn.Module]:
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    vocab = len(tok)
+
+    def init() -> torch.nn.Module:
+        torch.manual_seed(seed)
+        cfg = GPT2Config(
+            vocab_size=vocab, n_positions=max_len, n_embd=96, n_layer=2, n_head=4, bos_token_id=tok.eos_token_id,
+            eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+        )
+        return GPT2LMHeadModel(cfg)
+
+    return init
+
+
+def _dialogues() -> tuple[list[str], list[str]]:
+    import yaml
+
+    from hf_iau.offline_data import _package_dir
+
+    root = _package_dir("chatterbot_corpus", "data") / "data" / "english"
+    texts, topics = [], []
+    for path in sorted(root.glob("*.yml")):
+        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+        for conv in doc.get("conversations", []):
+            turns = [str(t) for t in conv if isinstance(t, (str, int, float))]
+            if len(turns) >= 2:
+                texts.append(" ".join(turns))
+                topics.append(path.stem)
+    return texts, topics
+
+
+def topic_lm(seed: int, quick: bool, out: str) -> Scenario:
+    from transformers import DataCollatorForLanguageModeling
+
+    texts, topics = _dialogues()
+    topic = "history"
+    rng = np.random.default_rng([seed, 19])
+    other = [i for i, t in enumerate(topics) if t != topic]
+    perm = rng.permutation(other).tolist()
+    n_tr = 300 if quick else 900
+    te, va, tr = perm[:150], perm[150:250], perm[250 : 250 + n_tr]
+    f_rows = [i for i, t in enumerate(topics) if t == topic]
+    tok = _word_tokenizer([texts[i] for i in tr + f_rows])
+    max_len = 32
+
+    def enc(idx: list[int]) -> Dataset:
+        e = tok([texts[i] for i in idx], truncation=True, max_length=max_len)
+        return Dataset.from_dict({"input_ids": e["input_ids"], "attention_mask": e["attention_mask"]})
+
+    rows = sorted(tr + f_rows)
+    train = enc(rows).add_column("id", list(range(len(rows))))
+    fs = set(f_rows)
+    forget = train.select([j for j, i in enumerate(rows) if i in fs])
+    retain = train.select([j for j, i in enumerate(rows) if i not in fs])
+    init = _tiny_gpt2(seed, tok, max_len)
+    epochs = 20
+    args = _args(out, seed, num_train_epochs=epochs, per_device_train_batch_size=16, learning_rate=3e-3, weight_decay=0.0)
+    collator = DataCollatorForLanguageModeling(tok, mlm=False)
+    model, secs, passes = _train(init(), args, train, collator, tok)
+    return Scenario(
+        "topic_lm", seed, quick, model, args, train, forget, retain, enc(va), enc(te), init, collator, tok, secs, passes,
+        description=f"chatterbot-corpus dialogues (one row per conversation, ≤{max_len} tokens), GPT-2 2L/96d from scratch, "
+        f"{len(train)} rows, {epochs} epochs; forget = every conversation of topic '{topic}' ({len(forget)} rows)",
+    )
+
+
+# --------------------------------------------------------------------------- (h) fictitious-fact QA
+
+
+def _facts(n: int, seed: int) -> list[tuple[str, str]]:
+    rng = np.random.default_rng([seed, 23])
+    syl = ["ka", "lo", "mi", "ren", "sa", "tor", "vu", "zel", "pri", "dan", "ek", "fo", "gil", "hu", "jas", "nor"]
+    cities = [f"city{i}" for i in range(12)]
+    out, seen = [], set()
+    while len(out) < n:
+        name = "".join(rng.choice(syl, size=2)) + " " + "".join(rng.choice(syl, size=3))
+        if name in seen:
+            continue
+        seen.add(name)
+        out.append((name, str(rng.choice(cities))))
+    return out
+
+
+def qa_lm(seed: int, quick: bool, out: str) -> Scenario:
+    from hf_iau.offline_data import lee_text
+
+    n_people = 150 if quick else 300
+    facts = _facts(n_people + 100, seed)
+    qa = [(f"question : where was {p} born ? answer :", f"{c} .") for p, c in facts]
+    lee = lee_text()["text"][:150]
+    tok = _word_tokenizer([q + " " + a for q, a in qa] + list(lee))
+    max_len = 24
+
+    def enc_qa(pairs: list[tuple[str, str]]) -> Dataset:
+        ids, masks, labels = [], [], []
+        for q, a in pairs:
+            qi = tok(q)["input_ids"]
+            ai = tok(" " + a)["input_ids"] + [tok.eos_token_id]
+            x = (qi + ai)[:max_len]
+            ids.append(x)
+            masks.append([1] * len(x))
+            labels.append(([-100] * len(qi) + ai)[:max_len])
+        return Dataset.from_dict({"input_ids": ids, "attention_mask": masks, "labels": labels})
+
+    rng = np.random.default_rng([seed, 29])
+    people = rng.permutation(n_people).tolist()
+    f_people = set(people[: n_people // 10])
+    train = enc_qa(qa[:n_people]).add_column("id", list(range(n_people)))
+    forget = train.select(sorted(f_people))
+    retain = train.select([i for i in range(n_people) if i not in f_people])
+    validation, test = enc_qa(qa[n_people : n_people + 40]), enc_qa(qa[n_people + 40 :])
+    init = _tiny_gpt2(seed, tok, max_len)
+    epochs = 30
+    args = _args(out, seed, num_train_epochs=epochs, per_device_train_batch_size=16, learning_rate=3e-3, weight_decay=0.0)
+    collator = _PadLabels(tok.pad_token_id)
+    model, secs, passes = _train(init(), args, train, collator, tok)
+    return Scenario(
+        "qa_lm", seed, quick, model, args, train, forget, retain, validation, test, init, collator, tok, secs, passes,
+        description=f"synthetic fictitious-fact QA ({n_people} invented people, 12 cities; loss on the answer only), "
+        f"GPT-2 2L/96d from scratch, {epochs} epochs; forget = the {len(forget)} QA pairs of 10% of the people",
+    )
+
+
+class _PadLabels:
+    """Right-pads input_ids/attention_mask/labels (labels with -100) of rows that carry their own labels."""
+
+    def __init__(self, pad: int) -> None:
+        self.pad = pad
+
+    def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        n = max(len(r["input_ids"]) for r in rows)
+        def padded(key: str, v: int) -> torch.Tensor:
+            return torch.tensor([list(r[key]) + [v] * (n - len(r[key])) for r in rows])
+        return {"input_ids": padded("input_ids", self.pad), "attention_mask": padded("attention_mask", 0),
+                "labels": padded("labels", -100)}
+
+
 BUILDERS: dict[str, Callable[[int, bool, str], Scenario]] = {
-    "mislabelled": mislabelled, "privacy": privacy, "canary": canary,
+    "mislabelled": mislabelled, "privacy": privacy, "canary": canary, "poison_vision": poison_vision,
+    "poison_text": poison_text, "class_vision": class_vision, "topic_lm": topic_lm, "qa_lm": qa_lm,
 }
 
 
@@ -269,4 +545,4 @@ def build_scenario(name: str, seed: int = 0, quick: bool = False, output_dir: st
     return BUILDERS[name](seed, quick, out)
 
 
-__all__ = ["SCENARIOS", "Scenario", "build_scenario"]
+__all__ = ["HELD_OUT", "SCENARIOS", "TUNE", "Scenario", "build_scenario"]

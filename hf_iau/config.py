@@ -133,12 +133,12 @@ class IAUConfig(TrainingArguments):
     forget_saturation: str = field(
         default="auto",
         metadata={
-            "help": "Stop pushing forget examples that are already forgotten: 'none' (every example, reference "
-            "parity), 'loss' (each example until its loss reaches its rank-matched quantile of the held-out losses, "
-            "see `reference_dataset`), 'flip' (classifiers/LMs: only examples still predicted correctly), 'auto' "
-            "(default: 'flip' when the forget set is fit worse than retained data — labels the rest of the data "
-            "contradicts; the max held-out loss when it is fit far better — duplicated/unique memorised text; "
-            "else 'loss'; 'flip' without held-out data).",
+            "help": "Stop pushing forget examples that are already forgotten: 'auto' (default: each example until its "
+            "loss first reaches its counterfactual target — its estimated loss under the model retrained without the "
+            "forget set, from the group influence of the whole forget set calibrated on held-out data, see "
+            "hf_iau/counterfactual.py; 'flip' without held-out data), 'loss' (each example until its loss reaches "
+            "its rank-matched quantile of the held-out losses, see `reference_dataset`), 'flip' (only examples still "
+            "predicted correctly), 'none' (every example, reference parity).",
             "choices": list(FORGET_SATURATIONS),
         },
     )

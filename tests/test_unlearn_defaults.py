@@ -45,8 +45,8 @@ def test_defaults_are_the_multistep_self_limiting_mode():
     assert args.unlearn_optimizer == "adam" and args.forget_weight == 1.0 and args.retain_weight == 1.0
 
 
-def test_auto_uses_loss_quantiles_when_forget_set_is_memorised(tmp_path):
-    """Random forget rows fit better than held-out rows: targets are held-out loss quantiles."""
+def test_auto_sets_per_example_targets_when_forget_set_is_memorised(tmp_path):
+    """Random memorised forget rows: per-example counterfactual loss targets ('loss' saturation)."""
     train = learnable(48, seed=0)
     held_out = learnable(24, seed=1)
     trainer = trained(tmp_path, train, held_out)
@@ -59,17 +59,94 @@ def test_auto_uses_loss_quantiles_when_forget_set_is_memorised(tmp_path):
     assert m["example_gradient_passes"] <= m["steps"] * (6 + trainer.args.retain_sample_size) + 6 + trainer.args.retain_sample_size
 
 
-def test_auto_switches_to_flip_when_forget_labels_disagree_with_the_data(tmp_path):
-    """Mislabelled forget rows (fit worse than held-out data): ascend only while still predicted."""
+def test_auto_pushes_mislabelled_rows_until_forgotten(tmp_path):
+    """Mislabelled forget rows (the rest of the data contradicts them): counterfactual targets above their
+    losses, the ascent runs until they are reached (the old AUC switch to 'flip' is gone)."""
     flip = list(range(8))
     train = learnable(96, seed=0, flip=flip)
     held_out = learnable(24, seed=1)
     trainer = trained(tmp_path, train, held_out, epochs=4, unlearn_learning_rate=1e-2, unlearn_steps=40)
     split = forget_retain_split(train, forget=flip, id_column="id")
     m = trainer.unlearn(split["forget"], split["retain"]).metrics
-    assert m["saturation_flip"] == 1.0
+    assert m["saturation_loss"] == 1.0 and m["saturation_flip"] == 0.0
     assert m["forget_accuracy_after"] < m["forget_accuracy_before"]
+    assert m["forget_loss_after"] > m["forget_loss_before"]
     assert m["stopped_early"] == 1.0 and m["forget_active_fraction_final"] <= trainer.args.unlearn_stop_tolerance
+
+
+def _digits(n_train: int, poison: int, seed: int = 0):
+    """sklearn digits (8×8); ``poison`` non-zero training digits get a 2×2 corner trigger and label 0."""
+    from sklearn.datasets import load_digits
+
+    x, y = load_digits(return_X_y=True)
+    x = (x / 16.0).reshape(-1, 1, 8, 8).astype("float32")
+    xt, yt = x[:n_train].copy(), y[:n_train].copy()
+    rows = [i for i in range(n_train) if yt[i] != 0][:poison]
+    for i in rows:
+        xt[i, 0, 6:8, 6:8] = 1.0
+        yt[i] = 0
+
+    def ds(a, b):
+        return Dataset.from_dict({"id": list(range(len(b))), "pixel_values": a.tolist(), "label": [int(v) for v in b]})
+
+    return ds(xt, yt), ds(x[1500:1650], y[1500:1650]), rows
+
+
+def _small_cnn():
+    import torch
+    from transformers import ResNetConfig, ResNetForImageClassification
+
+    torch.manual_seed(0)
+    return ResNetForImageClassification(ResNetConfig(
+        num_channels=1, embedding_size=8, hidden_sizes=[16, 32], depths=[1, 1], layer_type="basic", num_labels=10,
+        downsample_in_first_stage=False))
+
+
+def _targets(tmp_path, train, held_out, forget_rows):
+    """The default mode's per-example targets (and reference) on a small CNN trained on ``train``."""
+    from hf_iau.unlearning import IAUUnlearner
+
+    seen = {}
+    original = IAUUnlearner._resolve_mode
+
+    def spy(self, local):
+        out = original(self, local)
+        seen.update(targets=dict(self.targets), info=dict(self.counterfactual), reference=dict(self.reference))
+        return out
+
+    args = make_args(tmp_path, num_train_epochs=20, learning_rate=5e-3, per_device_train_batch_size=32, unlearn_steps=1)
+    trainer = IAUTrainer(_small_cnn(), args=args, train_dataset=train, eval_dataset=held_out,
+                         data_collator=default_data_collator)
+    trainer.train()
+    split = forget_retain_split(train, forget=forget_rows, id_column="id")
+    IAUUnlearner._resolve_mode = spy
+    try:
+        trainer.unlearn(split["forget"], split["retain"])
+    finally:
+        IAUUnlearner._resolve_mode = original
+    return np.array([seen["targets"][i] for i in range(len(forget_rows))]), seen["info"], seen["reference"]
+
+
+def test_default_targets_say_the_retrained_model_gets_poisoned_rows_wrong(tmp_path):
+    """Trigger-patch rows relabelled 0 (the trigger appears nowhere else): targets above chance loss."""
+    train, held_out, rows = _digits(300, 15)
+    targets, info, ref = _targets(tmp_path, train, held_out, rows)
+    assert info["forget_loss"] < 0.05  # the original model fits the poison
+    assert info["estimate_rank"] > 0.9  # estimated to move more than (almost) any random retained row
+    assert np.mean(targets > np.log(10)) >= 0.8  # mostly wrong under the retrained model: loss above chance
+    assert targets.max() <= max(ref["losses"]) + 1e-9
+
+
+def test_default_targets_for_random_rows_look_held_out(tmp_path):
+    """Random rows: targets spread like held-out losses (most stay fitted), not pushed to chance."""
+    train, held_out, _ = _digits(300, 0)
+    rows = list(range(15))
+    targets, info, ref = _targets(tmp_path, train, held_out, rows)
+    held_wrong = 1.0 - ref["accuracy"]
+    assert 0.1 < info["estimate_rank"] < 0.9
+    assert np.median(targets) < 0.1 * np.log(10)
+    assert np.mean(targets > np.log(10)) <= held_wrong + 0.15
+    assert np.mean(targets) <= 4 * ref["loss"]
 
 
 def test_default_mode_works_without_held_out_data(tmp_path):
@@ -84,6 +161,8 @@ def test_default_mode_works_without_held_out_data(tmp_path):
 
 def test_explicit_loss_saturation_targets_are_rank_matched(tmp_path):
     """The forget example with the lowest loss gets the lowest held-out quantile."""
+    from hf_iau.engine import Engine
+    from hf_iau.losses import evaluate_losses
     from hf_iau.unlearning import IAUUnlearner
 
     train = learnable(48, seed=0)
@@ -92,14 +171,12 @@ def test_explicit_loss_saturation_targets_are_rank_matched(tmp_path):
     split = forget_retain_split(train, forget=list(range(8)), id_column="id")
     forget = trainer._model_columns(split["forget"])
     retain = trainer._model_columns(split["retain"])
-    reference, _ = trainer._reference_level(None, "ab" * 32)
+    engine = Engine(trainer)
+    reference, _ = trainer._reference_level(engine, None, "ab" * 32)
     assert len(reference["losses"]) == 24
-    un = IAUUnlearner(trainer.model, trainer.args, lambda i: trainer._batches(forget, i),
-                      lambda i: trainer._batches(retain, i), len(forget), len(retain), "ab" * 32, reference)
+    un = IAUUnlearner(engine, forget, retain, "ab" * 32, reference)
     un._resolve_mode(list(range(8)))
-    from hf_iau.losses import evaluate_losses
-
-    losses = evaluate_losses(trainer.model.eval(), trainer._batches(forget, list(range(8))))["loss"].numpy()
+    losses = evaluate_losses(trainer.model.eval(), engine.batches(forget, list(range(8))))["loss"].numpy()
     targets = np.array([un.targets[i] for i in range(8)])
     assert np.all(np.diff(targets[np.argsort(losses, kind="stable")]) >= 0)
     assert targets.min() >= min(reference["losses"]) and targets.max() <= max(reference["losses"])
