@@ -83,10 +83,21 @@ class DeletionRecord:
         return path
 
     @classmethod
-    def load(cls, folder: str | os.PathLike | None) -> "DeletionRecord":
-        """The record saved in ``folder`` (empty when there is none); counts ledger requests without one."""
-        if not folder or not Path(folder).is_dir():
-            return cls(source=str(folder) if folder else None)
+    def load(cls, folder: str | os.PathLike | None, hub: bool = False) -> "DeletionRecord":
+        """The record saved in ``folder`` (empty when there is none); counts ledger requests without one.
+
+        With ``hub=True`` a Hub repo id is looked up on the Hub (the ledger and record only: ``from_pretrained``
+        does not fetch them); when the Hub cannot be reached a warning says that earlier deletions were not checked.
+        """
+        if folder and not Path(folder).is_dir():
+            hub_folder = _hub_record_folder(str(folder)) if hub else None
+            if hub_folder is None:
+                return cls(source=str(folder))
+            record = cls.load(hub_folder)
+            record.source = str(folder)
+            return record
+        if not folder:
+            return cls(source=None)
         folder = Path(folder)
         path = folder / DELETION_RECORD_NAME
         parts: dict[str, set[str]] = {}
@@ -106,6 +117,40 @@ class DeletionRecord:
         return record
 
 
+def _hub_record_folder(repo_id: str) -> Path | None:
+    """A local folder with the Hub repo's ledger and deletion record (None: not a Hub repo, none there, or unreachable)."""
+    from .card import is_hub_id
+
+    if not is_hub_id(repo_id):
+        return None
+    import tempfile
+    import warnings
+
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError
+
+    from .ledger import LEDGER_NAME
+
+    folder = Path(tempfile.mkdtemp(prefix="hf_iau_record_"))
+    found = False
+    for name in (LEDGER_NAME, DELETION_RECORD_NAME):
+        try:
+            path = hf_hub_download(repo_id, name)
+        except (EntryNotFoundError, RepositoryNotFoundError):
+            continue
+        except Exception as err:  # offline, network, auth: the record cannot be checked
+            warnings.warn(
+                f"Could not read the deletion ledger of Hub model {repo_id!r} ({err.__class__.__name__}); rows deleted "
+                "by earlier requests on it are not excluded from retain_dataset=None. Load it from a local folder "
+                "holding deleted_rows.json, or pass `retain_dataset=` explicitly.",
+                stacklevel=4,
+            )
+            return None
+        (folder / name).write_bytes(Path(path).read_bytes())
+        found = True
+    return folder if found else None
+
+
 def trainer_key(trainer: "IAUTrainer") -> bytes:
     """The trainer's fingerprint key (``IAUConfig.fingerprint_key_file`` or the default key file)."""
     return load_key(getattr(trainer.args, "fingerprint_key_file", None))
@@ -119,7 +164,11 @@ def deletion_record(trainer: "IAUTrainer") -> DeletionRecord:
     resolved = str(Path(source).resolve()) if source and Path(source).is_dir() else source
     record = trainer.__dict__.get("_deletion_record")
     if record is None or record.source != resolved:
-        parent = DeletionRecord.load(source)
+        # a Hub id is looked up only when named explicitly or when the weights came from the Hub (_commit_hash)
+        model = getattr(trainer, "model", None)
+        config = getattr(getattr(model, "base_model", model), "config", None) or getattr(model, "config", None)
+        hub = bool(getattr(trainer, "parent_checkpoint", None)) or bool(getattr(config, "_commit_hash", None))
+        parent = DeletionRecord.load(source, hub=hub)
         own = trainer.__dict__.get("_deleted_digests") or {}
         for kid, digests in own.items():
             parent.add(kid, digests)

@@ -161,3 +161,34 @@ def test_tampered_deletion_record_fails_verify(tmp_path, key_file, capsys):
     (out / DELETION_RECORD_NAME).unlink()
     assert any("is missing" in p for p in verify_ledger(out))
     assert main_ledger(["verify", str(out)]) == 1
+
+
+def test_a_model_from_the_hub_keeps_its_deletion_record(tmp_path, key_file, monkeypatch):
+    ds = lm_dataset(12)
+    t1 = IAUTrainer(model=tiny_gpt2(), args=_args(tmp_path / "pushed"), train_dataset=ds,
+                    data_collator=default_data_collator)
+    t1.unlearn(_forget(ds, [0, 1, 2]))
+    t1.save_model()  # what push_to_hub uploads
+    import huggingface_hub
+    from huggingface_hub.errors import EntryNotFoundError
+
+    def fake_download(repo_id, filename, **kw):  # the Hub serves the pushed folder
+        assert repo_id == "me/model-unlearned"
+        path = tmp_path / "pushed" / filename
+        if not path.is_file():
+            raise EntryNotFoundError(filename)
+        return str(path)
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
+    t2 = IAUTrainer(model=tiny_gpt2(), args=_args(tmp_path / "again"), train_dataset=ds, data_collator=default_data_collator)
+    t2.parent_checkpoint = "me/model-unlearned"  # as after IAUTrainer(model="me/model-unlearned")
+    assert t2.unlearn(_forget(ds, [5])).retain_size == 12 - 4
+    # unreachable Hub: a warning, not a silent pass
+    def offline(repo_id, filename, **kw):
+        raise OSError("offline")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", offline)
+    t3 = IAUTrainer(model=tiny_gpt2(), args=_args(tmp_path / "third"), train_dataset=ds, data_collator=default_data_collator)
+    t3.parent_checkpoint = "me/model-unlearned"
+    with pytest.warns(UserWarning, match="Could not read the deletion ledger"):
+        t3.unlearn(_forget(ds, [5]))
