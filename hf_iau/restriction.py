@@ -370,6 +370,8 @@ def _exact_step(trainer: Any, model: torch.nn.Module, inputs: dict[str, Any], nu
 
 
 def _finite_difference_step(trainer: Any, model: torch.nn.Module, inputs: dict[str, Any], num_items: Any, keep: bool):
+    """Pass 1 (g at θ, direction u from the mean g over processes), then the perturbed pass(es) of
+    :func:`_perturbed_passes`; under bf16/fp16 the radius is recalibrated when r is off ρ·‖g‖/‖H·u‖ by > 2×."""
     args, acc, state = trainer.args, trainer.accelerator, trainer._gr_state
     params = [p for p in model.parameters() if p.requires_grad]
     alpha = args.gr_alpha
