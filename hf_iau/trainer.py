@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections import defaultdict
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -21,10 +21,12 @@ from transformers import (
 )
 
 from .config import IAUConfig
-from .losses import evaluate_losses, loss_kind
+from .losses import loss_kind
 from .restriction import check_gr_setup, gr_training_step
 from .request import DeletionRequest
 from .safe_io import atomic_directory
+from .sharding import is_sharded
+from .engine import Engine
 from .unlearning import IAUUnlearner, UnlearningResult, request_id
 from .validation import (
     check_model_source,
@@ -162,22 +164,10 @@ class IAUTrainer(Trainer):
         fingerprint = deletion.fingerprint  # keyed (HMAC-SHA256), see hf_iau.request
         seed = args.unlearn_seed if args.unlearn_seed is not None else args.seed
         req = request_id(fingerprint, seed + len(self.unlearning_history))
-        forget_in = self._model_columns(forget_dataset)
-        retain_in = self._model_columns(retain_dataset)
-        model = self.model
-        if next(model.parameters()).device != self.args.device and not self.is_fsdp_enabled:
-            model.to(self.args.device)
-        reference, ref_passes = self._reference_level(reference_dataset, req)
+        engine = Engine(self)
+        reference, ref_passes = self._reference_level(engine, reference_dataset, req)
         unlearner = IAUUnlearner(
-            model,
-            args,
-            forget_batches=lambda idx: self._batches(forget_in, idx),
-            retain_batches=lambda idx: self._batches(retain_in, idx),
-            n_forget=len(forget_in),
-            n_retain=len(retain_in),
-            request_id=req,
-            reference=reference,
-            autocast=self.autocast_smart_context_manager,
+            engine, self._model_columns(forget_dataset), self._model_columns(retain_dataset), req, reference
         )
         result = unlearner.run()
         result.metrics["example_forward_passes"] += ref_passes
@@ -277,16 +267,8 @@ class IAUTrainer(Trainer):
         drop = [c for c in ds.column_names if c not in keep]
         return ds.remove_columns(drop) if drop else ds
 
-    def _batches(self, ds: Dataset, indices: Sequence[int]) -> Iterator[dict[str, Any]]:
-        bs = self.args.unlearn_batch_size or self.args.per_device_eval_batch_size
-        for start in range(0, len(indices), bs):
-            columns = ds[list(indices[start : start + bs])]  # one batched read, not one per row
-            names = list(columns)
-            rows = [dict(zip(names, values)) for values in zip(*(columns[n] for n in names))]
-            yield self._prepare_inputs(self.data_collator(rows))
-
-    def _reference_level(self, reference: Dataset | None, req: str) -> tuple[dict[str, float], float]:
-        """Per-example losses (for quantile targets), mean loss and accuracy of held-out data: what a
+    def _reference_level(self, engine: Engine, reference: Dataset | None, req: str) -> tuple[dict[str, Any], float]:
+        """Per-example losses (for targets), mean loss and accuracy of a seeded sample of held-out data: what a
         never-seen example looks like. Empty without held-out data (saturation then falls back to flip)."""
         if self.args.forget_saturation not in ("loss", "auto"):
             return {}, 0.0
@@ -294,33 +276,22 @@ class IAUTrainer(Trainer):
             reference = self.eval_dataset
         if reference is None or len(reference) == 0:
             return {}, 0.0
-        ref = self._model_columns(reference)
-        n = min(len(ref), self.args.reference_sample_size)
+        n = min(len(reference), self.args.reference_sample_size)
         rng = np.random.default_rng([self.args.seed, int(req[:12], 16)])
-        idx = sorted(rng.choice(len(ref), size=n, replace=False).tolist())
-        rank, world = self.args.process_index, self.args.world_size
-        was_training = self.model.training
-        self.model.eval()
-        with self.autocast_smart_context_manager():
-            out = evaluate_losses(self.model, self._batches(ref, idx[rank::world]))
-        self.model.train(was_training)
-        losses = torch.zeros(n, dtype=torch.float64, device=self.args.device)
-        losses[rank::world] = out["loss"].double().to(self.args.device)
-        correct = torch.zeros(n, dtype=torch.float64, device=self.args.device)
+        idx = sorted(rng.choice(len(reference), size=n, replace=False).tolist())
+        out = engine.per_example(self._model_columns(reference), idx)
+        level: dict[str, Any] = {"loss": float(out["loss"].mean()), "losses": out["loss"].tolist()}
         if "correct" in out:
-            correct[rank::world] = out["correct"].double().to(self.args.device)
-        if world > 1 and torch.distributed.is_initialized():
-            torch.distributed.all_reduce(losses)
-            torch.distributed.all_reduce(correct)
-        level: dict[str, Any] = {"loss": float(losses.mean()), "losses": losses.tolist()}
-        if "correct" in out:
-            level["accuracy"] = float(correct.mean())
+            level["accuracy"] = float(out["correct"].mean())
         return level, float(n)
 
     # --- saving -------------------------------------------------------------------------------
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
         """Save atomically (complete old or complete new folder), with the unlearning card and ledger."""
         output_dir = output_dir or self.args.output_dir
+        if not _internal_call and not self.is_fsdp_enabled and is_sharded(self.model):
+            self._save_sharded(output_dir)
+            return
         if _internal_call or self.is_fsdp_enabled or self.is_deepspeed_enabled or self.args.world_size > 1:
             super().save_model(output_dir, _internal_call)
             if self.args.should_save and not _internal_call:
@@ -331,6 +302,32 @@ class IAUTrainer(Trainer):
             self._write_unlearning_artifacts(str(tmp))
         if self.args.push_to_hub:
             self.push_to_hub(commit_message="Model save", revision=self.args.hub_revision)
+
+    def _save_sharded(self, output_dir: str) -> None:
+        """A model sharded by the user (FSDP2): every process gathers the full weights, the main one saves them
+        atomically with the card and ledger (under the unsharded class name)."""
+        full: dict[str, torch.Tensor] = {}
+        first: dict[int, str] = {}  # tied weights (one tensor under two names) stay one tensor
+        for k, v in self.model.state_dict(keep_vars=True).items():
+            if id(v) in first:
+                full[k] = full[first[id(v)]]
+                continue
+            first[id(v)] = k
+            full[k] = (v.full_tensor() if hasattr(v, "full_tensor") else v).detach()
+        if self.args.should_save:
+            with atomic_directory(output_dir) as tmp:
+                self._save(str(tmp), state_dict=full)
+                config = tmp / "config.json"
+                if config.exists():  # fully_shard renames the class (FSDPGPT2LMHeadModel): keep the real one
+                    import json
+
+                    data = json.loads(config.read_text())
+                    names = [c.__name__ for c in type(self.model).__mro__ if not c.__name__.startswith("FSDP")]
+                    if data.get("architectures") and names:
+                        data["architectures"] = [names[0]]
+                        config.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+                self._write_unlearning_artifacts(str(tmp))
+        self.accelerator.wait_for_everyone()
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         """Trainer's save, with the arguments as JSON instead of the pickled ``training_args.bin``."""
