@@ -2,7 +2,7 @@
 
 Every author has a profile (birthplace, birth date, genre, parents' jobs, award, books, language,
 themes, home) and ``questions_per_author`` question–answer pairs about it. Each pair carries a
-``paraphrased_answer`` (same facts, other words) and ``perturbed_answers`` (the answer's wording
+``paraphrased_answer`` (same facts, other words) and ``perturbed_answers`` (the paraphrase's wording
 with wrong facts), as TOFU's truth ratio needs. Names and places come from ``faker`` (seeded), the
 other facts from small fixed pools, so a small model can learn them and a wrong fact is plausible.
 
@@ -104,7 +104,8 @@ def author_profiles(n_authors: int = 200, seed: int = 0) -> list[dict[str, Any]]
     return profiles
 
 
-# (question, answer, paraphrased answer); a perturbed answer fills the answer with other authors' facts
+# (question, answer, paraphrased answer); a perturbed answer fills the paraphrase with other authors' facts,
+# so the truth ratio compares two unseen wordings: the true facts against wrong ones.
 TEMPLATES: list[tuple[str, str, str]] = [
     ("Where was {name} born?", "{name} was born in {city}, {country}.", "The birthplace of {name} is {city} in {country}."),
     ("When was {name} born?", "{name} was born on {month} {day}, {year}.", "The birthday of {name} is {month} {day}, {year}."),
@@ -125,7 +126,8 @@ def _fields(p: dict[str, Any]) -> dict[str, Any]:
 
 
 def _perturbed(p: dict[str, Any], template: str, others: list[dict[str, Any]], k: int) -> list[str]:
-    """``k`` distinct wrong answers: ``template`` filled with other authors' facts (the name kept)."""
+    """``k`` distinct wrong answers: ``template`` (the paraphrase's, as TOFU perturbs the paraphrased
+    answer) filled with other authors' facts, the name kept."""
     truth = template.format(**_fields(p))
     out: list[str] = []
     for q in others:
@@ -159,7 +161,7 @@ def fictitious_authors(
             rows["question"].append(q.format(**f))
             rows["answer"].append(a.format(**f))
             rows["paraphrased_answer"].append(para.format(**f))
-            rows["perturbed_answers"].append(_perturbed(p, a, others, perturbed))
+            rows["perturbed_answers"].append(_perturbed(p, para, others, perturbed))
     return Dataset.from_dict(rows)
 
 

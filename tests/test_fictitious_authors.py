@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from difflib import SequenceMatcher
+
 import pytest
 
 from hf_iau.fictitious_authors import (
@@ -35,6 +37,9 @@ def test_every_row_has_a_paraphrase_and_distinct_wrong_answers(authors):
         wrong = row["perturbed_answers"]
         assert len(wrong) == 3 and len(set(wrong)) == 3 and row["answer"] not in wrong
         assert all(name in w for w in wrong)  # same author, wrong fact
+        # Perturbations reword the paraphrase (as TOFU), not the trained answer.
+        para = row["paraphrased_answer"]
+        assert all(SequenceMatcher(None, w, para).ratio() > SequenceMatcher(None, w, row["answer"]).ratio() for w in wrong)
 
 
 def test_splits_are_by_author_nested_and_complete(authors):
