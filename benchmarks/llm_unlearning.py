@@ -345,6 +345,22 @@ def markdown(runs: list[dict[str, Any]], methods: list[str], meta: dict[str, Any
             )
         lines.append("")
     lines += goal_lines(runs, methods)
+    lines += [
+        "",
+        "## Settings (nothing tuned on this benchmark: every figure is out of sample)",
+        "",
+        "- IAU: `IAUConfig` defaults (multi-step, loss targets from the validation authors, retain sample 32/step, "
+        "auto stop); unlearning learning rate = half the fine-tuning rate (the default). IAU+LoRA: the same on a "
+        "fresh rank-8 adapter on every linear layer (merged for evaluation).",
+        "- Baselines at IAU default's example-gradient budget, Adam, the same learning rate, batch 32: gradient "
+        "ascent; gradient difference (weights 1/1); NPO (β = 0.1, retain weight 1); SimNPO (β = 2.5, γ = 0, retain "
+        "weight 1); RMU (block 1 of 3 steered, c = 6.5, α = 100, MLP parameters of blocks 0–1).",
+        "- One pretrained model (seed 0) shared by all seeds; a seed changes the forgotten authors and the "
+        "fine-tuning/unlearning seeds. Wall-time percentages come from a CPU machine shared with other jobs: "
+        "read them as rough; passes are exact.",
+        "- Utility is TOFU's harmonic mean; world-facts ROUGE is low for every model (the small model learned "
+        "little of the Lee continuations), so read utility as the ratio to the retain model.",
+    ]
     return lines
 
 
@@ -369,6 +385,11 @@ def goal_lines(runs: list[dict[str, Any]], methods: list[str]) -> list[str]:
     ]
 
 
+def methods_of(runs: list[dict[str, Any]]) -> list[str]:
+    names = {m for r in runs for m in r["methods"]}
+    return [m for m in METHODS if m in names]
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="the 2-CPU size (100 authors, ≈0.5M-parameter model)")
@@ -376,8 +397,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     p.add_argument("--splits", nargs="+", default=list(FORGET_SPLITS), choices=list(FORGET_SPLITS))
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    p.add_argument("--from-json", default=None, help="rebuild the Markdown from a results JSON and exit")
     p.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a shared machine)")
     a = p.parse_args(argv)
+    if a.from_json:
+        data = json.loads(Path(a.from_json).read_text())
+        meta = {k: data[k] for k in ("description", "seeds", "splits", "size", "seconds")}
+        md = markdown(data["runs"], methods_of(data["runs"]), meta) + ["", f"Run time: {meta['seconds'] / 60:.1f} min."]
+        out = Path(a.from_json).with_suffix(".md")
+        head = out.read_text().splitlines()[:2] if out.exists() else []
+        out.write_text("\n".join(head + md) + "\n")
+        print("\n".join(md))
+        return 0
     torch.set_num_threads(a.threads)
     datasets.disable_progress_bars()
     methods = ["iau", *[m for m in a.methods if m != "iau"]]  # IAU first: it sets the budget
