@@ -2,7 +2,7 @@
 
     nice -n 10 python benchmarks/llm_unlearning.py --quick                  # 2 CPU cores, ≤ 30 min
     nice -n 10 python benchmarks/llm_unlearning.py --quick --splits forget10
-    python benchmarks/llm_unlearning.py                                     # larger model (GPU)
+    python benchmarks/llm_unlearning.py                                     # 200 authors, ≈30M params (meant for a GPU)
 
 Data (``hf_iau.fictitious_authors``): N training authors (quick 100, full 200) plus N/10 validation
 authors (IAU's held-out reference, never graded) and N/10 holdout authors (PrivLeak's non-members),
@@ -106,7 +106,7 @@ def model_init(tok, size: dict[str, Any], seed: int):
 
 def args_for(out: str, seed: int, **kw: Any) -> IAUConfig:
     base = dict(
-        output_dir=out, use_cpu=True, report_to=[], disable_tqdm=True, save_strategy="no", eval_strategy="no",
+        output_dir=out, use_cpu=not torch.cuda.is_available(), report_to=[], disable_tqdm=True, save_strategy="no", eval_strategy="no",
         logging_strategy="no", seed=seed, data_seed=seed, dataloader_num_workers=0, lr_scheduler_type="constant",
         per_device_eval_batch_size=64, weight_decay=0.0,
     )
@@ -418,8 +418,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[{time.perf_counter() - t0:7.1f}s] {msg}", flush=True)
 
     size = SIZES["micro" if a.micro else "quick" if a.quick else "full"]
-    if torch.cuda.is_available() and not a.quick:
-        log("note: this script runs on CPU (use_cpu=True); the full size is meant for a GPU port")
     b = Bench(size, log)
     runs: list[dict[str, Any]] = []
     # forget10 first, every seed, then the smaller splits; results are rewritten after each (split, seed).
