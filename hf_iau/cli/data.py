@@ -58,7 +58,8 @@ def keep_in_train(ds, data: DataArguments, seed: int = 0) -> list[bool] | None:
 def load_raw(data: DataArguments, seed: int):
     """(train, validation, test) raw datasets with an ``id`` column, disjoint by id.
 
-    Canary rows and ``column:`` forget rows are never drawn into validation or test.
+    Canary rows and forget rows named before the split (see :func:`keep_in_train`) are never drawn into
+    validation or test; ``check_splits`` verifies the result.
     """
     from datasets import load_dataset
 
