@@ -117,6 +117,16 @@ class IAUTrainer(Trainer):
         self.parent_checkpoint: str | None = None  # folder this model came from, when not `model_id`
         self.unlearning_report: Any = None  # an evaluate_unlearning report, shown in the card
         check_gr_setup(self)  # fp16, DeepSpeed, FSDP, multi-process exact GR: clear errors
+        if is_sharded(self.model):
+            # A model the user sharded (FSDP2 `fully_shard`) owns its gradient reduction: Trainer.train must not
+            # wrap it in DDP (which fails on DTensor parameters). This is the Trainer's own switch for such models.
+            self.is_distributed_loading_by_transformers = True
+            if self.args.gradient_accumulation_steps > 1:
+                raise ValueError(
+                    "gradient_accumulation_steps > 1 with a model you sharded yourself (fully_shard) is not supported: "
+                    "Trainer's deferred gradient reduction needs a model sharded by `from_pretrained(distributed_config=...)`. "
+                    "Use gradient_accumulation_steps=1 with a larger per_device_train_batch_size, or let accelerate shard it."
+                )
 
     # --- training with gradient restriction ---------------------------------------------------
     def training_step(

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
+import tempfile
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# keyed fingerprints: a throw-away key per test session, never the user's ~/.cache/hf_iau/fingerprint.key
+os.environ.setdefault("HF_IAU_KEY_FILE", os.path.join(tempfile.mkdtemp(prefix="hf_iau_key_"), "fingerprint.key"))
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
