@@ -163,3 +163,73 @@ def test_targets_are_clipped_between_the_current_loss_and_the_ceiling():
     assert counterfactual_losses([0.1, 0.1, 3.0, 0.2], [0.05, 0.7, 9.0, float("nan")], ceiling=2.0) == [
         0.1, 0.7, 3.0, 0.2]
     assert counterfactual_losses([0.1], [9.0], ceiling=None) == [9.0]
+
+
+WORKER = r'''
+import json, sys
+sys.path.insert(0, {tests!r})
+import torch
+from tiny import text_cls_dataset
+from transformers import BertForSequenceClassification, default_data_collator
+from hf_iau import IAUConfig, IAUTrainer, forget_retain_split
+from hf_iau.unlearning import IAUUnlearner
+
+seen = {{}}
+original = IAUUnlearner._resolve_mode
+def spy(self, local):
+    out = original(self, local)
+    seen["targets"] = [self.targets[i] for i in range(self.n_forget)]
+    seen["scale"] = self.counterfactual["scale"]
+    return out
+IAUUnlearner._resolve_mode = spy
+args = IAUConfig(output_dir=sys.argv[1], use_cpu=True, report_to=[], disable_tqdm=True, save_strategy="no",
+                 unlearn_steps=1, retain_sample_size=9, ddp_find_unused_parameters=False, seed=0)
+train = text_cls_dataset(40, seed=0)
+model = BertForSequenceClassification.from_pretrained(sys.argv[2])
+trainer = IAUTrainer(model, args=args, train_dataset=train, eval_dataset=text_cls_dataset(16, seed=1),
+                     data_collator=default_data_collator)
+split = forget_retain_split(train, forget=[0, 3, 5, 8, 13, 21, 30], id_column="id")
+trainer.unlearn(split["forget"], split["retain"])
+if trainer.args.process_index == 0:
+    with open(sys.argv[1] + "/targets.json", "w") as fh:
+        json.dump({{"world": trainer.args.world_size, "targets": seen["targets"], "scale": seen["scale"]}}, fh)
+'''
+
+
+def test_targets_are_the_same_on_two_processes(tmp_path):
+    """The estimate shards the forget set and the sample and sums over processes: 2 processes = 1 process."""
+    import json
+    import os
+    import shutil
+    import subprocess
+
+    torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable)) or shutil.which("torchrun")
+    if torchrun is None:
+        pytest.skip("torchrun not found")
+    from transformers import default_data_collator
+
+    from hf_iau import IAUConfig, IAUTrainer
+    from tiny import text_cls_dataset, tiny_bert
+
+    # one trained model for both launches (random labels: memorised, so held-out loss ≫ train loss)
+    args = IAUConfig(output_dir=str(tmp_path / "train"), use_cpu=True, report_to=[], disable_tqdm=True,
+                     save_strategy="no", num_train_epochs=30, learning_rate=5e-3, per_device_train_batch_size=8, seed=0)
+    trainer = IAUTrainer(tiny_bert(), args=args, train_dataset=text_cls_dataset(40, seed=0),
+                         data_collator=default_data_collator)
+    trainer.train()
+    trainer.model.save_pretrained(tmp_path / "model")
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER.format(tests=str(Path(__file__).parent)))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    outs = {}
+    for n in (1, 2):
+        out = tmp_path / f"n{n}"
+        out.mkdir()
+        cmd = [torchrun, "--standalone", "--nproc_per_node", str(n), str(script), str(out), str(tmp_path / "model")]
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+        outs[n] = json.loads((out / "targets.json").read_text())
+    assert outs[2]["world"] == 2 and outs[1]["world"] == 1
+    assert outs[1]["scale"] > 0  # the influence path ran (not just the current losses)
+    assert outs[2]["scale"] == pytest.approx(outs[1]["scale"], rel=1e-3)
+    assert np.allclose(outs[1]["targets"], outs[2]["targets"], rtol=1e-3, atol=1e-5)
