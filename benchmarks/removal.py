@@ -367,7 +367,24 @@ def main(argv: list[str] | None = None) -> int:
         fh.write(msg + "\n")
         fh.flush()
 
-    runs = []
+    runs: list[dict[str, Any]] = []
+
+    def save() -> dict[str, Any]:  # after every run, so an interrupted run keeps what it measured
+        result = {
+            "command": "python benchmarks/removal.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+            "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
+            f"{os.cpu_count()} CPUs (shared; wall times noisy)",
+            "torch": torch.__version__,
+            "quick": a.quick,
+            "seeds": a.seeds or default_seeds,
+            "total_seconds": time.perf_counter() - t0,
+            "runs": runs,
+        }
+        result["summary"] = summarise(runs, methods)
+        out.with_suffix(".json").write_text(json.dumps(result, indent=1, default=float))
+        out.with_suffix(".md").write_text(markdown(result, methods))
+        return result
+
     for name in a.scenarios.split(","):
         seeds = [int(x) for x in a.seeds.split(",")] if a.seeds else default_seeds[name]
         for seed in seeds:
@@ -375,19 +392,8 @@ def main(argv: list[str] | None = None) -> int:
                 runs.append(run_one(name, seed, a.quick, methods, log))
             except Exception:  # keep the other scenarios
                 log(traceback.format_exc())
-    result = {
-        "command": "python benchmarks/removal.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
-        f"{os.cpu_count()} CPUs (shared; wall times noisy)",
-        "torch": torch.__version__,
-        "quick": a.quick,
-        "seeds": a.seeds or default_seeds,
-        "total_seconds": time.perf_counter() - t0,
-        "runs": runs,
-    }
-    result["summary"] = summarise(runs, methods)
-    out.with_suffix(".json").write_text(json.dumps(result, indent=1))
-    out.with_suffix(".md").write_text(markdown(result, methods))
+            save()
+    result = save()
     log(f"wrote {out.with_suffix('.json')} and .md in {result['total_seconds'] / 60:.1f} min")
     return 0
 
