@@ -205,6 +205,11 @@ def estimate_targets(un: Any, forget_local: list[int]) -> tuple[dict[int, float]
     from .unlearning import retain_sample
 
     d = un.dist
+    if getattr(d, "sharded", False):
+        raise ValueError(
+            "IAUConfig.forget_saturation='auto' (counterfactual targets) is not implemented for sharded (FSDP2) "
+            "models: its per-example passes are not aligned across processes. Use forget_saturation='loss' or 'flip'."
+        )
     causal = un.kind == "causal_lm"
 
     def per_example(batch: dict) -> torch.Tensor:
