@@ -22,7 +22,8 @@ from hf_iau.losses import batch_losses  # noqa: E402
 from hf_iau.methods import METHODS, get_method, register_method, run_method  # noqa: E402
 from hf_iau.methods._request import BudgetError  # noqa: E402
 
-ALL = {"iau", "retrain", "finetune", "gradient_ascent", "gradient_difference", "npo", "influence_function", "fisher"}
+ALL = {"iau", "retrain", "finetune", "gradient_ascent", "gradient_difference", "npo", "simnpo", "rmu",
+       "influence_function", "fisher"}
 
 
 def make_args(tmp_path: Path, **kw) -> IAUConfig:
