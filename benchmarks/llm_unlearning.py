@@ -376,13 +376,19 @@ def goal_lines(runs: list[dict[str, Any]], methods: list[str]) -> list[str]:
     base = [m for m in methods if METHODS[m][2]]
     ahead = [m for m in base if not fq > mean(m, "forget_quality")]
     met = fq >= 0.05 and ut >= 0.95 and not ahead
-    return [
+    lines = [
         "## Goal (forget10)",
         "",
         f"IAU forget quality ≥ 0.05 with utility ≥ 95% of the retain model's, ahead of every baseline at equal passes: "
         f"**{'met' if met else 'missed'}** — IAU forget quality {fq:.3g}, utility {ut:.3f} of the retain model's; "
         + (f"baselines with forget quality ≥ IAU's: {', '.join(ahead)}." if ahead else "every baseline's forget quality is lower."),
     ]
+    if "iau_lora" in methods:
+        fq_l, ut_l = mean("iau_lora", "forget_quality"), mean("iau_lora", "utility_vs_retain")
+        ahead_l = [m for m in base if not fq_l > mean(m, "forget_quality")]
+        lines += ["", f"IAU+LoRA: forget quality {fq_l:.3g}, utility {ut_l:.3f} of the retain model's; "
+                  + (f"baselines with forget quality ≥ its: {', '.join(ahead_l)}." if ahead_l else "ahead of every baseline.")]
+    return lines
 
 
 def methods_of(runs: list[dict[str, Any]]) -> list[str]:
