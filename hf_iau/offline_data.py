@@ -27,7 +27,7 @@ import importlib.util
 import io
 import re
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 from datasets import Array3D, ClassLabel, Dataset, DatasetDict, Features, Value, concatenate_datasets
@@ -234,12 +234,20 @@ def train_validation_test(
     return DatasetDict(train=train, validation=parts["validation"], test=parts["test"])
 
 
+def fictitious_authors(**kwargs: Any) -> Dataset:
+    """Invented authors' QA pairs with an ``is_forget`` column (``hf_iau.fictitious_authors``; needs ``faker``)."""
+    from .fictitious_authors import load_fictitious_authors
+
+    return load_fictitious_authors(**kwargs)
+
+
 OFFLINE_DATASETS: dict[str, Callable[..., Dataset]] = {
     "mnist5k": mnist5k,
     "digits": digits,
     "bbc_news": bbc_news,
     "lee_text": lee_text,
     "wiki_text": wiki_text,
+    "fictitious_authors": fictitious_authors,
 }
 
 

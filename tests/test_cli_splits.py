@@ -180,3 +180,40 @@ def test_local_dataset_folder_splits(tmp_path: Path) -> None:
     carved = load_raw(DataArguments(dataset_name=str(tmp_path), test_size=10, validation_size=5), seed=0)
     assert [len(d) for d in carved] == [25, 5, 10] and sum(carved[0]["is_canary"]) == 3
     assert set(carved[0]["id"]) | set(carved[1]["id"]) | set(carved[2]["id"]) == set(range(40))
+
+
+QA_RECIPE = {
+    "dataset_name": "fictitious_authors", "dataset_kwargs": {"split": "forget10", "n_authors": 20,
+                                                             "questions_per_author": 3, "perturbed": 3, "seed": 0},
+    "test_size": 0.1, "validation_size": 0.1, "text_template": "Question: {question}\nAnswer: {answer}",
+    "question_column": "question", "answer_column": "answer", "max_length": 48, "forget": "column:is_forget",
+    "tokenizer_vocab_size": 300, "task": "causal-lm",
+    "model_config": {"model_type": "llama", "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
+                     "num_attention_heads": 2, "num_key_value_heads": 1, "max_position_embeddings": 64},
+    "num_train_epochs": 1, "per_device_train_batch_size": 16, "learning_rate": 0.003, "unlearn_steps": 2,
+    "save_strategy": "no", "report_to": "none", "seed": 0, "use_cpu": True, "disable_tqdm": True,
+    "per_device_eval_batch_size": 16,
+}
+
+
+def test_question_answer_recipe_is_prompt_masked_end_to_end(tmp_path: Path) -> None:
+    """`question_column`: rows become prompt-masked examples (answer tokens labelled, the question -100), the
+    forget authors' rows are exactly the forget set, and train → unlearn runs on them."""
+    from hf_iau.collators import CausalLMCollator
+
+    data = DataArguments(**{k: v for k, v in QA_RECIPE.items() if k in DataArguments.__dataclass_fields__})
+    model = ModelArguments(**{k: v for k, v in QA_RECIPE.items() if k in ModelArguments.__dataclass_fields__})
+    prep = prepare_data(data, model, SimpleNamespace(seed=0, trust_remote_code=False))
+    assert isinstance(prep.collator, CausalLMCollator)
+    assert len(prep.forget) == 2 * 3  # 10% of 20 authors × 3 questions, all kept in train
+    for row in prep.forget.select(range(3)):
+        labels = row["labels"]
+        masked = [t == -100 for t in labels]
+        assert masked[0] and not masked[-1] and masked == sorted(masked, reverse=True)  # prompt, then answer
+        answer = prep.tokenizer.decode([t for t in labels if t != -100])
+        assert "Question" not in answer and answer.strip()
+    cfg = tmp_path / "qa.yaml"
+    cfg.write_text(yaml.safe_dump({**QA_RECIPE, "output_dir": str(tmp_path / "run")}))
+    assert main(["train", "--config", str(cfg)]) == 0
+    assert main(["unlearn", "--config", str(cfg)]) == 0
+    assert (tmp_path / "run" / "unlearned" / "deletion_ledger.jsonl").exists()

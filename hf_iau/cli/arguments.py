@@ -60,6 +60,12 @@ class DataArguments:
     text_template: str | None = field(
         default=None, metadata={"help": "Python format string over a row that builds the text, e.g. 'Q: {question}\\nA: {answer}'."}
     )
+    question_column: str | None = field(
+        default=None,
+        metadata={"help": "Causal LM on question–answer rows: the question column; rows become prompt-masked examples "
+                  "(hf_iau.qa.qa_to_lm_examples: loss on the answer tokens only). Needs `answer_column`."},
+    )
+    answer_column: str = field(default="answer", metadata={"help": "Answer column, with `question_column`."})
     label_column: str = field(default="label", metadata={"help": "Label column (classification)."})
     image_column: str = field(default="pixel_values", metadata={"help": "Image column: PIL images or [C,H,W] arrays."})
     image_mean: list[float] | None = field(default=None, metadata={"help": "Per-channel mean for PIL images (default 0.5)."})

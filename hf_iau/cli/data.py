@@ -262,6 +262,13 @@ def _tokenize(ds, data: DataArguments, tokenizer, task: str):
         drop = [c for c in ds.column_names if c != "id"]
         return ds.map(enc, batched=True, remove_columns=drop, desc="tokenize")
 
+    if data.question_column:
+        from ..qa import qa_to_lm_examples
+
+        extra = [c for c in ("is_canary", "is_forget") if c in ds.column_names]
+        return qa_to_lm_examples(
+            ds, tokenizer, data.question_column, data.answer_column, max_length=data.max_length, keep_columns=extra
+        )
     eos = tokenizer.eos_token or ""
 
     def chunk(batch: dict) -> dict:
@@ -298,8 +305,9 @@ def prepare_data(data: DataArguments, model: ModelArguments, args, tokenizer=Non
 
     A tokenizer trained from scratch (``tokenizer_vocab_size``) sees the training text only.
     """
-    from transformers import AutoTokenizer, DataCollatorForLanguageModeling, DataCollatorWithPadding, default_data_collator
+    from transformers import AutoTokenizer, DataCollatorWithPadding, default_data_collator
 
+    from ..collators import CausalLMCollator
     from ..data import forget_retain_split
     from .models import resolve_model_path
 
@@ -335,7 +343,7 @@ def prepare_data(data: DataArguments, model: ModelArguments, args, tokenizer=Non
             tokenizer.pad_token = tokenizer.eos_token
         splits = [_tokenize(ds, data, tokenizer, task) for ds in splits]
         if task == "causal-lm":
-            collator = DataCollatorForLanguageModeling(tokenizer, mlm=False)
+            collator = CausalLMCollator(tokenizer)  # keeps prompt-masked labels; padding masked by attention
         else:
             collator = DataCollatorWithPadding(tokenizer)
     train, validation, test = splits
