@@ -21,14 +21,12 @@ import copy
 import hashlib
 import math
 import time
-from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 
-from .config import IAUConfig
 from .engine import Engine
 from .losses import BatchLoss, batch_losses
 
