@@ -21,12 +21,32 @@ def test_scrub_is_registered():
     assert "scrub" in METHODS
 
 
-def test_scrub_forgets_and_keeps_retained_predictions(fitted):  # noqa: F811
-    trainer, split = fresh(fitted)
+@pytest.fixture(scope="module")
+def mislabelled(tmp_path_factory):
+    """A tiny BERT that memorised 8 wrong labels (the rest of the data contradicts them)."""
+    from transformers import default_data_collator
+
+    from hf_iau import forget_retain_split
+    from test_unlearn_defaults import learnable
+
+    train = learnable(64, seed=0, flip=list(range(8)))
+    args = make_args(tmp_path_factory.mktemp("scrub"), num_train_epochs=40, learning_rate=5e-3,
+                     per_device_train_batch_size=16, per_device_eval_batch_size=16)
+    from tiny import tiny_bert
+
+    trainer = IAUTrainer(tiny_bert(), args=args, train_dataset=train, data_collator=default_data_collator)
+    trainer.train()
+    return trainer, forget_retain_split(train, forget=list(range(8)), id_column="id")
+
+
+def test_scrub_forgets_contradicted_rows_and_keeps_retained_predictions(mislabelled):
+    trainer, split = mislabelled
     m = run_method("scrub", trainer, split["forget"], split["retain"], steps=30, max_fraction=0.5,
-                   batch_size=8, learning_rate=1e-2).metrics
+                   batch_size=8, learning_rate=3e-3).metrics
     assert m["steps"] == 30
-    assert m["forget_loss_after"] > 5 * m["forget_loss_before"]  # pushed away from the teacher, then partly pulled back
+    assert m["forget_accuracy_before"] >= 0.75  # the wrong labels were memorised
+    assert m["forget_accuracy_after"] <= m["forget_accuracy_before"] - 0.5
+    assert m["forget_loss_after"] > m["forget_loss_before"]
     assert m["retain_accuracy_after"] >= 0.9
     assert m["example_gradient_passes"] == 15 * 8 + 30 * 8  # max-steps only in the first half
     assert m["example_forward_passes"] >= 8  # teacher outputs on the forget set, computed once
