@@ -71,14 +71,26 @@ def group_gradient(
 
 def example_gradients(
     params: Sequence[torch.nn.Parameter], batches: Iterable[dict], per_example: PerExample,
+    backward: Callable[[torch.Tensor], float] | None = None,
 ) -> tuple[list[torch.Tensor], list[torch.Tensor], list[float]]:
-    """(Σ_i ∇ℓ_i, Σ_i (∇ℓ_i)², ℓ_i) over one-example ``batches`` (this process's share; sum them yourself)."""
+    """(Σ_i ∇ℓ_i, Σ_i (∇ℓ_i)², ℓ_i) over one-example ``batches`` (this process's share; sum them yourself).
+
+    ``backward(loss) -> scale`` (e.g. the request engine's: ``accelerator.backward``) fills ``.grad``
+    with scale·∇loss; without it the gradients come from ``torch.autograd.grad``."""
     grad = [torch.zeros_like(p, dtype=torch.float32) for p in params]
     sq = [torch.zeros_like(p, dtype=torch.float32) for p in params]
     losses: list[float] = []
     for batch in batches:
         loss = per_example(batch)
-        gs = torch.autograd.grad(loss.sum(), list(params), allow_unused=True)
+        if backward is None:
+            gs = torch.autograd.grad(loss.sum(), list(params), allow_unused=True)
+        else:
+            for p in params:
+                p.grad = None
+            scale = backward(loss.sum())
+            gs = [None if p.grad is None else p.grad / scale for p in params]
+            for p in params:
+                p.grad = None
         for acc, acc2, g in zip(grad, sq, gs):
             if g is not None:
                 acc.add_(g.detach().float())
@@ -250,8 +262,12 @@ def estimate_targets(un: Any, forget_local: list[int]) -> tuple[dict[int, float]
 
     # Per-example gradients of the sample and the forget set: their sums G_S, G_F and a diagonal curvature
     # H ≈ diag(Σ_D g²) (empirical Fisher of the training set: the sample stands for the retained rows).
-    g_s, sq_s, _ = example_gradients(un.params, (b for i in s_local for b in un.retain_batches([i])), per_example)
-    g_f, sq_f, _ = example_gradients(un.params, (b for i in forget_local for b in un.forget_batches([i])), per_example)
+    def backward(loss: torch.Tensor) -> float:  # the request engine's gradient path (accelerator.backward)
+        d.backward(loss)
+        return d.grad_scale()
+
+    g_s, sq_s, _ = example_gradients(un.params, (b for i in s_local for b in un.retain_batches([i])), per_example, backward)
+    g_f, sq_f, _ = example_gradients(un.params, (b for i in forget_local for b in un.forget_batches([i])), per_example, backward)
     reduce(g_s + sq_s + g_f + sq_f)
     weight = un.n_retain / max(len(s_idx), 1)
     fisher = [weight * a + b for a, b in zip(sq_s, sq_f)]

@@ -178,16 +178,7 @@ class IAUUnlearner:
         if mode == "auto":
             self.targets, self.estimate_gradient_passes, fwd, self.counterfactual = estimate_targets(self, forget_local)
             return fwd
-        local = [0.0] * self.n_forget
-        with torch.no_grad():
-            pos = 0
-            for batch in self.forget_batches(forget_local):
-                with self.autocast():
-                    bl = batch_losses(self.model, batch, self.kind)
-                for v in bl.per_example.detach().double().tolist():
-                    local[forget_local[pos]] = v
-                    pos += 1
-        losses = self.dist.sum_list(local, self.device)
+        losses = self.engine.per_example(self.forget, range(self.n_forget))["loss"].tolist()
         if ref_losses:
             q = np.sort(np.asarray(ref_losses, dtype=np.float64))
             order = np.argsort(np.asarray(losses), kind="stable")

@@ -50,6 +50,7 @@ CASES: dict[str, tuple[Callable, Callable, dict, list[str] | None]] = {
 
 # Every baseline through the same engine: case -> (model factory, dataset factory, method, options).
 # (`retrain` is Trainer.train under DDP, whose global batch grows with the number of processes: not a parity case.)
+SGD2 = {"steps": 2, "batch_size": 5, "learning_rate": 0.1, "optimizer": "sgd"}
 METHOD_CASES: dict[str, tuple[Callable, Callable, str, dict]] = {
     "finetune_bert": (tiny.tiny_bert, tiny.text_cls_dataset, "finetune", {"steps": 2, "batch_size": 5, "learning_rate": 0.1, "optimizer": "sgd"}),
     "gradient_ascent_gpt2": (tiny.tiny_gpt2, tiny.lm_dataset, "gradient_ascent", {"steps": 2, "batch_size": 5, "learning_rate": 0.1, "optimizer": "sgd"}),
@@ -60,6 +61,10 @@ METHOD_CASES: dict[str, tuple[Callable, Callable, str, dict]] = {
     "influence_function_bert": (tiny.tiny_bert, tiny.text_cls_dataset, "influence_function", {"max_iterations": 3}),
     "fisher_bert": (tiny.tiny_bert, tiny.text_cls_dataset, "fisher", {"fisher_sample_size": 9}),
     "iau_method_gpt2": (tiny.tiny_gpt2, tiny.lm_dataset, "iau", {"unlearn_steps": 2}),
+    "simnpo_gpt2": (tiny.tiny_gpt2, tiny.lm_dataset, "simnpo", {**SGD2, "retain_weight": 1.0}),
+    "rmu_gpt2": (tiny.tiny_gpt2, tiny.lm_dataset, "rmu", {**SGD2, "param_pattern": "mlp"}),
+    "salun_bert": (tiny.tiny_bert, tiny.text_cls_dataset, "salun", SGD2),
+    "scrub_bert": (tiny.tiny_bert, tiny.text_cls_dataset, "scrub", SGD2),
 }
 
 

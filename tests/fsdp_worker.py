@@ -1,5 +1,6 @@
-"""FSDP2 unlearning cases: a model sharded with ``fully_shard`` (hf_iau.sharding.shard_per_block) and handed
-to ``IAUTrainer`` on N processes must give the weights of the unsharded model in one process.
+"""FSDP2 cases: a model sharded with ``fully_shard`` (hf_iau.sharding.shard_per_block) and handed
+to ``IAUTrainer`` on N processes must give the weights of the unsharded model in one process — unlearning
+(parity and default modes, full and LoRA) and finite-difference GR training.
 
 ``torchrun --nproc_per_node 2 tests/fsdp_worker.py OUT_DIR`` runs every case sharded and rank 0 writes the
 gathered trainable weights to ``OUT_DIR/<case>.safetensors``; tests compare with ``run_case(case)`` (1 process).
@@ -19,14 +20,18 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import tiny  # noqa: E402
 from dist_worker import N_FORGET, N_RETAIN, REFERENCE  # noqa: E402
 
-DEFAULT_MODE = {"unlearn_steps": 3, "unlearn_learning_rate": 1e-2, "retain_sample_size": 13}
+# The self-limiting default mode (retain sample per step, several steps, saturation, automatic stop) with held-out
+# loss-quantile targets: the default's counterfactual targets ('auto') need per-example gradients, which a sharded
+# model does not give — refused with a ValueError (checked below).
+SELF_LIMITING = {"unlearn_steps": 3, "unlearn_learning_rate": 1e-3, "retain_sample_size": 13, "forget_saturation": "loss"}
 # case -> (IAUConfig overrides, LoRA targets or None)
 CASES: dict[str, tuple[dict, list[str] | None]] = {
     "gpt2_full_parity": (REFERENCE, None),
     "gpt2_lora_parity": (REFERENCE, ["c_attn", "c_proj"]),
-    "gpt2_full_default": (DEFAULT_MODE, None),
-    "gpt2_lora_default": (DEFAULT_MODE, ["c_attn", "c_proj"]),
+    "gpt2_full_self_limiting": (SELF_LIMITING, None),
+    "gpt2_lora_self_limiting": (SELF_LIMITING, ["c_attn", "c_proj"]),
 }
+AUTO = ({"unlearn_steps": 2, "forget_saturation": "auto"}, None)
 
 
 def _full(p: torch.Tensor) -> torch.Tensor:
@@ -40,7 +45,7 @@ def run_case(name: str, shard: bool = False, out_dir: str | None = None) -> dict
     from hf_iau import IAUConfig, IAUTrainer
     from hf_iau.sharding import shard_per_block
 
-    overrides, targets = CASES[name]
+    overrides, targets = AUTO if name == "auto" else CASES[name]
     model = tiny.tiny_gpt2(seed=0)
     data = tiny.lm_dataset(n=N_FORGET + N_RETAIN + 16, seed=3)
     forget = data.select(range(N_FORGET))
@@ -63,6 +68,27 @@ def run_case(name: str, shard: bool = False, out_dir: str | None = None) -> dict
     }
 
 
+def run_training(shard: bool = False, out_dir: str | None = None) -> dict[str, torch.Tensor]:
+    """GR training (finite difference, α = 0.005, SGD) of a dropout-free tiny GPT-2; global batch 8 = 2 processes
+    × 4, or 8 in one process."""
+    from hf_iau import IAUConfig, IAUTrainer
+    from hf_iau.sharding import shard_per_block
+
+    model = tiny.tiny_gpt2(seed=0, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    if shard:
+        model = shard_per_block(model)
+    world = 2 if shard else 1
+    args = IAUConfig(
+        output_dir=out_dir or tempfile.mkdtemp(), use_cpu=True, report_to="none", seed=0, disable_tqdm=True,
+        save_strategy="no", num_train_epochs=1, learning_rate=0.5, optim="sgd", lr_scheduler_type="constant",
+        per_device_train_batch_size=8 // world, gr_alpha=0.005,
+        logging_steps=1000,
+    )
+    trainer = IAUTrainer(model=model, args=args, train_dataset=tiny.lm_dataset(n=32, seed=5))
+    trainer.train()
+    return {n: _full(p).detach().float().cpu().clone().contiguous() for n, p in trainer.model.named_parameters()}
+
+
 def main(out_dir: str) -> None:
     import torch.distributed as dist
     from safetensors.torch import save_file
@@ -73,6 +99,17 @@ def main(out_dir: str) -> None:
         weights = run_case(name, shard=True, out_dir=out_dir)
         if dist.get_rank() == 0:
             save_file(weights, os.path.join(out_dir, f"{name}.safetensors"))
+    try:
+        run_case("auto", shard=True, out_dir=out_dir)
+        refusal = "not refused"
+    except ValueError as err:
+        refusal = str(err)
+    if dist.get_rank() == 0:
+        with open(os.path.join(out_dir, "auto_refusal.txt"), "w") as fh:
+            fh.write(refusal)
+    weights = run_training(shard=True, out_dir=out_dir)
+    if dist.get_rank() == 0:
+        save_file(weights, os.path.join(out_dir, "gr_training.safetensors"))
     if dist.get_rank() == 0:
         with open(os.path.join(out_dir, "world_size.txt"), "w") as fh:
             fh.write(str(dist.get_world_size()))

@@ -54,3 +54,21 @@ def test_unlearning_gradients_go_through_accelerator_backward(tmp_path, monkeypa
     monkeypatch.setattr(trainer.accelerator, "backward", lambda loss, **kw: (calls.append(1), original(loss, **kw)))
     trainer.unlearn(ds.select(range(3)), ds.select(range(3, 10)))
     assert len(calls) == 1 + 2  # one forget batch (3 rows) + two retain batches (7 rows, batch size 4)
+
+
+def test_default_mode_takes_no_gradient_outside_accelerator_backward(tmp_path, monkeypatch):
+    """The counterfactual targets of the default mode use the engine's backward too (no torch.autograd.grad)."""
+    ds = lm_dataset(24)
+    trainer = IAUTrainer(model=tiny_gpt2(0), args=parity_args(tmp_path, forget_saturation="auto", unlearn_steps=2),
+                         eval_dataset=ds.select(range(16, 24)))
+    calls = []
+    original = trainer.accelerator.backward
+    monkeypatch.setattr(trainer.accelerator, "backward", lambda loss, **kw: (calls.append(1), original(loss, **kw)))
+
+    def no_autograd_grad(*a, **k):
+        raise AssertionError("torch.autograd.grad used outside accelerator.backward")
+
+    monkeypatch.setattr(torch.autograd, "grad", no_autograd_grad)
+    res = trainer.unlearn(ds.select(range(4)), ds.select(range(4, 16)))
+    assert len(calls) >= 4 + 1  # 4 per-example forget gradients (+ the sample's) for the targets, then the steps
+    assert res.metrics["update_norm"] > 0

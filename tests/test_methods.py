@@ -23,7 +23,7 @@ from hf_iau.methods import METHODS, get_method, register_method, run_method  # n
 from hf_iau.methods._request import BudgetError  # noqa: E402
 
 ALL = {"iau", "retrain", "finetune", "gradient_ascent", "gradient_difference", "npo", "simnpo", "rmu",
-       "influence_function", "fisher"}
+       "influence_function", "fisher", "salun", "scrub"}
 
 
 def make_args(tmp_path: Path, **kw) -> IAUConfig:

@@ -30,22 +30,25 @@ if TYPE_CHECKING:
 
 
 def teacher_log_probs(req: Request, ds: Dataset, idx: Sequence[int]) -> dict[int, torch.Tensor]:
-    """log p_T(·|x) of rows ``idx`` under the current (original) weights, by index (forward passes)."""
-    out: dict[int, torch.Tensor] = {}
+    """log p_T(·|x) of rows ``idx`` under the current (original) weights, by index (forward passes; every
+    process gets every row's, since later mini-batches are shared out differently)."""
     idx = sorted(set(idx))
+    pos = {i: k for k, i in enumerate(idx)}
+    table = torch.zeros(len(idx), req.model.config.num_labels, dtype=torch.float32, device=req.engine.device)
     with torch.no_grad():
         for batch, ix in req.batches(ds, idx):
-            with req.trainer.autocast_smart_context_manager():
+            with req.engine.autocast():
                 bl = batch_losses(req.model, batch, req.kind)
             lp = F.log_softmax(bl.logits.float(), -1).detach()
-            out.update({i: lp[k] for k, i in enumerate(ix)})
+            for k, i in enumerate(ix):
+                table[pos[i]] = lp[k]
+    req.engine.sum_([table])
     req.fwd_passes += req.count(ds, idx, per_example=True)
-    return out
+    return {i: table[k] for i, k in pos.items()}
 
 
 def _step(req: Request, opt: torch.optim.Optimizer) -> None:
-    engine = getattr(req, "engine", None)  # the GradScaler path when the request engine has one
-    engine.step(opt) if engine is not None else opt.step()
+    req.engine.step(opt)
 
 
 def kl_term(teacher: dict[int, torch.Tensor], ce_weight: float = 0.0, kl_weight: float = 1.0):

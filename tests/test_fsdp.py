@@ -1,0 +1,114 @@
+"""FSDP2 on 2 CPU processes (gloo): a model sharded with ``fully_shard`` per block and handed to IAUTrainer
+gives the unsharded 1-process weights — unlearning of full GPT-2 and GPT-2+LoRA in reference-parity and
+self-limiting modes with uneven shards (7 forget / 41 retain rows), finite-difference GR training, and `hf-iau unlearn
+--fsdp2_shard`."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import fsdp_worker  # noqa: E402
+
+TOL = 1e-5
+
+
+@pytest.fixture(scope="module")
+def sharded_weights(tmp_path_factory) -> Path:
+    torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable)) or shutil.which("torchrun")
+    if torchrun is None:
+        pytest.skip("torchrun not found")
+    out = tmp_path_factory.mktemp("fsdp")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    env.pop("CUDA_VISIBLE_DEVICES", None)
+    cmd = [torchrun, "--nproc_per_node", "2", "--standalone", str(HERE / "fsdp_worker.py"), str(out)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    assert (out / "world_size.txt").read_text() == "2"
+    return out
+
+
+@pytest.mark.parametrize("case", list(fsdp_worker.CASES))
+def test_fsdp2_sharded_unlearning_equals_one_process(case: str, sharded_weights: Path, tmp_path: Path) -> None:
+    import torch
+    from safetensors.torch import load_file
+
+    from tiny import max_abs_diff, tiny_gpt2
+
+    sharded = load_file(str(sharded_weights / f"{case}.safetensors"))
+    single = fsdp_worker.run_case(case, shard=False, out_dir=str(tmp_path))
+    assert set(sharded) == set(single)
+    assert max_abs_diff(single, sharded) <= TOL
+    if fsdp_worker.CASES[case][1] is None:  # full parameters: the update moved the weights
+        before = dict(tiny_gpt2(seed=0).named_parameters())
+        assert any(not torch.allclose(single[n], before[n]) for n in single)
+
+
+def test_fsdp2_default_counterfactual_targets_are_refused_clearly(sharded_weights: Path) -> None:
+    text = (sharded_weights / "auto_refusal.txt").read_text()
+    assert "forget_saturation" in text and "sharded" in text
+
+
+def test_fsdp2_sharded_gr_training_equals_one_process(sharded_weights: Path, tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    from tiny import max_abs_diff, tiny_gpt2
+
+    sharded = load_file(str(sharded_weights / "gr_training.safetensors"))
+    single = fsdp_worker.run_training(shard=False, out_dir=str(tmp_path))
+    assert set(sharded) == set(single)
+    assert max_abs_diff(single, sharded) <= TOL
+    assert max_abs_diff(single, {n: p.detach() for n, p in tiny_gpt2(seed=0).named_parameters()}) > 1e-3
+
+
+LM_RECIPE = {
+    "dataset_name": "lee_text", "test_size": 16, "validation_size": 16, "max_train_samples": 48, "max_length": 24,
+    "max_chunks_per_doc": 1, "forget": "n:7", "tokenizer_vocab_size": 200, "task": "causal-lm",
+    "model_config": {"model_type": "gpt2", "n_positions": 24, "n_embd": 16, "n_layer": 2, "n_head": 2},
+    "num_train_epochs": 1, "per_device_train_batch_size": 16, "learning_rate": 0.003, "unlearn_steps": 2,
+    "unlearn_optimizer": "sgd", "unlearn_learning_rate": 0.5, "forget_saturation": "none", "unlearn_stop": "fixed", "retain_sample_size": 13,
+    "save_strategy": "no", "report_to": "none", "seed": 0, "use_cpu": True, "disable_tqdm": True,
+    "per_device_eval_batch_size": 3,
+}
+
+
+def test_cli_unlearn_with_fsdp2_shard_on_two_processes_equals_one(tmp_path: Path) -> None:
+    """`hf-iau unlearn --fsdp2_shard true` under torchrun (2 CPU processes) saves the weights of the unsharded
+    1-process run, with a card and a ledger, under the model's own class name."""
+    import json
+
+    import yaml
+    from safetensors.torch import load_file
+
+    from hf_iau.cli import main
+    from tiny import max_abs_diff
+
+    cfg = tmp_path / "lm.yaml"
+    cfg.write_text(yaml.safe_dump({**LM_RECIPE, "output_dir": str(tmp_path / "one")}))
+    assert main(["train", "--config", str(cfg)]) == 0
+    shutil.copytree(tmp_path / "one" / "original", tmp_path / "two" / "original")
+    for name in ("run.json",):
+        if (tmp_path / "one" / name).exists():
+            shutil.copy(tmp_path / "one" / name, tmp_path / "two" / name)
+    torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable)) or shutil.which("torchrun")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    cmd = [torchrun, "--nproc_per_node", "2", "--standalone", "-m", "hf_iau", "unlearn", "--config", str(cfg),
+           "--fsdp2_shard", "true", "--output_dir", str(tmp_path / "two")]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    assert main(["unlearn", "--config", str(cfg)]) == 0
+    one, two = tmp_path / "one" / "unlearned", tmp_path / "two" / "unlearned"
+    w1, w2 = load_file(str(one / "model.safetensors")), load_file(str(two / "model.safetensors"))
+    assert set(w1) == set(w2) and max_abs_diff(w1, w2) <= TOL
+    original = load_file(str(tmp_path / "one" / "original" / "model.safetensors"))
+    assert max_abs_diff(w1, original) > 1e-4  # the request changed the weights
+    assert json.loads((two / "config.json").read_text())["architectures"] == ["GPT2LMHeadModel"]
+    assert (two / "README.md").exists() and (two / "deletion_ledger.jsonl").exists()
