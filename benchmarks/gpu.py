@@ -38,7 +38,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     a = ap.parse_args()
     from datasets import Dataset
-    from transformers import LlamaConfig, LlamaForCausalLM, default_data_collator
+    from transformers import LlamaConfig, LlamaForCausalLM
 
     from hf_iau import IAUConfig, IAUTrainer
 

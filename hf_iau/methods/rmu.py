@@ -21,7 +21,7 @@ import itertools
 import math
 import re
 from contextlib import nullcontext
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import torch
 from datasets import Dataset
@@ -29,7 +29,7 @@ from datasets import Dataset
 from ..losses import BatchLoss, base_model_of
 from ..unlearning import UnlearningResult
 from . import register_method
-from ._request import Request
+from ._request import Request, make_optimizer
 
 if TYPE_CHECKING:
     from ..trainer import IAUTrainer
@@ -226,7 +226,7 @@ def rmu(
     try:
         if use_r and reference == "original":  # before any update: the frozen model's activations
             _reference(req, cap, [r for _, r in plan], nullcontext(), ref)
-        opt = _optimizer(config["optimizer"], updated, lr)
+        opt = make_optimizer(config["optimizer"], updated, lr)  # only the parameters RMU may change
         target = target.to(next(req.model.parameters()).device)
         for step, (f_idx, r_idx) in enumerate(plan):
             if use_r and reference == "base":
@@ -244,7 +244,7 @@ def rmu(
                 req.accumulate(req.retain, r_idx, alpha, lambda bl, ix: _keep(losses, keep(bl, ix)), per_example=True)
                 rec["retain_activation_mse"] = float(torch.cat(losses).mean()) if losses else float("nan")
             req.sync_grads()
-            opt.step()
+            req.engine.step(opt)
             history.append(rec)
         cap.close()
         last = history[-1]
@@ -258,15 +258,6 @@ def rmu(
         cap.close()
         req.restore()
         raise
-
-
-def _optimizer(name: str, params: list[torch.nn.Parameter], lr: float) -> torch.optim.Optimizer:
-    """A fresh Adam or SGD over ``params`` only (the parameters RMU may change)."""
-    if name == "adam":
-        return torch.optim.Adam(params, lr=lr)
-    if name == "sgd":
-        return torch.optim.SGD(params, lr=lr)
-    raise ValueError(f"optimizer={name!r} is unknown; use 'adam' or 'sgd'.")
 
 
 def _keep(store: list[torch.Tensor], value: torch.Tensor) -> torch.Tensor:

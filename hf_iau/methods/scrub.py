@@ -13,7 +13,7 @@ copied: its class probabilities on every row the loop will use are computed once
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import torch
 import torch.nn.functional as F
