@@ -3,9 +3,6 @@ baseline through the same engine."""
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -15,6 +12,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import dist_worker  # noqa: E402
+from tiny import torchrun  # noqa: E402
 
 TOL = 1e-5
 
@@ -22,16 +20,8 @@ TOL = 1e-5
 @pytest.fixture(scope="module")
 def two_process_weights(tmp_path_factory) -> Path:
     """Run every case of tests/dist_worker.py once on 2 processes (one launch: imports dominate)."""
-    torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable)) or shutil.which("torchrun")
-    if torchrun is None:
-        pytest.skip("torchrun not found")
     out = tmp_path_factory.mktemp("dist")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    env.pop("CUDA_VISIBLE_DEVICES", None)
-    cmd = [torchrun, "--nproc_per_node", "2", "--standalone", str(HERE / "dist_worker.py"), str(out)]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
-    assert (out / "world_size.txt").read_text() == "2"
+    torchrun([str(HERE / "dist_worker.py"), str(out)], out)
     return out
 
 

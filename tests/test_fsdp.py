@@ -5,9 +5,7 @@ self-limiting modes with uneven shards (7 forget / 41 retain rows), finite-diffe
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -17,22 +15,15 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import fsdp_worker  # noqa: E402
+from tiny import torchrun  # noqa: E402
 
 TOL = 1e-5
 
 
 @pytest.fixture(scope="module")
 def sharded_weights(tmp_path_factory) -> Path:
-    torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable)) or shutil.which("torchrun")
-    if torchrun is None:
-        pytest.skip("torchrun not found")
     out = tmp_path_factory.mktemp("fsdp")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    env.pop("CUDA_VISIBLE_DEVICES", None)
-    cmd = [torchrun, "--nproc_per_node", "2", "--standalone", str(HERE / "fsdp_worker.py"), str(out)]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
-    assert (out / "world_size.txt").read_text() == "2"
+    torchrun([str(HERE / "fsdp_worker.py"), str(out)], out)
     return out
 
 
@@ -94,16 +85,8 @@ def test_cli_unlearn_with_fsdp2_shard_on_two_processes_equals_one(tmp_path: Path
     cfg = tmp_path / "lm.yaml"
     cfg.write_text(yaml.safe_dump({**LM_RECIPE, "output_dir": str(tmp_path / "one")}))
     assert main(["train", "--config", str(cfg)]) == 0
-    shutil.copytree(tmp_path / "one" / "original", tmp_path / "two" / "original")
-    for name in ("run.json",):
-        if (tmp_path / "one" / name).exists():
-            shutil.copy(tmp_path / "one" / name, tmp_path / "two" / name)
-    torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable)) or shutil.which("torchrun")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    cmd = [torchrun, "--nproc_per_node", "2", "--standalone", "-m", "hf_iau", "unlearn", "--config", str(cfg),
-           "--fsdp2_shard", "true", "--output_dir", str(tmp_path / "two")]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    shutil.copytree(tmp_path / "one", tmp_path / "two")  # the same trained original model for both runs
+    torchrun(["-m", "hf_iau", "unlearn", "--config", str(cfg), "--fsdp2_shard", "true", "--output_dir", str(tmp_path / "two")])
     assert main(["unlearn", "--config", str(cfg)]) == 0
     one, two = tmp_path / "one" / "unlearned", tmp_path / "two" / "unlearned"
     w1, w2 = load_file(str(one / "model.safetensors")), load_file(str(two / "model.safetensors"))

@@ -3,9 +3,6 @@ step on an FSDP2-sharded model (fully_shard) gives the unsharded gradients."""
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -15,22 +12,15 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import gr_dist_worker  # noqa: E402
+from tiny import torchrun  # noqa: E402
 
 TOL = 1e-5
 
 
 @pytest.fixture(scope="module")
 def two_process_weights(tmp_path_factory) -> Path:
-    torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable)) or shutil.which("torchrun")
-    if torchrun is None:
-        pytest.skip("torchrun not found")
     out = tmp_path_factory.mktemp("gr_dist")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    env.pop("CUDA_VISIBLE_DEVICES", None)
-    cmd = [torchrun, "--nproc_per_node", "2", "--standalone", str(HERE / "gr_dist_worker.py"), str(out)]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
-    assert (out / "world_size.txt").read_text() == "2"
+    torchrun([str(HERE / "gr_dist_worker.py"), str(out)], out)
     return out
 
 

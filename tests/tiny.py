@@ -120,3 +120,27 @@ def parity_args(out, **kw):
     base = dict(output_dir=str(out), use_cpu=True, report_to=[], disable_tqdm=True, save_strategy="no", **PARITY)
     base.update(kw)
     return IAUConfig(**base)
+
+
+def torchrun(args: list[str], out: "str | None" = None, timeout: int = 300):
+    """Run ``torchrun --nproc_per_node 2 --standalone ARGS`` on CPU (one thread, offline); assert it succeeded
+    and, with ``out``, that the worker wrote ``world_size.txt`` = 2. Skips the test when torchrun is missing."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import pytest
+
+    exe = shutil.which("torchrun", path=os.path.dirname(sys.executable)) or shutil.which("torchrun")
+    if exe is None:
+        pytest.skip("torchrun not found")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    env.pop("CUDA_VISIBLE_DEVICES", None)
+    proc = subprocess.run([exe, "--nproc_per_node", "2", "--standalone", *args], env=env, capture_output=True,
+                          text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    if out is not None:
+        assert (Path(out) / "world_size.txt").read_text() == "2"
+    return proc
