@@ -21,8 +21,8 @@ from hf_iau.methods._request import BudgetError  # noqa: E402
 @pytest.fixture(scope="module")
 def fitted(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("salun")
-    train = learnable(64, seed=0)
-    args = make_args(tmp, num_train_epochs=20, learning_rate=5e-3, per_device_train_batch_size=16, per_device_eval_batch_size=16)
+    train = learnable(64, seed=0, flip=list(range(8)))  # forget = 8 memorised wrong labels
+    args = make_args(tmp, num_train_epochs=40, learning_rate=5e-3, per_device_train_batch_size=16, per_device_eval_batch_size=16)
     trainer = IAUTrainer(tiny_bert(), args=args, train_dataset=train, data_collator=default_data_collator)
     trainer.train()
     split = forget_retain_split(train, forget=list(range(8)), id_column="id")
@@ -43,13 +43,14 @@ def test_salun_is_registered():
 def test_only_salient_weights_change_and_forget_accuracy_falls(fitted):
     trainer, split = fresh(fitted)
     before = params_of(trainer.model)
-    m = run_method("salun", trainer, split["forget"], split["retain"], sparsity=0.9, epochs=10, learning_rate=5e-3).metrics
+    m = run_method("salun", trainer, split["forget"], split["retain"], sparsity=0.9, epochs=10, learning_rate=3e-3).metrics
     after = params_of(trainer.model)
     changed = sum(int((after[k] != before[k]).sum()) for k in before)
     total = sum(v.numel() for v in before.values())
     assert 0 < changed <= 0.1 * total + len(before)  # at most the top 10% of |∇| (ties aside) moved
-    assert m["forget_accuracy_after"] < m["forget_accuracy_before"] == 1.0
-    assert m["retain_accuracy_after"] >= 0.6
+    assert m["forget_accuracy_before"] >= 0.75
+    assert m["forget_accuracy_after"] < m["forget_accuracy_before"]
+    assert m["retain_accuracy_after"] >= 0.7  # chance is 1/3
 
 
 def test_salun_budget_counts_the_saliency_pass(fitted):
