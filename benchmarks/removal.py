@@ -165,11 +165,8 @@ def run_one(name: str, seed: int, quick: bool, methods: list[str], log) -> dict[
             continue
         best = min(ok, key=lambda t: t["val_gap"]) if len(grid) > 1 else ok[0]
         r = best["r"]
-        passes = r.metrics["example_gradient_passes"] + r.metrics.get("estimate_gradient_passes", 0.0)
+        passes = r.metrics["example_gradient_passes"]  # IAU's include its counterfactual estimate
         if m == "iau":
-            if "estimate_gradient_passes" not in r.metrics and getattr(s.args, "forget_saturation", "") == "auto":
-                # the counterfactual estimate (|D_f| + |S| gradient passes) until the engine reports it itself
-                passes += len(s.forget) + min(s.args.retain_sample_size or 64, len(s.retain))
             budget = passes
         ev = evaluate(s, best["model"].eval(), retrained)
         row = {

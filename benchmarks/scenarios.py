@@ -33,7 +33,6 @@ Cost of training = example-gradient passes (epochs × |train|), the unit every m
 from __future__ import annotations
 
 import copy
-import os
 import tempfile
 import time
 from dataclasses import dataclass, field

@@ -252,6 +252,7 @@ class IAUUnlearner:
         retries_total = 0
         first_retain: list[int] = []
         fwd_passes += self._resolve_mode(forget_local)
+        grad_passes += self.estimate_gradient_passes  # the counterfactual estimate's per-example gradients
         best_active, stalled = math.inf, 0  # auto stop also when the active count stops falling
         before_f = before_r = None
         stopped_early = False

@@ -109,7 +109,8 @@ def word_tokenizer() -> PreTrainedTokenizerFast:
 
 # The reference-parity update (one fresh Adam step on whole sets), not the self-limiting default mode.
 PARITY = dict(
-    unlearn_steps=1, unlearn_learning_rate=1e-3, retain_sample_size=None, forget_saturation="none", unlearn_stop="fixed"
+    unlearn_steps=1, unlearn_learning_rate=1e-3, retain_weight=1.0, retain_sample_size=None, forget_saturation="none",
+    unlearn_stop="fixed",
 )
 
 
