@@ -1,7 +1,10 @@
 """hf-iau: make trained HuggingFace models forget chosen training data (IAU, arXiv 2507.23257)."""
 
+from .collators import CausalLMCollator
 from .config import IAUConfig
 from .data import fingerprint_dataset, fingerprint_ids, forget_retain_split
+from .qa import qa_to_lm_examples
+from .request import DeletionRequest
 from .trainer import IAUTrainer
 from .unlearning import UnlearningError, UnlearningResult
 
@@ -17,6 +20,8 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'hf_iau' has no attribute {name!r}")
 
 __all__ = [
+    "CausalLMCollator",
+    "DeletionRequest",
     "IAUConfig",
     "IAUTrainer",
     "UnlearningError",
@@ -26,5 +31,6 @@ __all__ = [
     "fingerprint_dataset",
     "fingerprint_ids",
     "forget_retain_split",
+    "qa_to_lm_examples",
     "__version__",
 ]

@@ -22,7 +22,6 @@ import numpy as np
 import torch
 from datasets import Dataset
 
-from ..data import fingerprint_dataset
 from ..losses import BatchLoss, batch_losses
 from ..engine import Engine, make_optimizer  # noqa: F401  (re-exported for methods)
 from ..unlearning import UnlearningError, UnlearningResult, request_id, retain_sample
@@ -72,8 +71,8 @@ class Request:
             raise ValueError(f"budget={budget!r} is invalid: use None or a positive number of example-gradient passes.")
         self.start = time.perf_counter()
         self.method, self.trainer, self.args = method, trainer, trainer.args
-        forget_dataset, retain_dataset = trainer._validate_unlearning_data(forget_dataset, retain_dataset)
-        self.fingerprint = fingerprint_dataset(forget_dataset, self.args.id_column)
+        deletion = trainer._deletion_request(forget_dataset, retain_dataset)  # retain = train − every deleted row
+        forget_dataset, retain_dataset, self.fingerprint = deletion.forget, deletion.retain, deletion.fingerprint
         self.seed = self.args.unlearn_seed if self.args.unlearn_seed is not None else self.args.seed
         self.request_id = request_id(self.fingerprint, self.seed + len(trainer.unlearning_history))
         self.forget_raw, self.retain_raw = forget_dataset, retain_dataset
