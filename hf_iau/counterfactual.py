@@ -117,8 +117,8 @@ def shifted_losses(
 ) -> np.ndarray:
     """[examples, len(scales)]: CE(z + s·J·d, y) for every example and scale s, J·d a central difference of the
     logits along ``direction`` (θ is restored exactly)."""
-    d_norm = math.sqrt(sum(float(d.double().pow(2).sum()) for d in direction))
-    t_norm = math.sqrt(sum(float(p.detach().double().pow(2).sum()) for p in params))
+    d_norm = math.sqrt(sum(_total(d.double().pow(2).sum()) for d in direction))
+    t_norm = math.sqrt(sum(_total(p.detach().double().pow(2).sum()) for p in params))
     eps = rel_step * max(t_norm, 1.0) / d_norm if d_norm > 0 and math.isfinite(d_norm) else 0.0
     saved = [p.detach().clone() for p in params]
 
@@ -217,11 +217,11 @@ def estimate_targets(un: Any, forget_local: list[int]) -> tuple[dict[int, float]
     from .unlearning import retain_sample
 
     d = un.dist
-    if getattr(d, "sharded", False):
-        raise ValueError(
-            "IAUConfig.forget_saturation='auto' (counterfactual targets) is not implemented for sharded (FSDP2) "
-            "models: its per-example passes are not aligned across processes. Use forget_saturation='loss' or 'flip'."
-        )
+    # A sharded (FSDP2) model: every process runs EVERY example (its reduce-scatter then averages identical
+    # gradients into the example's own gradient shard), so nothing is summed over processes afterwards.
+    sharded = bool(getattr(d, "sharded", False))
+    if sharded:
+        forget_local = list(range(un.n_forget))
     causal = un.kind == "causal_lm"
 
     def per_example(batch: dict) -> torch.Tensor:
@@ -234,7 +234,7 @@ def estimate_targets(un: Any, forget_local: list[int]) -> tuple[dict[int, float]
         return out.logits, batch["labels"].to(out.logits.device)
 
     def reduce(tensors: list[torch.Tensor]) -> None:
-        if not d.on:
+        if not d.on or sharded:
             return
         acc = getattr(d, "accelerator", None)
         for t in tensors:
@@ -248,11 +248,13 @@ def estimate_targets(un: Any, forget_local: list[int]) -> tuple[dict[int, float]
         full = np.zeros((n, width))
         for i, v in zip(local, np.asarray(values).reshape(len(local), width)):
             full[pos[i]] = v
+        if sharded:
+            return full
         return np.asarray(d.sum_list(full.ravel().tolist(), un.device)).reshape(n, width)
 
     size = min(un.args.retain_sample_size or 64, un.n_retain)
     s_idx = retain_sample(un.n_retain, size, un.seed, un.request_id, 0)
-    s_local = d.shard(s_idx)
+    s_local = list(s_idx) if sharded else d.shard(s_idx)
     s_pos = {j: k for k, j in enumerate(s_idx)}
     f_pos = {i: i for i in range(un.n_forget)}
     generic = un.kind == "generic"
@@ -263,7 +265,10 @@ def estimate_targets(un: Any, forget_local: list[int]) -> tuple[dict[int, float]
     # Per-example gradients of the sample and the forget set: their sums G_S, G_F and a diagonal curvature
     # H ≈ diag(Σ_D g²) (empirical Fisher of the training set: the sample stands for the retained rows).
     def backward(loss: torch.Tensor) -> float:  # the request engine's gradient path (accelerator.backward)
-        d.backward(loss)
+        if sharded:
+            d.accelerator.backward(loss)  # the same example on every process: the shard's mean is its gradient
+        else:
+            d.backward(loss)
         return d.grad_scale()
 
     g_s, sq_s, _ = example_gradients(un.params, (b for i in s_local for b in un.retain_batches([i])), per_example, backward)
@@ -272,7 +277,7 @@ def estimate_targets(un: Any, forget_local: list[int]) -> tuple[dict[int, float]
     weight = un.n_retain / max(len(s_idx), 1)
     fisher = [weight * a + b for a, b in zip(sq_s, sq_f)]
     del sq_s, sq_f
-    damp = DAMPING * float(sum(float(f.double().sum()) for f in fisher)) / max(sum(f.numel() for f in fisher), 1)
+    damp = DAMPING * sum(_total(f.double().sum()) for f in fisher) / max(sum(f.numel() for f in fisher), 1)
     inv = [1.0 / (f + max(damp, 1e-30)) if CURVATURE == "diagonal" else torch.ones_like(f) for f in fisher]
     del fisher
 
@@ -306,6 +311,11 @@ def estimate_targets(un: Any, forget_local: list[int]) -> tuple[dict[int, float]
         "ceiling_fraction": float(np.mean([ceiling is not None and t >= ceiling - 1e-9 for t in targets])),
     }
     return {i: t for i, t in enumerate(targets)}, float(un.n_forget + len(s_idx)), float(3 * (un.n_forget + len(s_idx))), info
+
+
+def _total(x: torch.Tensor) -> float:
+    """A scalar's value; for a DTensor (a sharded parameter's sum), the total over all shards."""
+    return float(x.full_tensor()) if hasattr(x, "full_tensor") else float(x)
 
 
 def _loss_as_logit(per_example: PerExample, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,6 +1,6 @@
 """FSDP2 on 2 CPU processes (gloo): a model sharded with ``fully_shard`` per block and handed to IAUTrainer
-gives the unsharded 1-process weights — unlearning of full GPT-2 and GPT-2+LoRA in reference-parity and
-self-limiting modes with uneven shards (7 forget / 41 retain rows), finite-difference GR training, and `hf-iau unlearn
+gives the unsharded 1-process weights — unlearning of full GPT-2 and GPT-2+LoRA in reference-parity mode, the
+default mode (counterfactual targets) and with 'loss' targets, with uneven shards (7 forget / 41 retain rows), finite-difference GR training, and `hf-iau unlearn
 --fsdp2_shard`."""
 
 from __future__ import annotations
@@ -41,11 +41,6 @@ def test_fsdp2_sharded_unlearning_equals_one_process(case: str, sharded_weights:
     if fsdp_worker.CASES[case][1] is None:  # full parameters: the update moved the weights
         before = dict(tiny_gpt2(seed=0).named_parameters())
         assert any(not torch.allclose(single[n], before[n]) for n in single)
-
-
-def test_fsdp2_default_counterfactual_targets_are_refused_clearly(sharded_weights: Path) -> None:
-    text = (sharded_weights / "auto_refusal.txt").read_text()
-    assert "forget_saturation" in text and "sharded" in text
 
 
 def test_fsdp2_sharded_gr_training_equals_one_process(sharded_weights: Path, tmp_path: Path) -> None:
