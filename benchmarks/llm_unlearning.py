@@ -154,7 +154,6 @@ class Bench:
             texts += list(raw[col])
         texts += [a for row in raw["perturbed_answers"] for a in row]
         self.tok = tokenizer_for(texts, size["vocab"])
-        t0 = time.perf_counter()
         blocks = lee_blocks(self.tok, size["block"])
         if size.get("pretrain_blocks"):
             blocks = blocks.select(range(min(size["pretrain_blocks"], len(blocks))))

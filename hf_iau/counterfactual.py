@@ -282,14 +282,14 @@ def estimate_targets(un: Any, forget_local: list[int]) -> tuple[dict[int, float]
     del fisher
 
     def curves(local: list[int], batches: Any, n: int, pos: dict[int, int], g: list[torch.Tensor],
-               scales: Sequence[float]) -> np.ndarray:
+               scales: Sequence[float], inv: list[torch.Tensor]) -> np.ndarray:
         direction = [a * b for a, b in zip(g, inv)]
         c = shifted_losses(un.params, direction, lambda: batches(local), lg, scales, causal and not generic)
         return gather(local, c, n, pos)
 
-    sample = curves(s_local, un.retain_batches, len(s_idx), s_pos, g_s, SCALES)
+    sample = curves(s_local, un.retain_batches, len(s_idx), s_pos, g_s, SCALES, inv)
     scale = calibrate(sample, SCALES, held_out)
-    forget = curves(forget_local, un.forget_batches, un.n_forget, f_pos, g_f, [0.0, scale])
+    forget = curves(forget_local, un.forget_batches, un.n_forget, f_pos, g_f, [0.0, scale], inv)
     del g_s, g_f, inv
     losses = forget[:, 0]
     ceiling = float(np.max(ref_losses)) if ref_losses else None
