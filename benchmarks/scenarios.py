@@ -225,7 +225,7 @@ def _word_tokenizer(texts: list[str]):
 
 
 def canary(seed: int, quick: bool, out: str) -> Scenario:
-    from transformers import DataCollatorForLanguageModeling, GPT2Config, GPT2LMHeadModel
+    from transformers import DataCollatorForLanguageModeling
 
     from hf_iau.offline_data import lee_text
 
@@ -250,15 +250,7 @@ def canary(seed: int, quick: bool, out: str) -> Scenario:
     rows = sorted(tr + canary_idx)
     forget = train.select([j for j, i in enumerate(rows) if i in is_c])
     retain = train.select([j for j, i in enumerate(rows) if i not in is_c])
-    vocab = len(tok)
-
-    def init() -> torch.nn.Module:
-        torch.manual_seed(seed)
-        cfg = GPT2Config(
-            vocab_size=vocab, n_positions=max_len, n_embd=96, n_layer=2, n_head=4, bos_token_id=tok.eos_token_id,
-            eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
-        )
-        return GPT2LMHeadModel(cfg)
+    init = _tiny_gpt2(seed, tok, max_len)
 
     epochs = 20 if quick else 20
     args = _args(out, seed, num_train_epochs=epochs, per_device_train_batch_size=16, learning_rate=3e-3, weight_decay=0.0)
