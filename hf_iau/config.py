@@ -39,8 +39,9 @@ class IAUConfig(TrainingArguments):
         retain_sample_size, forget_saturation, unlearn_stop, ... (see each field's help).
 
     Defaults: up to 20 Adam steps (lr: half the training learning rate) with the gradient recomputed, a seeded 32-example retain sample
-    per step, per-example forget saturation (`"auto"`) and an automatic stop once ≤ 5% of the forget
-    examples are still active (benchmarks/results/removal.md has the measurements behind them).
+    per step weighted `retain_weight=4`, per-example counterfactual forget targets (`"auto"`) and an automatic stop
+    once ≤ 5% of the forget examples are still active (benchmarks/results/removal.md and removal_rw4.md have the
+    measurements behind them).
 
     Reference parity (the authors' update): `unlearn_optimizer="adam"`, `unlearn_steps=1`,
     `forget_weight=retain_weight=1.0`, `retain_sample_size=None`, `forget_saturation="none"`.

@@ -7,9 +7,9 @@ gradients through ``accelerator.backward``).
 Optional refinements (all off in reference-parity mode):
 
 * a seeded retain sample per step (``retain_sample_size``), the same on every process;
-* forget saturation: examples already forgotten (loss above their held-out reference level, or
-  no longer predicted correctly) stop contributing to the ascent term; ``"auto"`` (the default)
-  picks the rule per request from the forget set's losses (see ``IAUUnlearner._resolve_mode``);
+* forget saturation: examples already forgotten (loss at their target, or no longer predicted
+  correctly) stop contributing to the ascent term; ``"auto"`` (the default) gives every forget
+  example its own counterfactual loss target (``hf_iau.counterfactual``, see ``_resolve_mode``);
 * an automatic stop once at most ``unlearn_stop_tolerance`` of the forget examples are active, or
   when their number has not fallen for ``unlearn_stop_patience`` steps;
 * a runaway guard that undoes a step that breaks the retain loss and retries with a smaller step.
