@@ -88,14 +88,43 @@ def _link_or_copy(src: str | os.PathLike, dst: str | os.PathLike) -> None:
         shutil.copy2(src, dst)
 
 
+def check_output_dir(output_dir: str | os.PathLike) -> None:
+    """``output_dir`` must be a folder we can create and write (and rename inside its parent)."""
+    path = Path(output_dir).absolute()
+    name = f"output_dir={str(output_dir)!r}"
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{name} is a file, not a folder; choose a folder path for `output_dir`.")
+    probe = path
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        raise ValueError(f"{name} cannot be created: {str(probe)!r} is a file; choose another `output_dir`.")
+    # Saves write a sibling temporary folder and rename it into place: the parent must be writable too.
+    targets = [probe] if probe != path else [path, path.parent]
+    for folder in targets:
+        if not _writable(folder):
+            raise ValueError(
+                f"{name} is not writable (cannot write in {str(folder)!r}); choose a writable `output_dir` "
+                "or fix the folder's permissions."
+            )
+
+
+def _writable(folder: Path) -> bool:
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return False
+    try:  # os.access trusts mode bits; root, ACLs and read-only mounts need a real try
+        os.rmdir(tempfile.mkdtemp(prefix=".iau-write-check-", dir=folder))
+    except OSError:
+        return False
+    return True
+
+
 @contextlib.contextmanager
 def atomic_directory(target: str | os.PathLike) -> Iterator[Path]:
     """Yield a fresh temporary folder; on success it replaces ``target`` atomically.
 
     On any exception the temporary folder is removed and ``target`` is untouched.
     """
-    from .validation import check_output_dir
-
     target = Path(target).absolute()
     recover_directory(target)
     check_output_dir(target)  # ValueError before anything is written

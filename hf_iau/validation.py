@@ -18,12 +18,12 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
-from pathlib import Path
 from typing import Any, Iterable
 
 import numpy as np
 import torch
+
+from .safe_io import check_output_dir, recover_directory  # noqa: F401  (check_output_dir re-exported)
 
 _PICKLE_WEIGHTS = re.compile(r"(^pytorch_model.*\.bin$|^adapter_model\.bin$|\.(pt|pth|ckpt|pkl|pickle)$)")
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
@@ -53,8 +53,6 @@ def check_model_source(name_or_path: str, args: Any) -> None:
     Also finishes a save that was interrupted between its two renames (platforms without an atomic
     exchange), so the folder read is the complete previous checkpoint.
     """
-    from .safe_io import recover_directory
-
     kwargs = _init_kwargs(args)
     if not os.path.isdir(name_or_path):
         recover_directory(name_or_path)
@@ -71,37 +69,6 @@ def check_model_source(name_or_path: str, args: Any) -> None:
             "save_pretrained(..., safe_serialization=True)), or opt in explicitly with "
             "IAUConfig(model_init_kwargs={'use_safetensors': False}) if you trust the file."
         )
-
-
-def check_output_dir(output_dir: str | os.PathLike) -> None:
-    """``output_dir`` must be a folder we can create and write (and rename inside its parent)."""
-    path = Path(output_dir).absolute()
-    name = f"output_dir={str(output_dir)!r}"
-    if path.exists() and not path.is_dir():
-        raise ValueError(f"{name} is a file, not a folder; choose a folder path for `output_dir`.")
-    probe = path
-    while not probe.exists():
-        probe = probe.parent
-    if not probe.is_dir():
-        raise ValueError(f"{name} cannot be created: {str(probe)!r} is a file; choose another `output_dir`.")
-    # Saves write a sibling temporary folder and rename it into place: the parent must be writable too.
-    targets = [probe] if probe != path else [path, path.parent]
-    for folder in targets:
-        if not _writable(folder):
-            raise ValueError(
-                f"{name} is not writable (cannot write in {str(folder)!r}); choose a writable `output_dir` "
-                "or fix the folder's permissions."
-            )
-
-
-def _writable(folder: Path) -> bool:
-    if not os.access(folder, os.W_OK | os.X_OK):
-        return False
-    try:  # os.access trusts mode bits; root, ACLs and read-only mounts need a real try
-        os.rmdir(tempfile.mkdtemp(prefix=".iau-write-check-", dir=folder))
-    except OSError:
-        return False
-    return True
 
 
 def check_resume_checkpoint(resume_from_checkpoint: Any, output_dir: str | os.PathLike) -> None:
