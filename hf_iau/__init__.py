@@ -6,7 +6,7 @@ from .data import fingerprint_dataset, fingerprint_ids, forget_retain_split
 from .qa import qa_to_lm_examples
 from .request import DeletionRequest
 from .trainer import IAUTrainer
-from .unlearning import UnlearningError, UnlearningResult
+from .result import UnlearningError, UnlearningResult
 
 __version__ = "0.1.0"
 

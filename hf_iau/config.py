@@ -3,16 +3,11 @@
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable, Literal, Mapping, get_args, get_type_hints
 
 from transformers import TrainingArguments
-
-GR_MODES = ("finite_difference", "exact")
-GR_NORMS = ("global", "per_tensor")
-UNLEARN_OPTIMIZERS = ("adam", "sgd")
-FORGET_SATURATIONS = ("none", "loss", "flip", "auto")
-UNLEARN_STOPS = ("fixed", "auto")
 
 
 @dataclass(repr=False)  # keep TrainingArguments.__repr__, which redacts tokens
@@ -35,16 +30,21 @@ class IAUConfig(TrainingArguments):
 
     > Unlearning (``IAUTrainer.unlearn``): steps on w_r·mean ℓ(D_r) − w_f·mean ℓ(D_f)
 
-        unlearn_optimizer, unlearn_learning_rate, unlearn_steps, forget_weight, retain_weight,
-        retain_sample_size, forget_saturation, unlearn_stop, ... (see each field's help).
+        unlearn_optimizer, unlearn_learning_rate, unlearn_steps, unlearn_forget_weight,
+        unlearn_retain_weight, unlearn_retain_sample_size, unlearn_targets, unlearn_stop, ... (see each
+        field's help). Every unlearning field starts with `unlearn_`.
 
-    Defaults: up to 20 Adam steps (lr: half the training learning rate) with the gradient recomputed, a seeded 32-example retain sample
-    per step weighted `retain_weight=4`, per-example counterfactual forget targets (`"auto"`) and an automatic stop
-    once ≤ 5% of the forget examples are still active (benchmarks/results/removal.md and removal_rw4.md have the
-    measurements behind them).
+    Defaults: up to 20 Adam steps (lr: half the training learning rate) with the gradient recomputed, a seeded
+    32-example retain sample per step weighted `unlearn_retain_weight=4`, per-example counterfactual forget targets
+    and a stop once ≤ 5% of the forget rows are short of their target (benchmarks/results/removal.md).
 
     Reference parity (the authors' update): `unlearn_optimizer="adam"`, `unlearn_steps=1`,
-    `forget_weight=retain_weight=1.0`, `retain_sample_size=None`, `forget_saturation="none"`.
+    `unlearn_forget_weight=unlearn_retain_weight=1.0`, `unlearn_retain_sample_size=None`, `unlearn_targets="none"`,
+    `unlearn_stop="fixed"`.
+
+    Deprecated aliases (kept one release, with a FutureWarning): `forget_weight`, `retain_weight`,
+    `retain_sample_size`, `forget_saturation` ("auto"/"loss"), `reference_sample_size`, `unlearn_stop="auto"`;
+    `unlearn_stop_patience` is ignored.
     """
 
     # --- gradient restriction -------------------------------------------------------------
@@ -52,20 +52,18 @@ class IAUConfig(TrainingArguments):
         default=0.0,
         metadata={"help": "Gradient-restriction weight α in ℓ + α‖∇θℓ‖ (0 = off; the paper uses 0.005)."},
     )
-    gr_mode: str = field(
+    gr_mode: Literal["finite_difference", "exact"] = field(
         default="finite_difference",
         metadata={
             "help": "How the GR gradient is computed: 'finite_difference' (two forward/backward passes, works "
-            "with any attention) or 'exact' (double backward; SDPA runs under its MATH backend).",
-            "choices": list(GR_MODES),
+            "with any attention) or 'exact' (double backward; SDPA runs under its MATH backend)."
         },
     )
-    gr_norm: str = field(
+    gr_norm: Literal["global", "per_tensor"] = field(
         default="global",
         metadata={
             "help": "GR norm: 'global' (‖g‖₂ over all trainable parameters) or 'per_tensor' (sum of "
-            "per-tensor norms, as in the authors' code).",
-            "choices": list(GR_NORMS),
+            "per-tensor norms, as in the authors' code)."
         },
     )
     gr_fd_radius: float = field(
@@ -98,12 +96,9 @@ class IAUConfig(TrainingArguments):
         },
     )
     # --- unlearning ------------------------------------------------------------------------
-    unlearn_optimizer: str = field(
+    unlearn_optimizer: Literal["adam", "sgd"] = field(
         default="adam",
-        metadata={
-            "help": "Optimizer of the unlearning update, created fresh for each request: 'adam' or 'sgd'.",
-            "choices": list(UNLEARN_OPTIMIZERS),
-        },
+        metadata={"help": "Optimizer of the unlearning update, created fresh for each request: 'adam' or 'sgd'."},
     )
     unlearn_learning_rate: float | None = field(
         default=None,
@@ -120,8 +115,10 @@ class IAUConfig(TrainingArguments):
             "unlearn_stop='auto'."
         },
     )
-    forget_weight: float = field(default=1.0, metadata={"help": "Weight w_f of the ascent term on the forget set."})
-    retain_weight: float = field(
+    unlearn_forget_weight: float = field(
+        default=1.0, metadata={"help": "Weight w_f of the ascent term on the forget set."}
+    )
+    unlearn_retain_weight: float = field(
         default=4.0,
         metadata={
             "help": "Weight w_r of the descent (gradient-correction) term on retained data (reference parity: 1.0). "
@@ -129,57 +126,45 @@ class IAUConfig(TrainingArguments):
             "topic_lm): the ascent costs utility, and w_r = 1 lost test accuracy the retrained model keeps."
         },
     )
-    retain_sample_size: int | None = field(
+    unlearn_retain_sample_size: int | None = field(
         default=32,
         metadata={
-            "help": "Retained examples per step: None uses the whole retain set; an int draws a seeded sample "
-            "per step (seeded by `unlearn_seed` or `seed`, the request and the step; equal on every process)."
+            "help": "Retained examples per step: None uses the whole retain set; an int draws a sample per step, "
+            "seeded by (`unlearn_seed` or `seed`, the request index, the step): the same on every process and machine."
         },
     )
-    forget_saturation: str = field(
-        default="auto",
+    unlearn_targets: Literal["counterfactual", "held_out_quantile", "flip", "none"] = field(
+        default="counterfactual",
         metadata={
-            "help": "Stop pushing forget examples that are already forgotten: 'auto' (default: each example until its "
-            "loss first reaches its counterfactual target — its estimated loss under the model retrained without the "
-            "forget set, from the group influence of the whole forget set calibrated on held-out data, see "
-            "hf_iau/counterfactual.py; 'flip' without held-out data), 'loss' (each example until its loss reaches "
-            "its rank-matched quantile of the held-out losses, see `reference_dataset`), 'flip' (only examples still "
-            "predicted correctly), 'none' (every example, reference parity).",
-            "choices": list(FORGET_SATURATIONS),
+            "help": "When a forget row counts as forgotten (it then leaves the ascent): 'counterfactual' (default: "
+            "when its loss first reaches its own target, its estimated loss under the model retrained without the "
+            "forget set, hf_iau/counterfactual.py), 'held_out_quantile' (its rank-matched quantile of the held-out "
+            "losses), 'flip' (once it is no longer predicted correctly), 'none' (never: every row is pushed every "
+            "step, reference parity). The first two need held-out data (`eval_dataset` or `held_out_dataset=`)."
         },
     )
-    unlearn_stop: str = field(
-        default="auto",
+    unlearn_stop: Literal["fixed", "targets"] = field(
+        default="targets",
         metadata={
-            "help": "'fixed' runs `unlearn_steps` steps; 'auto' stops earlier once at most "
-            "`unlearn_stop_tolerance` of the forget examples are active under `forget_saturation`.",
-            "choices": list(UNLEARN_STOPS),
+            "help": "'fixed' runs `unlearn_steps` steps; 'targets' stops once at most `unlearn_stop_tolerance` of the "
+            "forget rows are short of their target (within 1%), else after `unlearn_steps` steps."
         },
     )
     unlearn_stop_tolerance: float = field(
         default=0.05,
-        metadata={
-            "help": "unlearn_stop='auto' stops once at most this fraction of the forget examples is still active."
-        },
+        metadata={"help": "unlearn_stop='targets' stops once at most this fraction of the forget rows is short of its target."},
     )
-    unlearn_stop_patience: int = field(
-        default=3,
-        metadata={
-            "help": "unlearn_stop='auto' with 'loss' targets also stops when, after the first example was forgotten, the number of "
-            "active forget examples has not reached a new low for this many steps (the last ones can resist: on "
-            "BBC/MiniLM 5 of 16 stayed active for 15 steps)."
-        },
-    )
-    reference_sample_size: int = field(
+    unlearn_held_out_sample_size: int = field(
         default=512,
-        metadata={"help": "Held-out examples used to measure the reference ('never seen') loss level."},
+        metadata={"help": "Held-out rows whose losses set the 'never seen' level of the targets (a seeded sample)."},
     )
     unlearn_batch_size: int | None = field(
         default=None,
         metadata={"help": "Batch size of unlearning passes (default: per_device_eval_batch_size)."},
     )
     unlearn_seed: int | None = field(
-        default=None, metadata={"help": "Seed of retain sampling during unlearning (default: `seed`)."}
+        default=None,
+        metadata={"help": "Seed of every random choice of a request (retain samples, orders; default: `seed`)."},
     )
     unlearn_max_retain_loss_rise: float | None = field(
         default=None,
@@ -213,101 +198,140 @@ class IAUConfig(TrainingArguments):
         default=False, metadata={"help": "Allow custom modelling code from the Hub when loading by name."}
     )
 
+    # --- deprecated aliases (one release) -------------------------------------------------------
+    forget_weight: float | None = field(default=None, metadata={"help": "Deprecated: use unlearn_forget_weight."})
+    retain_weight: float | None = field(default=None, metadata={"help": "Deprecated: use unlearn_retain_weight."})
+    retain_sample_size: int | None = field(default=None, metadata={"help": "Deprecated: use unlearn_retain_sample_size."})
+    forget_saturation: str | None = field(
+        default=None,
+        metadata={"help": "Deprecated: use unlearn_targets ('auto' is 'counterfactual', 'loss' is 'held_out_quantile')."},
+    )
+    reference_sample_size: int | None = field(
+        default=None, metadata={"help": "Deprecated: use unlearn_held_out_sample_size."}
+    )
+    unlearn_stop_patience: int | None = field(
+        default=None, metadata={"help": "Deprecated and ignored: the stop follows the targets, never a stall count."}
+    )
+
     def __post_init__(self) -> None:
-        self._validate_iau()
-        super().__post_init__()
-
-    def _validate_iau(self) -> None:
-        def need(ok: bool, name: str, fix: str) -> None:
-            if not ok:
-                raise ValueError(f"IAUConfig.{name}={getattr(self, name)!r} is invalid: {fix}")
-
-        def finite(x: Any) -> bool:
-            return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
-
-        need(finite(self.gr_alpha) and self.gr_alpha >= 0, "gr_alpha", "use a finite value >= 0 (0 = off, paper: 0.005).")
-        need(self.gr_mode in GR_MODES, "gr_mode", f"use one of {GR_MODES}.")
-        need(self.gr_norm in GR_NORMS, "gr_norm", f"use one of {GR_NORMS}.")
-        need(finite(self.gr_fd_radius) and self.gr_fd_radius > 0, "gr_fd_radius", "use a finite value > 0 (e.g. 1e-3).")
-        need(
-            isinstance(self.gr_every_n_steps, int) and not isinstance(self.gr_every_n_steps, bool)
-            and self.gr_every_n_steps >= 1,
-            "gr_every_n_steps",
-            "use an integer >= 1 (1 = GR on every step).",
-        )
-        need(
-            finite(self.gr_sub_batch_fraction) and 0 < self.gr_sub_batch_fraction <= 1,
-            "gr_sub_batch_fraction",
-            "use a value in (0, 1] (1.0 = the whole micro-batch).",
-        )
-        need(
-            self.gr_sub_batch_fraction == 1 or self.gr_mode == "finite_difference",
-            "gr_sub_batch_fraction",
-            "a GR sub-batch needs gr_mode='finite_difference'; set it to 1.0 for gr_mode='exact'.",
-        )
-        need(isinstance(self.gr_reuse_penalty, bool), "gr_reuse_penalty", "use True or False.")
-        need(self.unlearn_optimizer in UNLEARN_OPTIMIZERS, "unlearn_optimizer", f"use one of {UNLEARN_OPTIMIZERS}.")
-        if self.unlearn_learning_rate is None and finite(self.learning_rate) and self.learning_rate > 0:
+        self._resolve_aliases()
+        if self.unlearn_learning_rate is None and _finite(self.learning_rate) and self.learning_rate > 0:
             self.unlearn_learning_rate = 0.5 * float(self.learning_rate)
-        need(
-            finite(self.unlearn_learning_rate) and self.unlearn_learning_rate > 0,
-            "unlearn_learning_rate",
-            "use a finite value > 0 (paper: 1e-3), or None for half of `learning_rate`.",
-        )
-        need(
-            isinstance(self.unlearn_steps, int) and not isinstance(self.unlearn_steps, bool) and self.unlearn_steps >= 1,
-            "unlearn_steps",
-            "use an integer >= 1.",
-        )
-        need(finite(self.forget_weight) and self.forget_weight >= 0, "forget_weight", "use a finite value >= 0.")
-        need(finite(self.retain_weight) and self.retain_weight >= 0, "retain_weight", "use a finite value >= 0.")
-        need(
-            self.forget_weight > 0 or self.retain_weight > 0,
-            "forget_weight",
-            "forget_weight and retain_weight cannot both be 0.",
-        )
-        need(
-            self.retain_sample_size is None
-            or (isinstance(self.retain_sample_size, int) and self.retain_sample_size >= 1),
-            "retain_sample_size",
-            "use None (whole retain set) or an integer >= 1.",
-        )
-        need(self.forget_saturation in FORGET_SATURATIONS, "forget_saturation", f"use one of {FORGET_SATURATIONS}.")
-        need(self.unlearn_stop in UNLEARN_STOPS, "unlearn_stop", f"use one of {UNLEARN_STOPS}.")
-        need(
-            finite(self.unlearn_stop_tolerance) and 0 <= self.unlearn_stop_tolerance < 1,
-            "unlearn_stop_tolerance",
-            "use a fraction in [0, 1).",
-        )
-        need(
-            isinstance(self.unlearn_stop_patience, int) and self.unlearn_stop_patience >= 1,
-            "unlearn_stop_patience",
-            "use an integer >= 1.",
-        )
-        need(
-            isinstance(self.reference_sample_size, int) and self.reference_sample_size >= 1,
-            "reference_sample_size",
-            "use an integer >= 1.",
-        )
-        need(
-            self.unlearn_batch_size is None or (isinstance(self.unlearn_batch_size, int) and self.unlearn_batch_size >= 1),
-            "unlearn_batch_size",
-            "use None or an integer >= 1.",
-        )
-        need(
-            self.unlearn_max_retain_loss_rise is None
-            or (finite(self.unlearn_max_retain_loss_rise) and self.unlearn_max_retain_loss_rise >= 0),
-            "unlearn_max_retain_loss_rise",
-            "use None or a finite value >= 0.",
-        )
-        need(
-            isinstance(self.unlearn_guard_retries, int) and self.unlearn_guard_retries >= 0,
-            "unlearn_guard_retries",
-            "use an integer >= 0.",
-        )
-        need(
-            finite(self.unlearn_guard_shrink) and 0 < self.unlearn_guard_shrink < 1,
-            "unlearn_guard_shrink",
-            "use a value in (0, 1).",
-        )
-        need(isinstance(self.id_column, str) and bool(self.id_column), "id_column", "use a non-empty column name.")
+        check_fields({f: getattr(self, f) for f in RULES}, "IAUConfig")
+        super().__post_init__()
+        self._aliases_ready = True
+
+    def _resolve_aliases(self) -> None:
+        if self.unlearn_stop == "auto":
+            _deprecated("unlearn_stop='auto'", "unlearn_stop='targets'")
+            self.unlearn_stop = "targets"
+        if self.unlearn_stop_patience is not None:
+            _deprecated("unlearn_stop_patience", "nothing (it is ignored: the stop follows the targets)")
+        for old, (new, to_new, _) in ALIASES.items():
+            value = getattr(self, old)
+            if value is not None:
+                _deprecated(old, new)
+                object.__setattr__(self, new, to_new(value))
+            object.__setattr__(self, old, ALIASES[old][2](getattr(self, new)))
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        """Keep a deprecated alias and its new field equal when either is set after construction."""
+        super().__setattr__(name, value)
+        if not self.__dict__.get("_aliases_ready"):
+            return
+        if name in ALIASES and value is not None:
+            new, to_new, _ = ALIASES[name]
+            _deprecated(name, new, stacklevel=3)
+            super().__setattr__(new, to_new(value))
+        elif name in NEW_TO_OLD:
+            old = NEW_TO_OLD[name]
+            super().__setattr__(old, ALIASES[old][2](value))
+
+    def to_dict(self) -> dict[str, Any]:
+        """``TrainingArguments.to_dict`` without the deprecated aliases (saved configs use the new names)."""
+        out = super().to_dict()
+        for old in (*ALIASES, "unlearn_stop_patience"):
+            out.pop(old, None)
+        out.pop("_aliases_ready", None)
+        return out
+
+    def unlearning_options(self) -> dict[str, Any]:
+        """The fields that define an unlearning update (methods take them as options; cards and ledgers record them)."""
+        return {name: getattr(self, name) for name in UNLEARNING_FIELDS}
+
+
+def _finite(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _int(x: Any, low: int) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool) and x >= low
+
+
+def _choices(name: str) -> tuple[str, ...]:
+    return get_args(get_type_hints(IAUConfig)[name])
+
+
+def _deprecated(old: str, new: str, stacklevel: int = 5) -> None:
+    warnings.warn(f"IAUConfig.{old} is deprecated and will be removed in the next release; use {new}.",
+                  FutureWarning, stacklevel=stacklevel)
+
+
+_TARGETS_OLD = {"auto": "counterfactual", "loss": "held_out_quantile"}
+_TARGETS_NEW = {v: k for k, v in _TARGETS_OLD.items()}
+ALIASES: dict[str, tuple[str, Callable[[Any], Any], Callable[[Any], Any]]] = {
+    # old name: (new name, old value -> new value, new value -> old value)
+    "forget_weight": ("unlearn_forget_weight", lambda v: v, lambda v: v),
+    "retain_weight": ("unlearn_retain_weight", lambda v: v, lambda v: v),
+    "retain_sample_size": ("unlearn_retain_sample_size", lambda v: v, lambda v: v),
+    "forget_saturation": ("unlearn_targets", lambda v: _TARGETS_OLD.get(v, v), lambda v: _TARGETS_NEW.get(v, v)),
+    "reference_sample_size": ("unlearn_held_out_sample_size", lambda v: v, lambda v: v),
+}
+NEW_TO_OLD = {new: old for old, (new, _, _) in ALIASES.items()}
+
+# Validation table: field -> (valid?, how to fix). Choices come from each field's Literal type.
+RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "gr_alpha": (lambda v: _finite(v) and v >= 0, "use a finite value >= 0 (0 = off, paper: 0.005)."),
+    "gr_mode": (lambda v: v in _choices("gr_mode"), "use one of {choices}."),
+    "gr_norm": (lambda v: v in _choices("gr_norm"), "use one of {choices}."),
+    "gr_fd_radius": (lambda v: _finite(v) and v > 0, "use a finite value > 0 (e.g. 1e-3)."),
+    "gr_every_n_steps": (lambda v: _int(v, 1), "use an integer >= 1 (1 = GR on every step)."),
+    "gr_sub_batch_fraction": (lambda v: _finite(v) and 0 < v <= 1, "use a value in (0, 1] (1.0 = the whole micro-batch)."),
+    "gr_reuse_penalty": (lambda v: isinstance(v, bool), "use True or False."),
+    "unlearn_optimizer": (lambda v: v in _choices("unlearn_optimizer"), "use one of {choices}."),
+    "unlearn_learning_rate": (lambda v: _finite(v) and v > 0, "use a finite value > 0 (paper: 1e-3), or None for half of `learning_rate`."),
+    "unlearn_steps": (lambda v: _int(v, 1), "use an integer >= 1."),
+    "unlearn_forget_weight": (lambda v: _finite(v) and v >= 0, "use a finite value >= 0."),
+    "unlearn_retain_weight": (lambda v: _finite(v) and v >= 0, "use a finite value >= 0."),
+    "unlearn_retain_sample_size": (lambda v: v is None or _int(v, 1), "use None (whole retain set) or an integer >= 1."),
+    "unlearn_targets": (lambda v: v in _choices("unlearn_targets"), "use one of {choices}."),
+    "unlearn_stop": (lambda v: v in _choices("unlearn_stop"), "use one of {choices}."),
+    "unlearn_stop_tolerance": (lambda v: _finite(v) and 0 <= v < 1, "use a fraction in [0, 1)."),
+    "unlearn_held_out_sample_size": (lambda v: _int(v, 1), "use an integer >= 1."),
+    "unlearn_batch_size": (lambda v: v is None or _int(v, 1), "use None or an integer >= 1."),
+    "unlearn_seed": (lambda v: v is None or _int(v, 0), "use None (the training `seed`) or an integer >= 0."),
+    "unlearn_max_retain_loss_rise": (lambda v: v is None or (_finite(v) and v >= 0), "use None or a finite value >= 0."),
+    "unlearn_guard_retries": (lambda v: _int(v, 0), "use an integer >= 0."),
+    "unlearn_guard_shrink": (lambda v: _finite(v) and 0 < v < 1, "use a value in (0, 1)."),
+    "id_column": (lambda v: isinstance(v, str) and bool(v), "use a non-empty column name."),
+}
+# Rules between fields: (valid?, field named in the error, how to fix).
+CROSS_RULES: list[tuple[Callable[[Mapping[str, Any]], bool], str, str]] = [
+    (lambda c: c.get("gr_sub_batch_fraction", 1) == 1 or c.get("gr_mode") == "finite_difference",
+     "gr_sub_batch_fraction", "a GR sub-batch needs gr_mode='finite_difference'; set it to 1.0 for gr_mode='exact'."),
+    (lambda c: c.get("unlearn_forget_weight", 1) > 0 or c.get("unlearn_retain_weight", 1) > 0,
+     "unlearn_forget_weight", "unlearn_forget_weight and unlearn_retain_weight cannot both be 0."),
+]
+UNLEARNING_FIELDS = tuple(n for n in RULES if n.startswith("unlearn_")) + ("gr_alpha", "gr_mode", "gr_norm", "seed")
+
+
+def check_fields(values: Mapping[str, Any], owner: str = "IAUConfig") -> None:
+    """ValueError naming the first invalid field of ``values`` (checked against ``RULES`` and ``CROSS_RULES``)."""
+    for name, value in values.items():
+        rule = RULES.get(name)
+        if rule is not None and not rule[0](value):
+            fix = rule[1].format(choices=_choices(name) if "{choices}" in rule[1] else "")
+            raise ValueError(f"{owner}.{name}={value!r} is invalid: {fix}")
+    for ok, name, fix in CROSS_RULES:
+        if name in values and not ok(values):
+            raise ValueError(f"{owner}.{name}={values[name]!r} is invalid: {fix}")

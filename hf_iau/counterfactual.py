@@ -32,6 +32,7 @@ checked against exact leave-set-out retraining in tests/test_counterfactual.py.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
@@ -206,7 +207,35 @@ def counterfactual_losses(losses: Sequence[float], estimates: Sequence[float], c
     return out
 
 
-def estimate_targets(un: Any, forget_local: list[int]) -> tuple[dict[int, float], float, float, dict[str, float]]:
+@dataclass
+class TargetEstimate:
+    """Counterfactual loss targets of a forget set and what they cost."""
+
+    targets: np.ndarray  # one loss target per forget row, in the row order of `forget`
+    gradient_passes: float
+    forward_passes: float
+    diagnostics: dict[str, float]
+
+
+def estimate_targets(
+    engine: Any, forget: Any, retain: Any, sample_rows: Sequence[int], held_out_losses: Sequence[float],
+    curvature: Any = None,
+) -> TargetEstimate:
+    """Counterfactual loss targets of ``forget`` (see the module docstring); ``sample_rows``: the random retained
+    sample (retain indices) that calibrates the scale against ``held_out_losses``."""
+    from types import SimpleNamespace
+
+    un = SimpleNamespace(
+        dist=engine, n_forget=len(forget), n_retain=len(retain), kind=engine.kind, autocast=engine.autocast,
+        model=engine.model, params=engine.params, device=engine.device,
+        reference={"losses": list(held_out_losses), "loss": float(np.mean(held_out_losses))},
+        forget_batches=lambda local: engine.batches(forget, local), retain_batches=lambda local: engine.batches(retain, local),
+    )
+    targets, grad, fwd, info = _estimate(un, engine.shard(range(len(forget))), list(sample_rows))
+    return TargetEstimate(np.asarray([targets[i] for i in range(len(forget))]), grad, fwd, info)
+
+
+def _estimate(un: Any, forget_local: list[int], s_idx: list[int]) -> tuple[dict[int, float], float, float, dict[str, float]]:
     """Counterfactual loss targets of an ``IAUUnlearner``'s forget set (see the module docstring).
 
     Returns (targets by forget index, example-gradient passes, forward passes, diagnostics). Multi-process:
@@ -214,7 +243,6 @@ def estimate_targets(un: Any, forget_local: list[int]) -> tuple[dict[int, float]
     summed over processes, so every process gets the same targets.
     """
     from .losses import batch_losses
-    from .unlearning import retain_sample
 
     d = un.dist
     # A sharded (FSDP2) model: every process runs EVERY example (its reduce-scatter then averages identical
@@ -252,8 +280,6 @@ def estimate_targets(un: Any, forget_local: list[int]) -> tuple[dict[int, float]
             return full
         return np.asarray(d.sum_list(full.ravel().tolist(), un.device)).reshape(n, width)
 
-    size = min(un.args.retain_sample_size or 64, un.n_retain)
-    s_idx = retain_sample(un.n_retain, size, un.seed, un.request_id, 0)
     s_local = list(s_idx) if sharded else d.shard(s_idx)
     s_pos = {j: k for k, j in enumerate(s_idx)}
     f_pos = {i: i for i in range(un.n_forget)}

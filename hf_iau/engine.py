@@ -27,6 +27,8 @@ import numpy as np
 import torch
 
 from .losses import IGNORE_INDEX, batch_losses, loss_kind, true_count
+
+LABEL_COLUMNS = ("label", "labels", "label_ids")
 from .sharding import is_sharded
 
 if TYPE_CHECKING:
@@ -72,6 +74,27 @@ class Engine:
         self.autocast: Callable[[], AbstractContextManager] = trainer.autocast_smart_context_manager
 
     # --- data ---------------------------------------------------------------------------------
+    def signature(self) -> list[str]:
+        """Columns the model's forward takes (the Trainer's signature columns) plus the label columns."""
+        self.trainer._set_signature_columns_if_needed()
+        return list(self.trainer._signature_columns) + list(LABEL_COLUMNS)
+
+    def model_columns(self, dataset: "Dataset") -> "Dataset":
+        """``dataset`` without the columns the model does not take (ids, text, ...)."""
+        keep = set(self.signature())
+        drop = [c for c in dataset.column_names if c not in keep]
+        return dataset.remove_columns(drop) if drop else dataset
+
+    def agree(self, value: str, name: str, fix: str) -> None:
+        """Raise on EVERY process (before any collective) when processes hold different ``value``s of ``name``."""
+        if not self.on:
+            return
+        from accelerate.utils import gather_object
+
+        values = gather_object([value])
+        if len(set(values)) > 1:
+            raise ValueError(f"the processes hold {len(set(values))} different {name}s; {fix}")
+
     def shard(self, indices: Sequence[int]) -> list[int]:
         """This process's share of ``indices``: a contiguous slice, in order (accelerate's split)."""
         indices = list(indices)

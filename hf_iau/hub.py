@@ -320,9 +320,7 @@ def write_unlearning_artifacts(
             },
         )
         prev_child = child
-    from .request import deletion_record
-
-    deletion_record(trainer).save(out)  # keyed row digests of every row deleted so far; never ids, never the key
+    trainer.deletion_record.save(out)  # keyed row digests of every row deleted so far; never ids, never the key
     if record and history:
         state.children.setdefault((last, str(history[-1]["request_id"])), (digest, dict(files), variant))
     entries = read_ledger(ledger)

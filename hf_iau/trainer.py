@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import warnings
 from collections import defaultdict
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -23,18 +25,16 @@ from transformers import (
 from .config import IAUConfig
 from .losses import loss_kind
 from .restriction import check_gr_setup, gr_training_step
-from .request import DeletionRequest
+from .request import DeletionRecord, DeletionRequest
+from .result import UnlearningResult
 from .safe_io import atomic_directory
 from .sharding import is_sharded
-from .engine import Engine
-from .unlearning import IAUUnlearner, UnlearningResult, request_id
 from .validation import (
     check_model_source,
     check_resume_checkpoint,
     validate_trainer_inputs,
 )
 
-_LABEL_COLUMNS = ("label", "labels", "label_ids")
 _AUTO_CLASSES = (
     ("ForCausalLM", AutoModelForCausalLM),
     ("LMHeadModel", AutoModelForCausalLM),
@@ -160,140 +160,91 @@ class IAUTrainer(Trainer):
         self,
         forget_dataset: Dataset,
         retain_dataset: Dataset | None = None,
+        held_out_dataset: Dataset | None = None,
+        *,
+        method: str = "iau",
+        budget: float | None = None,
+        allow_noop: bool = False,
         reference_dataset: Dataset | None = None,
+        **options: Any,
     ) -> UnlearningResult:
-        """Make the model forget ``forget_dataset`` with the IAU update (see ``IAUConfig``).
+        """Make the model forget ``forget_dataset`` with ``method`` (IAU by default; any registered baseline).
 
-        ``retain_dataset`` defaults to the train dataset minus the forget rows (by ``id_column``).
-        ``reference_dataset`` (held-out data; defaults to ``eval_dataset``) sets the "never seen" loss
-        level used by ``forget_saturation="loss"``. On any error the weights are left unchanged.
+        ``retain_dataset`` defaults to the train dataset minus every row deleted so far (by ``id_column``).
+        ``held_out_dataset`` (data the model never saw; defaults to ``eval_dataset``) sets the targets' "never seen"
+        level. ``options`` override the method's options (for IAU the IAUConfig ``unlearn_*`` fields, e.g.
+        ``unlearn_steps=5``); ``budget`` caps example-gradient passes. A request that changes nothing is refused
+        unless ``allow_noop``. On any error the weights are left unchanged and nothing is recorded.
         """
-        args = self.args
-        deletion = self._deletion_request(forget_dataset, retain_dataset, reference_dataset)
-        forget_dataset, retain_dataset, reference_dataset = deletion.forget, deletion.retain, deletion.reference
-        fingerprint = deletion.fingerprint  # keyed (HMAC-SHA256), see hf_iau.request
-        seed = args.unlearn_seed if args.unlearn_seed is not None else args.seed
-        req = request_id(fingerprint, seed + len(self.unlearning_history))
-        engine = Engine(self)
-        reference, ref_passes = self._reference_level(engine, reference_dataset, req)
-        unlearner = IAUUnlearner(
-            engine, self._model_columns(forget_dataset), self._model_columns(retain_dataset), req, reference
-        )
-        result = unlearner.run()
-        result.metrics["example_forward_passes"] += ref_passes
-        return self.record_unlearning(result, fingerprint, req, method="iau")
+        from .methods import get_method
+
+        if reference_dataset is not None:
+            warnings.warn("unlearn(reference_dataset=) is deprecated; use held_out_dataset=.", FutureWarning, stacklevel=2)
+            held_out_dataset = held_out_dataset if held_out_dataset is not None else reference_dataset
+        fn = get_method(method)
+        if held_out_dataset is not None or method == "iau":
+            options["held_out_dataset"] = held_out_dataset
+        if allow_noop:
+            options["allow_noop"] = True
+        return fn(self, forget_dataset, retain_dataset, budget=budget, **options)
+
+    @property
+    def deletion_record(self) -> DeletionRecord:
+        """Rows deleted so far for this model: its parent checkpoint's record plus this trainer's requests."""
+        from .hub import parent_checkpoint
+
+        source = parent_checkpoint(self)
+        resolved = str(Path(source).resolve()) if source and Path(source).is_dir() else source
+        record = self.__dict__.get("_deletion_record")
+        if record is None or record.source != resolved:
+            record = _load_record(source, self._weights_from_hub())
+            for kid, digests in (self.__dict__.get("_deleted_digests") or {}).items():
+                record.add(kid, digests)
+            self.__dict__["_deletion_record"] = record
+        return record
+
+    def _weights_from_hub(self) -> bool:
+        model = getattr(self, "model", None)
+        config = getattr(getattr(model, "base_model", model), "config", None) or getattr(model, "config", None)
+        return bool(getattr(self, "parent_checkpoint", None)) or bool(getattr(config, "_commit_hash", None))
 
     def record_unlearning(
         self,
         result: UnlearningResult,
-        fingerprint: str,
-        request: str,
+        deletion: DeletionRequest,
+        request_id: str,
         method: str,
-        config: dict[str, Any] | None = None,
+        config: dict[str, Any],
     ) -> UnlearningResult:
-        """Append a finished request to ``unlearning_history`` (read by the card and ledger) and log it.
-
-        The request validated last by ``_deletion_request`` / ``_validate_unlearning_data`` is committed to the
-        model's deletion record (its rows stay deleted for later requests) and its keyed fingerprint is recorded.
-        """
-        deletion, self._pending_deletion = getattr(self, "_pending_deletion", None), None
-        extra: dict[str, Any] = {}
-        if deletion is not None:
-            fingerprint = deletion.fingerprint
-            record = deletion.commit(self)
-            extra = {"fingerprint_scheme": deletion.scheme, "fingerprint_key_id": deletion.key_id,
-                     "deleted_rows": record.count, "deleted_rows_sha256": record.sha256()}
-        result.forget_fingerprint = fingerprint
+        """Commit a finished request: its rows join the deletion record, it joins ``unlearning_history`` (read by
+        the card and ledger), and its final metrics are logged (``state.log_history``, callbacks, ``report_to``)."""
+        own = self.__dict__.setdefault("_deleted_digests", {})
+        own.setdefault(deletion.key_id, set()).update(deletion.row_digests)
+        record = deletion.commit(self.deletion_record)
+        result.forget_fingerprint = deletion.fingerprint
         self.unlearning_history.append(
             {
-                "request_id": request,
+                "request_id": request_id,
                 "method": method,
-                "forget_fingerprint": fingerprint,
+                "forget_fingerprint": deletion.fingerprint,
                 "forget_size": result.forget_size,
                 "retain_size": result.retain_size,
                 "metrics": dict(result.metrics),
-                "config": config if config is not None else self.unlearning_config(),
-                **extra,
+                "config": dict(config),
+                "fingerprint_scheme": deletion.scheme,
+                "fingerprint_key_id": deletion.key_id,
+                "deleted_rows": record.count,
+                "deleted_rows_sha256": record.sha256(),
             }
         )
-        if self.state is not None:
-            self.log({f"unlearn/{k}": v for k, v in result.metrics.items()})
+        self.log({f"unlearn/{k}": v for k, v in result.metrics.items()})
         return result
 
-    def unlearning_config(self) -> dict[str, Any]:
-        """The IAUConfig fields that define the unlearning update (for cards, ledgers, config hashes)."""
-        names = (
-            "gr_alpha gr_mode gr_norm gr_fd_radius unlearn_optimizer unlearn_learning_rate unlearn_steps "
-            "forget_weight retain_weight retain_sample_size forget_saturation unlearn_stop unlearn_stop_tolerance unlearn_stop_patience "
-            "unlearn_max_retain_loss_rise seed unlearn_seed"
-        ).split()
-        return {n: getattr(self.args, n) for n in names}
-
-    def _deletion_request(
-        self, forget: Dataset, retain: Dataset | None = None, reference: Dataset | None = None
-    ) -> DeletionRequest:
-        """Validate a request: retain = train − forget − every row deleted so far (``hf_iau.request``).
-
-        Kept as the pending request: ``record_unlearning`` commits its rows to the deletion record."""
-        self._pending_deletion = DeletionRequest.build(self, forget, retain, reference)
-        return self._pending_deletion
-
-    def _validate_unlearning_data(self, forget: Dataset, retain: Dataset | None) -> tuple[Dataset, Dataset]:
-        """``(forget, retain)`` of ``_deletion_request`` (for the baselines in ``hf_iau.methods``)."""
-        deletion = self._deletion_request(forget, retain)
-        return deletion.forget, deletion.retain
-
-    def _check_labels(self, name: str, ds: Dataset) -> None:
-        cols = [c for c in _LABEL_COLUMNS if c in ds.column_names]
-        kind = loss_kind(self.model)
-        if not cols:
-            from .collators import CausalLMCollator
-
-            if kind == "causal_lm" and isinstance(self.data_collator, (DataCollatorForLanguageModeling, CausalLMCollator)):
-                return
-            if kind == "causal_lm" and "input_ids" in ds.column_names and len(ds):
-                probe = self.data_collator([{k: v for k, v in ds[0].items() if k in self._signature()}])
-                if "labels" in probe:
-                    return
-            raise ValueError(
-                f"`{name}` rows have no labels: add a `label`/`labels` column, or (causal LM) use a collator that "
-                "creates `labels`, e.g. DataCollatorForLanguageModeling(tokenizer, mlm=False)."
-            )
-        if kind == "classification":
-            labels = np.asarray(ds[cols[0]])
-            num_labels = self.model.config.num_labels
-            if labels.ndim == 1 and len(labels) and (labels.min() < 0 or labels.max() >= num_labels):
-                raise ValueError(
-                    f"`{name}`: label values must lie in [0, {num_labels - 1}] for this model's head "
-                    f"(num_labels={num_labels}), found [{labels.min()}, {labels.max()}]; fix the labels or the head."
-                )
-
-    def _signature(self) -> list[str]:
-        self._set_signature_columns_if_needed()
-        return list(self._signature_columns) + list(_LABEL_COLUMNS)
-
     def _model_columns(self, ds: Dataset) -> Dataset:
-        keep = set(self._signature())
-        drop = [c for c in ds.column_names if c not in keep]
-        return ds.remove_columns(drop) if drop else ds
+        """``ds`` without the columns the model does not take (see ``Engine.model_columns``)."""
+        from .engine import Engine
 
-    def _reference_level(self, engine: Engine, reference: Dataset | None, req: str) -> tuple[dict[str, Any], float]:
-        """Per-example losses (for targets), mean loss and accuracy of a seeded sample of held-out data: what a
-        never-seen example looks like. Empty without held-out data (saturation then falls back to flip)."""
-        if self.args.forget_saturation not in ("loss", "auto"):
-            return {}, 0.0
-        if reference is None and isinstance(self.eval_dataset, Dataset):
-            reference = self.eval_dataset
-        if reference is None or len(reference) == 0:
-            return {}, 0.0
-        n = min(len(reference), self.args.reference_sample_size)
-        rng = np.random.default_rng([self.args.seed, int(req[:12], 16)])
-        idx = sorted(rng.choice(len(reference), size=n, replace=False).tolist())
-        out = engine.per_example(self._model_columns(reference), idx)
-        level: dict[str, Any] = {"loss": float(out["loss"].mean()), "losses": out["loss"].tolist()}
-        if "correct" in out:
-            level["accuracy"] = float(out["correct"].mean())
-        return level, float(n)
+        return Engine(self).model_columns(ds)
 
     # --- saving -------------------------------------------------------------------------------
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
@@ -424,3 +375,39 @@ def _check_gr_attention(model: torch.nn.Module, args: IAUConfig) -> None:
             f"gr_mode='exact' needs double backward, which attn_implementation={attn!r} does not support; load the "
             "model with attn_implementation='sdpa' or 'eager', or use gr_mode='finite_difference'."
         )
+
+
+def _load_record(source: str | None, from_hub: bool) -> DeletionRecord:
+    """The deletion record of ``source``: a local folder, or (``from_hub``) a Hub repo whose ledger and record are
+    downloaded into a temporary folder that is removed afterwards."""
+    from .card import is_hub_id
+
+    if not source or Path(source).is_dir() or not from_hub or not is_hub_id(source):
+        return DeletionRecord.load(source)
+    import tempfile
+
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError
+
+    from .ledger import DELETION_RECORD_NAME, LEDGER_NAME
+
+    with tempfile.TemporaryDirectory(prefix="hf_iau_record_") as folder:
+        found = False
+        for name in (LEDGER_NAME, DELETION_RECORD_NAME):
+            try:
+                path = hf_hub_download(source, name)
+            except (EntryNotFoundError, RepositoryNotFoundError):
+                continue
+            except Exception as err:  # offline, network, auth: the record cannot be checked (warned, not silent)
+                warnings.warn(
+                    f"Could not read the deletion ledger of Hub model {source!r} ({err.__class__.__name__}); rows "
+                    "deleted by earlier requests on it are not excluded from retain_dataset=None. Load it from a local "
+                    "folder holding deleted_rows.json, or pass `retain_dataset=` explicitly.",
+                    stacklevel=4,
+                )
+                return DeletionRecord(source=source)
+            (Path(folder) / name).write_bytes(Path(path).read_bytes())
+            found = True
+        record = DeletionRecord.load(folder) if found else DeletionRecord()
+    record.source = source
+    return record

@@ -345,3 +345,33 @@ def validate_unlearning_data(model: torch.nn.Module, forget: Any, retain: Any) -
     """Data checks run by ``IAUTrainer.unlearn`` before the first forward pass."""
     check_dataset(model, forget, "forget_dataset")
     check_dataset(model, retain, "retain_dataset")
+
+
+def check_labels(name: str, ds: Any, model: torch.nn.Module, collator: Any, signature: list[str]) -> None:
+    """Rows of ``ds`` must carry labels the model can use (or, causal LM, get them from the collator)."""
+    from transformers import DataCollatorForLanguageModeling
+
+    from .collators import CausalLMCollator
+    from .losses import loss_kind
+
+    label_columns = ("label", "labels", "label_ids")
+    cols = [c for c in label_columns if c in ds.column_names]
+    kind = loss_kind(model)
+    if not cols:
+        if kind == "causal_lm" and isinstance(collator, (DataCollatorForLanguageModeling, CausalLMCollator)):
+            return
+        if kind == "causal_lm" and "input_ids" in ds.column_names and len(ds):
+            if "labels" in collator([{k: v for k, v in ds[0].items() if k in signature}]):
+                return
+        raise ValueError(
+            f"`{name}` rows have no labels: add a `label`/`labels` column, or (causal LM) use a collator that "
+            "creates `labels`, e.g. DataCollatorForLanguageModeling(tokenizer, mlm=False)."
+        )
+    if kind == "classification":
+        labels = np.asarray(ds[cols[0]])
+        num_labels = model.config.num_labels
+        if labels.ndim == 1 and len(labels) and (labels.min() < 0 or labels.max() >= num_labels):
+            raise ValueError(
+                f"`{name}`: label values must lie in [0, {num_labels - 1}] for this model's head "
+                f"(num_labels={num_labels}), found [{labels.min()}, {labels.max()}]; fix the labels or the head."
+            )

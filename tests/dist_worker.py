@@ -21,8 +21,8 @@ import tiny  # noqa: E402
 N_FORGET, N_RETAIN = 7, 41
 # reference-parity settings, pinned (the library defaults may change); cases override some of them
 REFERENCE = {
-    "unlearn_optimizer": "adam", "unlearn_learning_rate": 1e-3, "unlearn_steps": 1, "forget_weight": 1.0,
-    "retain_weight": 1.0, "retain_sample_size": None, "forget_saturation": "none", "unlearn_stop": "fixed",
+    "unlearn_optimizer": "adam", "unlearn_learning_rate": 1e-3, "unlearn_steps": 1, "unlearn_forget_weight": 1.0,
+    "unlearn_retain_weight": 1.0, "unlearn_retain_sample_size": None, "unlearn_targets": "none", "unlearn_stop": "fixed",
 }
 
 
@@ -38,13 +38,13 @@ CASES: dict[str, tuple[Callable, Callable, dict, list[str] | None]] = {
     "bert_full": (tiny.tiny_bert, tiny.text_cls_dataset, {}, None),
     "gpt2_full": (tiny.tiny_gpt2, tiny.lm_dataset, {}, None),
     "gpt2_lora": (tiny.tiny_gpt2, tiny.lm_dataset, {}, ["c_attn", "c_proj"]),
-    "vit_retain_sample": (tiny.tiny_vit, tiny.image_dataset, {"retain_sample_size": 13, "unlearn_steps": 2}, None),
+    "vit_retain_sample": (tiny.tiny_vit, tiny.image_dataset, {"unlearn_retain_sample_size": 13, "unlearn_steps": 2}, None),
     "bert_lora_retain_sample": (
-        tiny.tiny_bert, tiny.text_cls_dataset, {"retain_sample_size": 11, "unlearn_steps": 2}, ["query", "value"],
+        tiny.tiny_bert, tiny.text_cls_dataset, {"unlearn_retain_sample_size": 11, "unlearn_steps": 2}, ["query", "value"],
     ),
     "gpt2_multistep_sgd": (
         tiny.tiny_gpt2, tiny.lm_dataset,
-        {"unlearn_optimizer": "sgd", "unlearn_learning_rate": 0.5, "unlearn_steps": 3, "forget_weight": 2.0}, None,
+        {"unlearn_optimizer": "sgd", "unlearn_learning_rate": 0.5, "unlearn_steps": 3, "unlearn_forget_weight": 2.0}, None,
     ),
 }
 

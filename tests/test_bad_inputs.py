@@ -410,10 +410,10 @@ def _guard_split():
 
 
 def _guard_run(tmp_path, optimizer, lr, steps=1, **kw):
-    """Pure ascent (retain_weight=0), so every step raises the retain loss; bigger steps raise it more."""
+    """Pure ascent (unlearn_retain_weight=0), so every step raises the retain loss; bigger steps raise it more."""
     split = _guard_split()
     args = make_args(
-        tmp_path / "out", unlearn_optimizer=optimizer, unlearn_learning_rate=lr, unlearn_steps=steps, retain_weight=0.0,
+        tmp_path / "out", unlearn_optimizer=optimizer, unlearn_learning_rate=lr, unlearn_steps=steps, unlearn_retain_weight=0.0,
         **kw,
     )
     trainer = IAUTrainer(tiny_bert(), args=args, data_collator=default_data_collator)

@@ -39,7 +39,7 @@ def run(
         ds = make_data(24, seed=1)
         ds = ds.remove_columns("id").add_column("id", [f"row-{i}" for i in range(len(ds))])  # hashed ids
         unlearning = dict(
-            unlearn_steps=3, retain_sample_size=6, unlearn_learning_rate=1e-3, forget_saturation="none",
+            unlearn_steps=3, unlearn_retain_sample_size=6, unlearn_learning_rate=1e-3, unlearn_targets="none",
             unlearn_stop="fixed",
         )
         args = IAUConfig(

@@ -59,7 +59,7 @@ def test_unlearning_gradients_go_through_accelerator_backward(tmp_path, monkeypa
 def test_default_mode_takes_no_gradient_outside_accelerator_backward(tmp_path, monkeypatch):
     """The counterfactual targets of the default mode use the engine's backward too (no torch.autograd.grad)."""
     ds = lm_dataset(24)
-    trainer = IAUTrainer(model=tiny_gpt2(0), args=parity_args(tmp_path, forget_saturation="auto", unlearn_steps=2),
+    trainer = IAUTrainer(model=tiny_gpt2(0), args=parity_args(tmp_path, unlearn_targets="counterfactual", unlearn_steps=2),
                          eval_dataset=ds.select(range(16, 24)))
     calls = []
     original = trainer.accelerator.backward

@@ -39,9 +39,9 @@ def key_file(tmp_path, monkeypatch):
 
 
 def _args(out: Path, **kw) -> IAUConfig:
-    # forget_saturation="none": the untrained tiny model fits nothing; every request must move the weights
+    # unlearn_targets="none": the untrained tiny model fits nothing; every request must move the weights
     return IAUConfig(output_dir=str(out), use_cpu=True, report_to=[], disable_tqdm=True, save_strategy="no",
-                     forget_saturation="none", unlearn_batch_size=4, **kw)
+                     unlearn_targets="none", unlearn_batch_size=4, **kw)
 
 
 def _forget(ds: Dataset, ids: list[int]) -> Dataset:

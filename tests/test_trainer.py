@@ -31,7 +31,7 @@ def test_lora_unlearning_changes_only_adapter_weights(tmp_path, make_model, make
     ds = make_data(20)
     split = forget_retain_split(ds, forget=[0, 1, 2, 3], id_column="id")
     peft_config = LoraConfig(r=4, lora_alpha=8, target_modules=targets, init_lora_weights=False)
-    args = make_args(tmp_path, unlearn_steps=3, unlearn_learning_rate=1e-2, forget_saturation="none", unlearn_stop="fixed")
+    args = make_args(tmp_path, unlearn_steps=3, unlearn_learning_rate=1e-2, unlearn_targets="none", unlearn_stop="fixed")
     trainer = IAUTrainer(make_model(), args=args, data_collator=default_data_collator, peft_config=peft_config)
     before = params_of(trainer.model)
     result = trainer.unlearn(split["forget"], split["retain"])
@@ -102,9 +102,9 @@ def test_default_args_and_output_dir(tmp_path, monkeypatch):
         ("unlearn_learning_rate", 0.0),
         ("unlearn_learning_rate", -1e-3),
         ("unlearn_steps", 0),
-        ("forget_weight", -1.0),
-        ("retain_sample_size", 0),
-        ("forget_saturation", "sometimes"),
+        ("unlearn_forget_weight", -1.0),
+        ("unlearn_retain_sample_size", 0),
+        ("unlearn_targets", "sometimes"),
         ("unlearn_stop", "never"),
         ("unlearn_guard_shrink", 1.5),
     ],
@@ -186,8 +186,8 @@ def test_bad_unlearning_inputs_leave_weights_untouched(tmp_path, case, match):
 
 def test_non_finite_loss_during_unlearning_restores_weights(tmp_path):
     # An enormous SGD step sends the weights to inf/nan; the next step's loss is non-finite.
-    trainer, ds = _trainer(tmp_path, unlearn_optimizer="sgd", unlearn_learning_rate=1e30, unlearn_steps=3, retain_weight=0.0,
-                          forget_saturation="none")
+    trainer, ds = _trainer(tmp_path, unlearn_optimizer="sgd", unlearn_learning_rate=1e30, unlearn_steps=3, unlearn_retain_weight=0.0,
+                          unlearn_targets="none")
     before = params_of(trainer.model)
     with pytest.raises(ValueError, match="non-finite"):
         trainer.unlearn(ds.select([0, 1]), ds.select(range(2, 16)))

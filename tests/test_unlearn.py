@@ -30,7 +30,7 @@ def make_args(tmp_path, **kw) -> IAUConfig:
 
 
 # The fixed single-step, whole-retain-set, no-saturation mode (the defaults before "auto").
-SINGLE_STEP = dict(unlearn_steps=1, retain_sample_size=None, forget_saturation="none", unlearn_stop="fixed")
+SINGLE_STEP = dict(unlearn_steps=1, unlearn_retain_sample_size=None, unlearn_targets="none", unlearn_stop="fixed")
 
 
 def padded_lm_dataset(n: int = 20, seed: int = 0):
@@ -81,8 +81,8 @@ def test_reference_parity_equals_one_fresh_adam_step(tmp_path, kind, make_model,
     expected = hand_adam_step(model, split["forget"], split["retain"], 1e-3, kind)
     original = params_of(model)
     args = make_args(
-        tmp_path, unlearn_optimizer="adam", unlearn_learning_rate=1e-3, unlearn_steps=1, forget_weight=1.0,
-        retain_weight=1.0, retain_sample_size=None, forget_saturation="none", unlearn_batch_size=3,
+        tmp_path, unlearn_optimizer="adam", unlearn_learning_rate=1e-3, unlearn_steps=1, unlearn_forget_weight=1.0,
+        unlearn_retain_weight=1.0, unlearn_retain_sample_size=None, unlearn_targets="none", unlearn_batch_size=3,
     )
     trainer = IAUTrainer(model, args=args, data_collator=default_data_collator)
     result = trainer.unlearn(split["forget"], retain_dataset=split["retain"])
@@ -120,8 +120,8 @@ def test_batching_does_not_change_the_update(tmp_path):
 def test_unlearning_raises_forget_loss_on_each_model_family(tmp_path, make_model, make_data, collator):
     ds = make_data(24)
     split = forget_retain_split(ds, forget=0.25, id_column="id", seed=0)
-    args = make_args(tmp_path, unlearn_steps=3, unlearn_learning_rate=1e-3, retain_sample_size=8,
-                     forget_saturation="none", unlearn_stop="fixed")
+    args = make_args(tmp_path, unlearn_steps=3, unlearn_learning_rate=1e-3, unlearn_retain_sample_size=8,
+                     unlearn_targets="none", unlearn_stop="fixed")
     trainer = IAUTrainer(make_model(), args=args, train_dataset=ds, data_collator=collator)
     before = params_of(trainer.model)
     result = trainer.unlearn(split["forget"])  # retain = train − forget (by id)
@@ -136,17 +136,20 @@ def test_unlearning_raises_forget_loss_on_each_model_family(tmp_path, make_model
 def test_retain_sample_is_seeded_and_changes_per_step(tmp_path):
     from hf_iau.unlearning import retain_sample
 
-    a = retain_sample(100, 10, seed=0, request="ab" * 32, step=0)
-    assert a == retain_sample(100, 10, seed=0, request="ab" * 32, step=0)
-    assert a != retain_sample(100, 10, seed=0, request="ab" * 32, step=1)
-    assert a != retain_sample(100, 10, seed=1, request="ab" * 32, step=0)
-    assert len(set(a)) == 10 and retain_sample(5, 10, 0, "ab" * 32, 0) == list(range(5))
+    a = retain_sample(100, 10, seed=0, request_index=0, step=0)
+    assert a == retain_sample(100, 10, seed=0, request_index=0, step=0)
+    assert a != retain_sample(100, 10, seed=0, request_index=0, step=1)
+    assert a != retain_sample(100, 10, seed=1, request_index=0, step=0)
+    assert a != retain_sample(100, 10, seed=0, request_index=1, step=0)
+    assert len(set(a)) == 10 and retain_sample(5, 10, 0, 0, 0) == list(range(5))
+    with pytest.raises(TypeError, match="request index"):  # a keyed request id must never seed anything
+        retain_sample(100, 10, 0, "ab" * 32, 0)
 
     ds = text_cls_dataset(30)
     split = forget_retain_split(ds, forget=[0, 1, 2], id_column="id")
     runs = []
     for _ in range(2):
-        args = make_args(tmp_path, unlearn_steps=2, retain_sample_size=5)
+        args = make_args(tmp_path, unlearn_steps=2, unlearn_retain_sample_size=5, unlearn_targets="none", unlearn_stop="fixed")
         trainer = IAUTrainer(tiny_bert(), args=args, data_collator=default_data_collator)
         trainer.unlearn(split["forget"], split["retain"])
         runs.append(params_of(trainer.model))
@@ -154,19 +157,14 @@ def test_retain_sample_is_seeded_and_changes_per_step(tmp_path):
 
 
 def test_flip_saturation_stops_automatically(tmp_path):
-    """With forget_saturation='flip' and unlearn_stop='auto', ascent stops once no forget example is fit."""
+    """With unlearn_targets='flip' and unlearn_stop='targets', ascent stops once no forget example is fit."""
     ds = text_cls_dataset(24)
     split = forget_retain_split(ds, forget=[0, 1, 2, 3], id_column="id")
     train_args = make_args(tmp_path, num_train_epochs=30, learning_rate=5e-3, per_device_train_batch_size=8)
     trainer = IAUTrainer(tiny_bert(), args=train_args, train_dataset=ds, data_collator=default_data_collator)
     trainer.train()
-    trainer.args.forget_saturation = "flip"
-    trainer.args.unlearn_stop = "auto"
-    trainer.args.unlearn_stop_tolerance = 0.0  # stop only once NO example is active (the old auto stop)
-    trainer.args.unlearn_stop_patience = 50
-    trainer.args.unlearn_steps = 50
-    trainer.args.unlearn_learning_rate = 1e-2
-    result = trainer.unlearn(split["forget"])
+    result = trainer.unlearn(split["forget"], unlearn_targets="flip", unlearn_stop="targets", unlearn_steps=50,
+                             unlearn_stop_tolerance=0.0, unlearn_learning_rate=1e-2)  # stop once NO row is fit
     m = result.metrics
     assert m["forget_accuracy_before"] > 0.5
     assert m["stopped_early"] == 1.0 and m["steps"] < 50
@@ -178,11 +176,12 @@ def test_loss_saturation_uses_held_out_reference(tmp_path):
     ds = text_cls_dataset(24)
     held_out = text_cls_dataset(12, seed=5)
     split = forget_retain_split(ds, forget=[0, 1, 2, 3], id_column="id")
-    args = make_args(tmp_path, forget_saturation="loss", unlearn_stop="auto", unlearn_steps=40, unlearn_learning_rate=1e-2)
+    args = make_args(tmp_path, unlearn_targets="held_out_quantile", unlearn_stop="targets", unlearn_steps=40, unlearn_learning_rate=1e-2)
     trainer = IAUTrainer(tiny_bert(), args=args, eval_dataset=held_out, data_collator=default_data_collator)
-    result = trainer.unlearn(split["forget"], split["retain"])
+    # an untrained model: the forget rows already sit at the held-out level, so the request changes nothing
+    result = trainer.unlearn(split["forget"], split["retain"], allow_noop=True)
     m = result.metrics
-    assert "reference_loss" in m
+    assert "held_out_loss" in m
     assert m["forget_active_fraction_final"] == 0.0 or m["steps"] == 40
     assert m["example_forward_passes"] >= 12  # the reference pass is counted
 
@@ -205,8 +204,8 @@ def test_sgd_multi_step_matches_manual_loop(tmp_path):
             for p in ref.parameters():
                 p -= 0.1 * p.grad
     args = make_args(
-        tmp_path, unlearn_optimizer="sgd", unlearn_learning_rate=0.1, unlearn_steps=2, forget_weight=2.0, retain_weight=0.7,
-        unlearn_batch_size=16, retain_sample_size=None, forget_saturation="none", unlearn_stop="fixed",
+        tmp_path, unlearn_optimizer="sgd", unlearn_learning_rate=0.1, unlearn_steps=2, unlearn_forget_weight=2.0, unlearn_retain_weight=0.7,
+        unlearn_batch_size=16, unlearn_retain_sample_size=None, unlearn_targets="none", unlearn_stop="fixed",
     )
     trainer = IAUTrainer(model, args=args, data_collator=collate)
     trainer.unlearn(split["forget"], split["retain"])
@@ -218,7 +217,7 @@ def test_runaway_guard_retries_with_smaller_steps_then_restores(tmp_path):
     split = forget_retain_split(ds, forget=[0, 1, 2], id_column="id")
     # A tolerance of 0 forbids any rise in retain loss; a huge ascent-only step always raises it.
     args = make_args(
-        tmp_path, unlearn_optimizer="sgd", unlearn_learning_rate=50.0, retain_weight=0.0,
+        tmp_path, unlearn_optimizer="sgd", unlearn_learning_rate=50.0, unlearn_retain_weight=0.0,
         unlearn_max_retain_loss_rise=0.0, unlearn_guard_retries=2, **SINGLE_STEP,
     )
     trainer = IAUTrainer(tiny_bert(), args=args, data_collator=default_data_collator)

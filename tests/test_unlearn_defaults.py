@@ -40,25 +40,33 @@ def trained(tmp_path, train: Dataset, held_out: Dataset | None, epochs: int = 40
 
 def test_defaults_are_the_multistep_self_limiting_mode():
     args = IAUConfig(output_dir="x", use_cpu=True)
-    assert args.forget_saturation == "auto" and args.unlearn_stop == "auto"
-    assert args.unlearn_steps > 1 and args.retain_sample_size is not None
-    assert args.unlearn_optimizer == "adam" and args.forget_weight == 1.0 and args.retain_weight == 4.0
+    assert args.unlearn_targets == "counterfactual" and args.unlearn_stop == "targets"
+    assert args.unlearn_steps > 1 and args.unlearn_retain_sample_size is not None
+    assert args.unlearn_optimizer == "adam" and args.unlearn_forget_weight == 1.0 and args.unlearn_retain_weight == 4.0
 
 
-def test_auto_sets_per_example_targets_when_forget_set_is_memorised(tmp_path):
-    """Random memorised forget rows: per-example counterfactual loss targets ('loss' saturation)."""
+def test_memorised_random_rows_whose_targets_are_their_losses_are_a_noop(tmp_path):
+    """Random rows of a model that generalises: the estimate says the retrained model fits them as well (targets =
+    their losses), so there is nothing to remove — refused as a no-op (nothing recorded, weights untouched), and
+    recorded with zero steps when the user asks for it."""
+    import torch
+
+    from hf_iau import UnlearningError
+
     train = learnable(48, seed=0)
     held_out = learnable(24, seed=1)
     trainer = trained(tmp_path, train, held_out)
     split = forget_retain_split(train, forget=list(range(6)), id_column="id")
-    m = trainer.unlearn(split["forget"], split["retain"]).metrics
-    assert m["saturation_loss"] == 1.0 and m["saturation_flip"] == 0.0
-    assert "reference_loss" in m and "reference_accuracy" in m
-    assert m["stopped_early"] == 1.0 and m["steps"] < trainer.args.unlearn_steps  # every example reached its target
-    assert m["example_forward_passes"] >= 24 + 6  # reference pass + forget pre-pass are counted
-    # the steps taken, the step whose check stopped the request, and the counterfactual estimate (|D_f| + |S|)
-    per_step = 6 + trainer.args.retain_sample_size
-    assert m["example_gradient_passes"] == (m["steps"] + 1) * per_step + per_step
+    before = [p.detach().clone() for p in trainer.model.parameters()]
+    with pytest.raises(UnlearningError, match="changed nothing"):
+        trainer.unlearn(split["forget"], split["retain"])
+    assert all(torch.equal(a, b) for a, b in zip(before, trainer.model.parameters())) and not trainer.unlearning_history
+    m = trainer.unlearn(split["forget"], split["retain"], allow_noop=True).metrics
+    assert "target_mean" in m and "held_out_loss" in m and "held_out_accuracy" in m
+    assert m["stopped_targets_reached"] == 1.0 and m["steps"] == 0 and m["forget_active_fraction_final"] == 0.0
+    assert m["example_forward_passes"] >= 24 + 6  # held-out pass + forget passes are counted
+    per_step = 6 + trainer.args.unlearn_retain_sample_size
+    assert m["example_gradient_passes"] == 2 * per_step  # the estimate (|D_f| + |S|) and the step that stopped
 
 
 def test_auto_pushes_mislabelled_rows_until_forgotten(tmp_path):
@@ -70,10 +78,12 @@ def test_auto_pushes_mislabelled_rows_until_forgotten(tmp_path):
     trainer = trained(tmp_path, train, held_out, epochs=4, unlearn_learning_rate=1e-2, unlearn_steps=40)
     split = forget_retain_split(train, forget=flip, id_column="id")
     m = trainer.unlearn(split["forget"], split["retain"]).metrics
-    assert m["saturation_loss"] == 1.0 and m["saturation_flip"] == 0.0
+    assert "target_mean" in m
     assert m["forget_accuracy_after"] < m["forget_accuracy_before"]
     assert m["forget_loss_after"] > m["forget_loss_before"]
-    assert m["stopped_early"] == 1.0 and m["forget_active_fraction_final"] <= trainer.args.unlearn_stop_tolerance
+    assert m["stopped_targets_reached"] == 1.0 and m["steps"] < 40
+    # measured on the final weights: rows pushed past their target that fell back below it count as not forgotten
+    assert 0.0 < m["forget_active_fraction_final"] < 0.5
 
 
 def _digits(n_train: int, poison: int, seed: int = 0):
@@ -105,28 +115,38 @@ def _small_cnn():
 
 
 def _targets(tmp_path, train, held_out, forget_rows):
-    """The default mode's per-example targets (and reference) on a small CNN trained on ``train``."""
-    from hf_iau.unlearning import IAUUnlearner
-
-    seen = {}
-    original = IAUUnlearner._resolve_mode
-
-    def spy(self, local):
-        out = original(self, local)
-        seen.update(targets=dict(self.targets), info=dict(self.counterfactual), reference=dict(self.reference))
-        return out
-
+    """The default mode's per-example targets, diagnostics and held-out level on a small CNN trained on ``train``."""
     args = make_args(tmp_path, num_train_epochs=20, learning_rate=5e-3, per_device_train_batch_size=32, unlearn_steps=1)
     trainer = IAUTrainer(_small_cnn(), args=args, train_dataset=train, eval_dataset=held_out,
                          data_collator=default_data_collator)
     trainer.train()
-    split = forget_retain_split(train, forget=forget_rows, id_column="id")
-    IAUUnlearner._resolve_mode = spy
+    return _spy_targets(trainer, forget_retain_split(train, forget=forget_rows, id_column="id"))
+
+
+def _spy_targets(trainer, split):
+    """(targets, target diagnostics, held-out level) of one request."""
+    from hf_iau.methods.iau import IAURun
+
+    seen = {}
+    original, original_held = IAURun.resolve_targets, IAURun.held_out_losses
+
+    def spy(self):
+        out = original(self)
+        seen.update(targets=out.targets.copy(), info={k[len("target_"):]: v for k, v in self.info.items()})
+        return out
+
+    def spy_held(self):
+        out = original_held(self)
+        seen["reference"] = {"losses": list(out), "loss": self.info["held_out_loss"],
+                             "accuracy": self.info.get("held_out_accuracy")}
+        return out
+
+    IAURun.resolve_targets, IAURun.held_out_losses = spy, spy_held
     try:
-        trainer.unlearn(split["forget"], split["retain"])
+        trainer.unlearn(split["forget"], split["retain"], allow_noop=True)
     finally:
-        IAUUnlearner._resolve_mode = original
-    return np.array([seen["targets"][i] for i in range(len(forget_rows))]), seen["info"], seen["reference"]
+        IAURun.resolve_targets, IAURun.held_out_losses = original, original_held
+    return seen["targets"], seen["info"], seen["reference"]
 
 
 def test_default_targets_say_the_retrained_model_gets_poisoned_rows_wrong(tmp_path):
@@ -151,35 +171,34 @@ def test_default_targets_for_random_rows_look_held_out(tmp_path):
     assert np.mean(targets) <= 4 * ref["loss"]
 
 
-def test_default_mode_works_without_held_out_data(tmp_path):
+def test_default_mode_without_held_out_data_refuses_and_leaves_the_model(tmp_path):
+    """The counterfactual targets need held-out data: without it the request is refused (it used to fall back to
+    'flip' silently, which on a causal LM recorded deletions for updates that did nothing)."""
+    import torch
+
     ds = text_cls_dataset(24)
     split = forget_retain_split(ds, forget=[0, 1, 2, 3], id_column="id")
     trainer = IAUTrainer(tiny_bert(), args=make_args(tmp_path), data_collator=default_data_collator)
-    m = trainer.unlearn(split["forget"], split["retain"]).metrics
-    assert "reference_loss" not in m
-    assert m["saturation_flip"] == 1.0  # falls back to prediction flip
-    assert m["steps"] <= trainer.args.unlearn_steps
+    before = [p.detach().clone() for p in trainer.model.parameters()]
+    with pytest.raises(ValueError, match="needs held-out data"):
+        trainer.unlearn(split["forget"], split["retain"])
+    assert all(torch.equal(a, b) for a, b in zip(before, trainer.model.parameters()))
+    assert not trainer.unlearning_history
 
 
 def test_explicit_loss_saturation_targets_are_rank_matched(tmp_path):
     """The forget example with the lowest loss gets the lowest held-out quantile."""
     from hf_iau.engine import Engine
     from hf_iau.losses import evaluate_losses
-    from hf_iau.unlearning import IAUUnlearner
 
     train = learnable(48, seed=0)
     held_out = learnable(24, seed=1)
-    trainer = trained(tmp_path, train, held_out, forget_saturation="loss")
+    trainer = trained(tmp_path, train, held_out, unlearn_targets="held_out_quantile", unlearn_steps=1)
     split = forget_retain_split(train, forget=list(range(8)), id_column="id")
     forget = trainer._model_columns(split["forget"])
-    retain = trainer._model_columns(split["retain"])
-    engine = Engine(trainer)
-    reference, _ = trainer._reference_level(engine, None, "ab" * 32)
+    losses = evaluate_losses(trainer.model.eval(), Engine(trainer).batches(forget, list(range(8))))["loss"].numpy()
+    targets, _, reference = _spy_targets(trainer, split)
     assert len(reference["losses"]) == 24
-    un = IAUUnlearner(engine, forget, retain, "ab" * 32, reference)
-    un._resolve_mode(list(range(8)))
-    losses = evaluate_losses(trainer.model.eval(), engine.batches(forget, list(range(8))))["loss"].numpy()
-    targets = np.array([un.targets[i] for i in range(8)])
     assert np.all(np.diff(targets[np.argsort(losses, kind="stable")]) >= 0)
     assert targets.min() >= min(reference["losses"]) and targets.max() <= max(reference["losses"])
 

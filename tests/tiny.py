@@ -109,7 +109,7 @@ def word_tokenizer() -> PreTrainedTokenizerFast:
 
 # The reference-parity update (one fresh Adam step on whole sets), not the self-limiting default mode.
 PARITY = dict(
-    unlearn_steps=1, unlearn_learning_rate=1e-3, retain_weight=1.0, retain_sample_size=None, forget_saturation="none",
+    unlearn_steps=1, unlearn_learning_rate=1e-3, unlearn_retain_weight=1.0, unlearn_retain_sample_size=None, unlearn_targets="none",
     unlearn_stop="fixed",
 )
 

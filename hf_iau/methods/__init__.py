@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from datasets import Dataset
 
-from ..unlearning import UnlearningResult
+from ..result import UnlearningResult
 
 if TYPE_CHECKING:
     from ..trainer import IAUTrainer

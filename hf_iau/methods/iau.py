@@ -1,23 +1,58 @@
-"""IAU itself (``trainer.unlearn``) under the method API, with a budget.
+"""IAU: steps on  w_r·mean ℓ(R_t) − w_f·Σ_{i active} ℓ_i / N(D_f),  one method on the common lifecycle.
 
-Each IAU step costs |D_f| + |R_t| example-gradient passes (R_t: the step's retain sample, the
-whole retain set when ``retain_sample_size`` is None). Under a budget, ``unlearn_steps`` is capped
-at ⌊budget / step cost⌋. ``options`` temporarily override ``IAUConfig`` unlearning fields
-(e.g. ``unlearn_learning_rate=1e-4, unlearn_steps=5``); ``reference_dataset`` is passed through.
+Each mean is over the whole forget set (true token/example counts N) and the step's retain
+sample R_t, so batching and the number of processes do not change the result. Options are the
+``IAUConfig`` ``unlearn_*`` fields, overridable per call (``trainer.unlearn(forget, unlearn_steps=5)``);
+nothing writes ``trainer.args``.
+
+Targets (``unlearn_targets``) decide when a forget row is forgotten and leaves the ascent (and the
+forward pass): ``counterfactual`` — its loss first reaches its estimated loss under the model
+retrained without the forget set (``hf_iau.counterfactual``); ``held_out_quantile`` — the held-out
+loss of its rank; ``flip`` — it is no longer predicted correctly; ``none`` — never (reference parity).
+The stop (``unlearn_stop="targets"``) follows the targets: once at most ``unlearn_stop_tolerance`` of
+the rows are short of their target (else after ``unlearn_steps``) — never a stall count, which fired
+while rows were still far from their targets. Cost per step:
+|active forget rows| + |R_t| gradient passes; an optional runaway guard undoes a step that breaks
+the retain loss and retries with a smaller one.
 """
 
 from __future__ import annotations
 
+import copy
+import math
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+import torch
 from datasets import Dataset
 
-from ..unlearning import UnlearningResult
+from ..config import UNLEARNING_FIELDS, check_fields
+from ..counterfactual import estimate_targets
+from ..lifecycle import Request, make_optimizer
+from ..losses import BatchLoss
+from ..result import BudgetError, Stats, UnlearningError, UnlearningResult
 from . import register_method
-from ._request import BudgetError
 
 if TYPE_CHECKING:
     from ..trainer import IAUTrainer
+
+HELD_OUT_STREAM = 2**31 - 1  # rng stream of the held-out sample (retain samples use the step number)
+REACHED = 0.01  # a row is at its target once its loss is within 1% of it
+_OPTION_NAMES = set(UNLEARNING_FIELDS) - {"gr_alpha", "gr_mode", "gr_norm", "seed", "unlearn_seed", "unlearn_batch_size"}
+
+
+def iau_options(args: Any, **overrides: Any) -> dict[str, Any]:
+    """The unlearning options of ``args`` with ``overrides`` (``unlearn_*`` names), checked like IAUConfig."""
+    from ..config import ALIASES
+
+    renamed = {ALIASES[k][0] if k in ALIASES else k: (ALIASES[k][1](v) if k in ALIASES else v) for k, v in overrides.items()}
+    unknown = sorted(set(renamed) - _OPTION_NAMES)
+    if unknown:
+        raise ValueError(f"iau: unknown option(s) {unknown}; use IAUConfig unlearning fields: {sorted(_OPTION_NAMES)}.")
+    options = {name: getattr(args, name) for name in _OPTION_NAMES} | renamed
+    check_fields(options, "iau")
+    return options
 
 
 @register_method("iau")
@@ -27,36 +62,205 @@ def iau(
     retain_dataset: Dataset | None = None,
     budget: float | None = None,
     *,
-    reference_dataset: Dataset | None = None,
+    held_out_dataset: Dataset | None = None,
+    allow_noop: bool = False,
     **options: Any,
 ) -> UnlearningResult:
-    """``trainer.unlearn`` with ``options`` as IAUConfig overrides and steps capped by ``budget``."""
-    args = trainer.args
-    fields = set(trainer.unlearning_config()) | {"unlearn_batch_size", "unlearn_guard_retries", "unlearn_guard_shrink"}
-    unknown = sorted(set(options) - fields)
-    if unknown:
-        raise ValueError(f"iau: unknown option(s) {unknown}; use IAUConfig unlearning fields: {sorted(fields)}.")
-    saved = {k: getattr(args, k) for k in {*options, "unlearn_steps"}}
-    try:
-        for k, v in options.items():
-            setattr(args, k, v)
-        getattr(args, "_validate_iau", lambda: None)()  # IAUConfig's own checks on the overrides
-        if budget is not None:
-            forget, retain = trainer._validate_unlearning_data(forget_dataset, retain_dataset)
-            n_r = len(retain) if args.retain_sample_size is None else min(args.retain_sample_size, len(retain))
-            cost = len(forget) + n_r
-            steps = min(args.unlearn_steps, int(budget // cost))
-            if steps < 1:
-                raise BudgetError(
-                    f"budget={budget:g} example-gradient passes cannot pay for one IAU step ({cost} passes); "
-                    "raise the budget or set retain_sample_size."
-                )
-            args.unlearn_steps = steps
-        result = trainer.unlearn(forget_dataset, retain_dataset, reference_dataset)
-    finally:
-        for k, v in saved.items():
-            setattr(args, k, v)
+    """IAU on ``forget_dataset`` with ``options`` overriding the IAUConfig ``unlearn_*`` fields; under a ``budget``
+    (example-gradient passes) the steps are capped at ⌊budget / step cost⌋."""
+    opts = iau_options(trainer.args, **options)
+    req = Request("iau", trainer, forget_dataset, retain_dataset, budget, held_out_dataset=held_out_dataset,
+                  allow_noop=allow_noop, retain_weight=opts["unlearn_retain_weight"])
     if budget is not None:
-        result.metrics["budget"] = float(budget)
-        trainer.unlearning_history[-1]["metrics"]["budget"] = float(budget)
-    return result
+        n_r = len(req.retain) if opts["unlearn_retain_sample_size"] is None else min(opts["unlearn_retain_sample_size"], len(req.retain))
+        cost = len(req.forget) + n_r
+        steps = min(opts["unlearn_steps"], int(budget // cost))
+        if steps < 1:
+            raise BudgetError(
+                f"budget={budget:g} example-gradient passes cannot pay for one IAU step ({cost} passes); "
+                "raise the budget or set unlearn_retain_sample_size."
+            )
+        opts["unlearn_steps"] = steps
+    return IAURun(req, opts).run()
+
+
+@dataclass
+class Targets:
+    """Which forget rows still take part in the ascent (see the module docstring)."""
+
+    mode: str
+    targets: np.ndarray | None = None  # per forget row (loss modes)
+    reached: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))  # rows that reached their target
+
+    def mask(self, bl: BatchLoss, rows: list[int]) -> torch.Tensor:
+        """1 for rows still pushed: below target (loss modes) or still predicted correctly (flip); all for 'none'."""
+        ones = torch.ones_like(bl.loss_sum)
+        if self.mode == "none" or (self.mode == "flip" and bl.correct is None):
+            return ones
+        if self.mode == "flip":
+            return (bl.correct > 0.5).to(ones.dtype)
+        loss = bl.per_example.detach().double().cpu().numpy()
+        tau = self.targets[rows] * (1 - REACHED)
+        below = loss < tau
+        self.reached[np.asarray(rows)[~below]] = True  # pushed until it FIRST reaches its target, then left alone
+        return torch.as_tensor(below & ~self.reached[rows], dtype=ones.dtype, device=ones.device)
+
+    def rows(self) -> list[int]:
+        """The forget rows the next pass needs (rows that reached their target leave the forward pass)."""
+        return [int(i) for i in np.flatnonzero(~self.reached)]
+
+
+class IAURun:
+    """The IAU loop on one :class:`~hf_iau.lifecycle.Request` with resolved options."""
+
+    def __init__(self, req: Request, opts: dict[str, Any]) -> None:
+        self.req, self.opts = req, opts
+        self.n_forget = len(req.forget)
+        self.info: dict[str, float] = {}
+
+    # --- targets -------------------------------------------------------------------------
+    def resolve_targets(self) -> Targets:
+        """Targets of ``unlearn_targets``; the loss modes need held-out data and refuse without it."""
+        req, mode = self.req, self.opts["unlearn_targets"]
+        targets = Targets("flip" if mode == "flip" else "none" if mode == "none" else "loss")
+        targets.reached = np.zeros(self.n_forget, dtype=bool)
+        if mode in ("none", "flip"):
+            return targets
+        if req.held_out is None or len(req.held_out) == 0:
+            raise ValueError(
+                f"unlearn_targets={mode!r} needs held-out data (what a never-seen row looks like): pass "
+                "`eval_dataset` to the trainer or `held_out_dataset=` to unlearn(), or choose unlearn_targets='flip' "
+                "(classifiers) or 'none' explicitly."
+            )
+        held = self.held_out_losses()
+        if mode == "held_out_quantile":
+            losses = req.engine.per_example(req.forget, range(self.n_forget))["loss"]
+            req.fwd_passes += self.n_forget
+            order = np.argsort(losses, kind="stable")
+            levels = np.quantile(np.sort(held), (np.arange(self.n_forget) + 0.5) / self.n_forget)
+            targets.targets = np.empty(self.n_forget)
+            targets.targets[order] = levels
+            return targets
+        size = min(self.opts["unlearn_retain_sample_size"] or 64, len(req.retain))
+        estimate = estimate_targets(req.engine, req.forget, req.retain, req.retain_sample(size, 0), held)
+        req.grad_passes += estimate.gradient_passes
+        req.fwd_passes += estimate.forward_passes
+        self.info.update({f"target_{k}": float(v) for k, v in estimate.diagnostics.items()})
+        targets.targets = np.asarray(estimate.targets, dtype=np.float64)
+        return targets
+
+    def held_out_losses(self) -> np.ndarray:
+        """Per-row losses of a seeded sample of the held-out data (the 'never seen' level)."""
+        req = self.req
+        n = min(len(req.held_out), self.opts["unlearn_held_out_sample_size"])
+        idx = sorted(req.rng(HELD_OUT_STREAM).choice(len(req.held_out), size=n, replace=False).tolist())
+        out = req.engine.per_example(req.held_out, idx)
+        req.fwd_passes += n
+        req.held_out_loss = float(out["loss"].mean())
+        self.info["held_out_loss"] = req.held_out_loss
+        if "correct" in out:
+            self.info["held_out_accuracy"] = float(out["correct"].mean())
+        return out["loss"]
+
+    # --- the loop ------------------------------------------------------------------------
+    def run(self) -> UnlearningResult:
+        req, o = self.req, self.opts
+        req.begin(steps=o["unlearn_steps"])
+        try:
+            targets = self.resolve_targets()
+            history, lr, retries, stop = self.loop(targets)
+            metrics = self.final_metrics(targets)
+        except BaseException:
+            req.restore()
+            raise
+        steps = sum(1 for h in history if "guard_retries" in h)
+        metrics.update({"steps": float(steps), "stopped_early": float(stop != "max_steps"),
+                        "stopped_targets_reached": float(stop == "targets_reached"), "guard_retries": float(retries),
+                        "final_learning_rate": lr, "retain_examples_per_step": float(len(req.retain_eval)), **self.info})
+        config = {k: v for k, v in o.items()}
+        return req.finish(config, metrics, history)
+
+    def loop(self, targets: Targets) -> tuple[list[dict[str, float]], float, int, str]:
+        """Steps until the stop; returns (history, final learning rate, guard retries, stop reason)."""
+        req, o = self.req, self.opts
+        n_f = req.count(req.forget, range(self.n_forget))
+        if n_f == 0:
+            raise UnlearningError("The forget set has no labelled tokens/examples: nothing to unlearn.")
+        optimizer = make_optimizer(o["unlearn_optimizer"], req.params, o["unlearn_learning_rate"])
+        lr, retries, history = o["unlearn_learning_rate"], 0, []
+        for step in range(o["unlearn_steps"]):
+            r_idx = req.retain_sample(o["unlearn_retain_sample_size"], step)
+            req.zero_grad()
+            rows = targets.rows() if targets.mode == "loss" else list(range(self.n_forget))
+            f = req.accumulate(req.forget, rows, -o["unlearn_forget_weight"], total=n_f, mask=targets.mask)
+            self._share_reached(targets)
+            r = req.accumulate(req.retain, r_idx, o["unlearn_retain_weight"]) if r_idx else Stats()
+            rec = {"step": float(step), "forget_loss_active_rows": f.mean_loss, "retain_loss": r.mean_loss,
+                   "forget_active_fraction": f.active / self.n_forget, "learning_rate": lr}
+            stop = self._stop(targets, f)
+            if stop:
+                history.append(rec)
+                return history, lr, retries, stop
+            req.sync_grads()
+            lr, tries = self._guarded_step(optimizer, lr, r_idx, r)
+            retries += tries
+            rec["guard_retries"] = float(tries)
+            history.append(rec)
+            req.step_done(rec)
+        return history, lr, retries, "max_steps"
+
+    def _share_reached(self, targets: Targets) -> None:
+        """Rows reached on any process are reached on every process (each saw only its share)."""
+        if targets.mode != "loss" or not self.req.engine.on:
+            return
+        summed = self.req.engine.sum(targets.reached.astype(np.float64).tolist())
+        targets.reached = np.asarray(summed) > 0
+
+    def _stop(self, targets: Targets, f: Stats) -> str | None:
+        """'targets_reached' once at most ``unlearn_stop_tolerance`` of the rows are short of their target (under
+        unlearn_stop='targets' with targets), else None."""
+        o = self.opts
+        if o["unlearn_stop"] != "targets" or targets.mode == "none":
+            return None
+        return "targets_reached" if f.active <= o["unlearn_stop_tolerance"] * self.n_forget else None
+
+    def _guarded_step(self, optimizer: torch.optim.Optimizer, lr: float, r_idx: list[int], r_before: Stats) -> tuple[float, int]:
+        """optimizer.step(); with a tolerance set, undo and retry smaller while the retain loss runs away."""
+        req, o = self.req, self.opts
+        tol = o["unlearn_max_retain_loss_rise"]
+        if tol is None:
+            req.engine.step(optimizer)
+            return lr, 0
+        snap, state = req.engine.snapshot(), copy.deepcopy(optimizer.state_dict())
+        for attempt in range(o["unlearn_guard_retries"] + 1):
+            for g in optimizer.param_groups:
+                g["lr"] = lr
+            req.engine.step(optimizer)
+            after = req.evaluate(req.retain, r_idx) if r_idx else Stats()
+            rise = after.mean_loss - r_before.mean_loss
+            if after.count == 0 or (math.isfinite(after.mean_loss) and rise <= tol):
+                return lr, attempt
+            req.engine.restore(snap)
+            optimizer.load_state_dict(state)
+            lr *= o["unlearn_guard_shrink"]
+        raise UnlearningError(
+            f"runaway unlearning step: the retain loss rose by more than unlearn_max_retain_loss_rise={tol} even "
+            f"after {o['unlearn_guard_retries']} retries with smaller steps; the original weights were "
+            "restored. Lower `unlearn_learning_rate`, raise `unlearn_retain_weight`, or raise the tolerance."
+        )
+
+    def final_metrics(self, targets: Targets) -> dict[str, float]:
+        """Share of forget rows still short of their target (loss modes) or still predicted correctly (flip),
+        measured on the final weights — a row that fell back below its target counts as not forgotten."""
+        req = self.req
+        if targets.mode == "none":
+            return {}
+        req.engine.clear_grad()
+        out = req.engine.per_example(req.forget, range(self.n_forget))
+        req.fwd_passes += self.n_forget
+        if targets.mode == "loss":
+            short = out["loss"] < targets.targets * (1 - REACHED)
+            return {"forget_active_fraction_final": float(short.mean()), "target_mean": float(targets.targets.mean())}
+        if "correct" in out:
+            return {"forget_active_fraction_final": float((out["correct"] > 0.5).mean())}
+        return {}
