@@ -25,7 +25,8 @@ TESTS = Path(__file__).resolve().parent
 
 
 def run(
-    out_dir: str, seed: int = 0, unlearn_seed: int | None = None, family: str = "gpt2", default_mode: bool = False
+    out_dir: str, seed: int = 0, unlearn_seed: int | None = None, family: str = "gpt2", default_mode: bool = False,
+    key_file: str | None = None,
 ) -> dict[str, str]:
     """Train 3 steps with GR, unlearn two requests (3 sampled-retain Adam steps each, or the library's default
     self-limiting mode with ``default_mode``), save.
@@ -45,15 +46,17 @@ def run(
         args = IAUConfig(
             output_dir=out_dir, use_cpu=True, report_to=[], disable_tqdm=True, save_strategy="no", seed=seed,
             unlearn_seed=unlearn_seed, gr_alpha=0.005, gr_mode="finite_difference", max_steps=3,
-            per_device_train_batch_size=4, learning_rate=1e-2, logging_strategy="no",
+            per_device_train_batch_size=4, learning_rate=1e-2, logging_strategy="no", fingerprint_key_file=key_file,
             **({} if default_mode else unlearning),
         )
-        trainer = IAUTrainer(make_model(seed=seed), args=args, train_dataset=ds, data_collator=default_data_collator)
+        held_out = make_data(12, seed=7) if default_mode else None  # the default targets need held-out data
+        trainer = IAUTrainer(make_model(seed=seed), args=args, train_dataset=ds, eval_dataset=held_out,
+                             data_collator=default_data_collator)
         trainer.train()
         first = forget_retain_split(ds, forget=0.1, id_column="id", seed=seed)["forget"]
-        trainer.unlearn(first)
+        trainer.unlearn(first, allow_noop=default_mode)
         trainer.train_dataset = ds.filter(lambda r: r["id"] not in set(first["id"]))
-        trainer.unlearn(trainer.train_dataset.select([0, 1]))
+        trainer.unlearn(trainer.train_dataset.select([0, 1]), allow_noop=default_mode)
         trainer.save_model()
         state = hashlib.sha256()
         for key, t in sorted(trainer.model.state_dict().items()):
@@ -99,6 +102,17 @@ def test_same_seed_gives_bit_identical_weights_in_the_default_unlearning_mode(tm
     _scramble_global_rngs(4)
     assert run(str(tmp_path / "b"), default_mode=True) == a
     assert run(str(tmp_path / "c"), default_mode=True, seed=1)["state"] != a["state"]
+
+
+def test_the_secret_key_never_changes_the_weights(tmp_path):
+    """Two fingerprint key files: the same weights bit for bit (the key names requests in the ledger; no random
+    choice depends on it), in the default mode and with sampled retain data."""
+    keys = [str(tmp_path / "k1"), str(tmp_path / "k2")]  # created on first use, 32 random bytes each
+    for default_mode in (True, False):
+        a = run(str(tmp_path / f"a{default_mode}"), default_mode=default_mode, key_file=keys[0])
+        b = run(str(tmp_path / f"b{default_mode}"), default_mode=default_mode, key_file=keys[1])
+        assert a == b
+    assert Path(keys[0]).read_text() != Path(keys[1]).read_text()
 
 
 def test_same_seed_gives_bit_identical_weights_across_processes(tmp_path):

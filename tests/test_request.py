@@ -103,9 +103,11 @@ def test_same_trainer_and_every_baseline_exclude_earlier_rows(tmp_path, key_file
     # an explicit retain set holding a deleted row is refused, naming the fix
     with pytest.raises(ValueError, match="retain_dataset` holds 1 row"):
         trainer.unlearn(_forget(ds, [9]), retain_dataset=ds.select([0, 1, 2]))
-    req = trainer._deletion_request(_forget(ds, [9]))
+    from hf_iau.lifecycle import Request
+
+    req = Request("iau", trainer, _forget(ds, [9])).deletion
     assert isinstance(req, DeletionRequest) and sorted(req.retain["id"]) == [i for i in range(16) if i not in (2, 4, 6, 9)]
-    assert req.reference is None and len(req.row_digests) == 1 and req.deleted_before == 3
+    assert req.held_out is None and len(req.row_digests) == 1 and req.deleted_before == 3
 
 
 def test_reload_without_the_key_needs_an_explicit_retain_set(tmp_path, key_file, monkeypatch):

@@ -16,7 +16,10 @@ from hf_iau import IAUConfig, IAUTrainer, fingerprint_ids, forget_retain_split
 
 
 def make_args(tmp_path, **kw) -> IAUConfig:
-    base = dict(output_dir=str(tmp_path), use_cpu=True, report_to=[], disable_tqdm=True, save_strategy="no")
+    # untrained tiny models and no held-out data: push every forget row for the steps asked (targets are tested in
+    # test_unlearn_defaults.py)
+    base = dict(output_dir=str(tmp_path), use_cpu=True, report_to=[], disable_tqdm=True, save_strategy="no",
+                unlearn_targets="none", unlearn_stop="fixed")
     base.update(kw)
     return IAUConfig(**base)
 
