@@ -106,6 +106,25 @@ def run_case(name: str, out_dir: str | None = None) -> dict[str, torch.Tensor]:
     return {n: p.detach().float().cpu().clone().contiguous() for n, p in trainer.model.named_parameters() if p.requires_grad}
 
 
+def key_mismatch(out_dir: str) -> None:
+    """Every process holds its own fingerprint key: each must refuse the request (none may wait in a collective)."""
+    from hf_iau import IAUConfig, IAUTrainer
+
+    rank = int(os.environ.get("RANK", "0"))
+    data = tiny.lm_dataset(n=N_FORGET + N_RETAIN, seed=3)
+    args = IAUConfig(
+        output_dir=out_dir, use_cpu=True, ddp_find_unused_parameters=False, report_to="none", disable_tqdm=True,
+        fingerprint_key_file=os.path.join(out_dir, f"key-{rank}"), **REFERENCE,
+    )
+    trainer = IAUTrainer(model=tiny.tiny_gpt2(seed=0), args=args)
+    try:
+        trainer.unlearn(data.select(range(N_FORGET)), data.select(range(N_FORGET, N_FORGET + N_RETAIN)))
+    except ValueError as err:
+        if "fingerprint key" in str(err):
+            with open(os.path.join(out_dir, f"refused-{rank}.txt"), "w") as fh:
+                fh.write(str(err))
+
+
 def main(out_dir: str) -> None:
     import torch.distributed as dist
     from safetensors.torch import save_file
@@ -125,4 +144,7 @@ def main(out_dir: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    if sys.argv[2:] == ["key_mismatch"]:
+        key_mismatch(sys.argv[1])
+    else:
+        main(sys.argv[1])

@@ -56,3 +56,12 @@ def test_every_baseline_two_processes_equal_one(case: str, two_process_weights: 
     assert max_abs_diff(single, multi) <= TOL
     before = dict(dist_worker.METHOD_CASES[case][0](seed=0).named_parameters())
     assert any(not torch.allclose(single[n], before[n]) for n in single), f"{case}: changed no weight"
+
+
+def test_different_fingerprint_keys_on_two_processes_are_refused_on_both(tmp_path: Path) -> None:
+    """Before: the process whose record could not be read raised while the other entered a collective (a hang).
+    Now every process compares key ids first and refuses, naming the fix."""
+    torchrun([str(HERE / "dist_worker.py"), str(tmp_path), "key_mismatch"], timeout=180)
+    for rank in (0, 1):
+        text = (tmp_path / f"refused-{rank}.txt").read_text()
+        assert "different fingerprint keys" in text and "same key file" in text

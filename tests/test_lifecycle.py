@@ -1,0 +1,138 @@
+"""The one request lifecycle: every default does what it says or refuses (each case failed on the code before it),
+and a request reports through the Trainer's machinery (logs, callbacks, progress bar)."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+import torch
+from tiny import lm_dataset, max_abs_diff, params_of, parity_args, text_cls_dataset, tiny_bert, tiny_gpt2
+from transformers import TrainerCallback, default_data_collator
+
+from hf_iau import IAUTrainer, UnlearningError, forget_retain_split
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _lm_trainer(tmp_path, **kw):
+    ds = lm_dataset(24)
+    args = parity_args(tmp_path / "out", num_train_epochs=8, learning_rate=1e-2, per_device_train_batch_size=8, **kw)
+    trainer = IAUTrainer(tiny_gpt2(), args=args, train_dataset=ds, data_collator=default_data_collator)
+    return trainer, ds
+
+
+def test_an_update_that_changes_nothing_records_no_deletion(tmp_path):
+    """Causal LM with 'flip' targets on partly memorised rows: token accuracy ≤ 0.5, so no row is ever pushed —
+    before, the request took 0 steps, changed nothing and was recorded as a deletion (card and ledger)."""
+    trainer, ds = _lm_trainer(tmp_path, unlearn_targets="flip", unlearn_stop="targets", unlearn_steps=5)
+    trainer.train()
+    before = params_of(trainer.model)
+    with pytest.raises(UnlearningError, match="changed nothing"):
+        trainer.unlearn(ds.select([0, 1, 2]))
+    assert max_abs_diff(params_of(trainer.model), before) == 0.0
+    assert not trainer.unlearning_history and trainer.deletion_record.count == 0
+    trainer.save_model()
+    assert not (tmp_path / "out" / "deletion_ledger.jsonl").exists()
+    result = trainer.unlearn(ds.select([0, 1, 2]), allow_noop=True)  # asked for explicitly: recorded
+    assert result.metrics["update_norm"] == 0.0 and trainer.unlearning_history[-1]["config"]["allow_noop"] is True
+
+
+def test_the_default_targets_without_held_out_data_refuse_on_a_causal_lm(tmp_path):
+    """Before: 'auto' silently became 'flip' on a causal LM without eval_dataset (then the no-op above)."""
+    trainer, ds = _lm_trainer(tmp_path, unlearn_targets="counterfactual", unlearn_stop="targets")
+    with pytest.raises(ValueError, match="needs held-out data"):
+        trainer.unlearn(ds.select([0, 1]))
+    assert not trainer.unlearning_history
+
+
+def test_forget_rows_must_be_the_training_rows_with_those_ids(tmp_path):
+    trainer, ds = _lm_trainer(tmp_path)
+    other = lm_dataset(24, seed=9)  # same ids 0..23, other token sequences
+    before = params_of(trainer.model)
+    with pytest.raises(ValueError, match="carry the id of a training row but different content"):
+        trainer.unlearn(other.select([0, 1]))
+    assert max_abs_diff(params_of(trainer.model), before) == 0.0
+
+
+@pytest.mark.parametrize("which", ["forget", "train"])
+def test_held_out_data_that_overlaps_train_or_forget_is_refused(tmp_path, which):
+    """Before: an eval_dataset equal to the forget set (or part of train) was used as 'never seen' data."""
+    ds = text_cls_dataset(24)
+    split = forget_retain_split(ds, forget=[0, 1, 2], id_column="id")
+    held_out = split["forget"] if which == "forget" else ds.select(range(10, 20))
+    args = parity_args(tmp_path, unlearn_targets="counterfactual")
+    trainer = IAUTrainer(tiny_bert(), args=args, train_dataset=ds, eval_dataset=held_out,
+                         data_collator=default_data_collator)
+    with pytest.raises(ValueError, match="held-out data .* shares"):
+        trainer.unlearn(split["forget"])
+    held_out = text_cls_dataset(12, seed=5)  # other rows (ids restart at 0: compared by content, not id)
+    trainer.unlearn(split["forget"], held_out_dataset=held_out, allow_noop=True)
+
+
+class Recorder(TrainerCallback):
+    def __init__(self) -> None:
+        self.logs: list[dict] = []
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        self.logs.append(dict(logs or {}))
+
+
+def test_unlearning_reports_through_the_trainer(tmp_path, capsys):
+    """Per-step logs at logging_steps reach every callback (so report_to: TensorBoard, W&B, JSON), the final
+    metrics land in state.log_history, and a progress bar is shown unless disable_tqdm."""
+    ds = text_cls_dataset(24)
+    split = forget_retain_split(ds, forget=[0, 1, 2], id_column="id")
+    args = parity_args(tmp_path, unlearn_steps=4, logging_steps=2, disable_tqdm=False, unlearn_learning_rate=1e-2)
+    recorder = Recorder()
+    trainer = IAUTrainer(tiny_bert(), args=args, data_collator=default_data_collator, callbacks=[recorder])
+    trainer.unlearn(split["forget"], split["retain"])
+    steps = [log["unlearn/step"] for log in recorder.logs if "unlearn/step" in log]
+    assert steps == [0.0, 1.0, 3.0]  # the first step, then every logging_steps-th
+    final = recorder.logs[-1]
+    assert final["unlearn/steps"] == 4.0 and "unlearn/forget_loss_after" in final
+    assert final.items() <= trainer.state.log_history[-1].items()
+    assert "unlearn (iau)" in capsys.readouterr().err
+
+
+def test_baselines_share_the_lifecycle_and_report_too(tmp_path):
+    ds = text_cls_dataset(24)
+    split = forget_retain_split(ds, forget=[0, 1, 2], id_column="id")
+    recorder = Recorder()
+    trainer = IAUTrainer(tiny_bert(), args=parity_args(tmp_path), data_collator=default_data_collator,
+                         callbacks=[recorder])
+    trainer.unlearn(split["forget"], split["retain"], method="gradient_difference", steps=2, learning_rate=1e-2)
+    assert trainer.unlearning_history[-1]["method"] == "gradient_difference"
+    assert recorder.logs[-1]["unlearn/steps"] == 2.0
+    assert trainer.unlearning_history[-1]["config"]["request_index"] == 0
+
+
+def _imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    out = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.level:
+            out.add((node.module or "").split(".")[0])
+    return out
+
+
+def test_the_lifecycle_imports_nothing_above_it():
+    """request → method → engine → result → record flows downhill: the lower modules never import the trainer,
+    the methods, the hub or the card (not even lazily)."""
+    upper = {"trainer", "methods", "hub", "card", "report", "cli", "saving"}
+    for name in ("lifecycle", "request", "engine", "result", "counterfactual", "validation", "data", "losses"):
+        assert not _imports(ROOT / "hf_iau" / f"{name}.py") & upper, name
+
+
+def test_options_never_write_the_trainer_args(tmp_path):
+    ds = text_cls_dataset(24)
+    split = forget_retain_split(ds, forget=[0, 1, 2], id_column="id")
+    trainer = IAUTrainer(tiny_bert(), args=parity_args(tmp_path), data_collator=default_data_collator)
+    before = trainer.args.to_dict()
+    trainer.unlearn(split["forget"], split["retain"], unlearn_steps=2, unlearn_learning_rate=1e-2)
+    assert trainer.args.to_dict() == before
+    assert trainer.unlearning_history[-1]["config"]["unlearn_steps"] == 2
+    with pytest.raises(ValueError, match="iau.unlearn_steps=0 is invalid"):
+        trainer.unlearn(split["forget"], split["retain"], unlearn_steps=0)
+    assert torch.is_tensor(next(trainer.model.parameters()))
