@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import math
+import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -167,8 +168,11 @@ class IAURun:
         req, o = self.req, self.opts
         req.begin(steps=o["unlearn_steps"])
         try:
+            t0 = time.perf_counter()
             targets = self.resolve_targets()
+            t1 = time.perf_counter()
             history, lr, retries, stop = self.loop(targets)
+            self.info.update({"wall_time_targets_s": t1 - t0, "wall_time_steps_s": time.perf_counter() - t1})
             metrics = self.final_metrics(targets)
         except BaseException:
             req.restore()
