@@ -262,12 +262,16 @@ class GradientRestriction:
         step = _Step(trainer, model, num_items_in_batch)
         with math_sdpa() if self.args.gr_mode == "exact" else contextlib.nullcontext():
             first = self._first_pass(step, inputs)
+            norm_stats = _norm_stat_buffers(model)  # running statistics: updated by pass 1 only
             norms = step.norms([g.detach() for g in first.grads])
             penalty = norm_value(norms, self.args.gr_norm) / (1.0 if first.exact else step.scale)
             if first.exact or (math.isfinite(penalty) and penalty > 0):
                 self._penalty_gradient(step, first, norms)
             else:  # zero gradient: no direction (fp16 overflow: the scaler skips the step); the synced pass is still due
                 step.backward_at_first_masks(first.batch, first.weight, 0.0)
+            with torch.no_grad():
+                for buffer, saved in norm_stats:
+                    buffer.copy_(saved)
         ga = trainer.current_gradient_accumulation_steps
         self._logs["gr_penalty"].append(penalty * ga)  # ‖∇ℓ‖ of the micro-batch mean (equal-size micro-batches)
         self._logs["gr_loss"].append(float(first.loss.detach()) * ga)
@@ -325,15 +329,11 @@ class GradientRestriction:
         central = not first.exact and self._low_precision(step.params)
         radius = LOW_PRECISION_RHO * self.length if central and self.length else args.gr_fd_radius
         before = [g.detach().clone() for g in step.grads()] if (keep or central) else None
-        norm_stats = _norm_stat_buffers(step.model)  # running statistics: updated by pass 1 only
         self.radii = []
         for attempt in range(_CALIBRATION_PASSES + 1):
             if not first.exact:
                 self.radii.append(radius)
             self._add_hessian_vector(step, first, norms, radius, central, with_loss=first.exact and not keep)
-            with torch.no_grad():
-                for buffer, saved in norm_stats:
-                    buffer.copy_(saved)
             if before is None:
                 break
             contrib = step.mean([g - b for g, b in zip(step.grads(), before)])  # α·s·H·u

@@ -81,8 +81,12 @@ def _resnet():
     return ResNetForImageClassification(cfg)
 
 
-def test_batchnorm_running_stats_updated_once_per_gr_step(tmp_path):
+@pytest.mark.parametrize("unlabelled", [False, True], ids=["labels", "no-labels"])
+def test_batchnorm_running_stats_updated_once_per_gr_step(tmp_path, unlabelled):
+    """Also when the micro-batch has no label (no GR direction; the step still runs its synced pass)."""
     batch = _batch(image_dataset(8), 8)
+    if unlabelled:
+        batch["labels"] = torch.full_like(batch["labels"], -100)
     stats = {}
     for name, alpha in (("plain", 0.0), ("gr", 0.05)):
         trainer = _trainer(tmp_path / name, _resnet(), gr_alpha=alpha)
