@@ -11,7 +11,7 @@ Hessian-vector routine (:meth:`GradientRestriction._add_hessian_vector`) gets H�
   (∇ℓ(θ + r·u) − ∇ℓ(θ − r·u)) / 2r, with r set from the measured length scale ‖g‖/‖H·u‖
   (:data:`LOW_PRECISION_RHO`; benchmarks/results/gr_precision.md).
 
-Both take the norm and the direction u from the same per-tensor norms (:func:`squared_norms`,
+Both take the penalty and the direction u from the same per-tensor norms ‖gₜ‖ (:func:`norm_value`,
 :func:`direction_scales`). Every gradient goes through ``accelerator.backward``; every sum over
 processes through ``accelerator.reduce``.
 """
@@ -138,7 +138,8 @@ class _Step:
             loss = loss.mean()
         scaled = trainer.loss_is_scaled_for_ga
         if scaled is None:
-            scaled = (trainer.model_accepts_loss_kwargs and self.num_items is not None) or trainer.compute_loss_func is not None
+            scaled = trainer.model_accepts_loss_kwargs and self.num_items is not None
+            scaled = scaled or trainer.compute_loss_func is not None
         if not scaled:
             loss = loss * (weight / trainer.current_gradient_accumulation_steps)
         return loss
@@ -250,7 +251,11 @@ class GradientRestriction:
             )
 
     def training_step(
-        self, trainer: Any, model: torch.nn.Module, inputs: dict[str, Any], num_items_in_batch: torch.Tensor | int | None = None
+        self,
+        trainer: Any,
+        model: torch.nn.Module,
+        inputs: dict[str, Any],
+        num_items_in_batch: torch.Tensor | int | None = None,
     ) -> torch.Tensor:
         """``Trainer.training_step`` with GR: adds ∇(ℓ + α‖∇ℓ‖) of this micro-batch to ``.grad``; returns the loss."""
         if trainer.state.global_step % self.args.gr_every_n_steps != 0:
@@ -267,7 +272,7 @@ class GradientRestriction:
             penalty = norm_value(norms, self.args.gr_norm) / (1.0 if first.exact else step.scale)
             if first.exact or (math.isfinite(penalty) and penalty > 0):
                 self._penalty_gradient(step, first, norms)
-            else:  # zero gradient: no direction (fp16 overflow: the scaler skips the step); the synced pass is still due
+            else:  # g = 0: no direction (fp16 overflow: the scaler skips the step); the synced pass is still due
                 step.backward_at_first_masks(first.batch, first.weight, 0.0)
             with torch.no_grad():
                 for buffer, saved in norm_stats:
@@ -277,7 +282,9 @@ class GradientRestriction:
         self._logs["gr_loss"].append(float(first.loss.detach()) * ga)
         return first.loss.detach()
 
-    def _step_without_penalty(self, trainer: Any, model: torch.nn.Module, inputs: dict[str, Any], num_items: Any) -> torch.Tensor:
+    def _step_without_penalty(
+        self, trainer: Any, model: torch.nn.Module, inputs: dict[str, Any], num_items: Any
+    ) -> torch.Tensor:
         """The plain step, plus the last penalty gradient α·H·u when ``gr_reuse_penalty``."""
         loss = Trainer.training_step(trainer, model, inputs, num_items)
         if self.args.gr_reuse_penalty and self.penalty_grads is not None:
@@ -342,7 +349,7 @@ class GradientRestriction:
             hu_norm = norm_value(step.norms(contrib), "global") / (args.gr_alpha * step.scale)
             if hu_norm == 0 or not math.isfinite(hu_norm):
                 break
-            self.length = norm_value(norms, "global") / step.scale / hu_norm  # ‖g‖/‖H·u‖ (both carry the loss scale)
+            self.length = norm_value(norms, "global") / step.scale / hu_norm  # ‖g‖/‖H·u‖ (both carry the scale)
             target = LOW_PRECISION_RHO * self.length
             if 0.5 <= radius / target <= 2.0 or attempt == _CALIBRATION_PASSES:
                 break
