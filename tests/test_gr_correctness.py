@@ -6,6 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 from test_restriction import exact_gr
+from test_restriction import gr_trainer as _trainer
+from test_restriction import step_grads as _step_grads
 from tiny import image_dataset, lm_dataset, tiny_gpt2, tiny_llama
 from transformers import ResNetConfig, ResNetForImageClassification, default_data_collator
 
@@ -25,22 +27,6 @@ def _flat(xs) -> torch.Tensor:
 
 def _rel(a, b) -> float:
     return float((_flat(a) - _flat(b)).norm() / _flat(b).norm())
-
-
-def _trainer(tmp_path, model, **kw):
-    args = IAUConfig(output_dir=str(tmp_path), use_cpu=True, report_to=[], per_device_train_batch_size=4, **kw)
-    trainer = IAUTrainer(model, args=args)
-    trainer.current_gradient_accumulation_steps = 1
-    return trainer
-
-
-def _step_grads(trainer, batch, seed=None):
-    for p in trainer.model.parameters():
-        p.grad = None
-    if seed is not None:
-        torch.manual_seed(seed)
-    trainer.training_step(trainer.model, dict(batch))
-    return [p.grad.detach().clone() for p in trainer.model.parameters() if p.requires_grad]
 
 
 def test_dropout_finite_difference_matches_exact_with_the_same_mask(tmp_path):
