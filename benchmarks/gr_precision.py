@@ -109,7 +109,8 @@ def library_hu(make, b, bf16: bool) -> tuple[torch.Tensor, list[float]]:
     trainer.accelerator.prepare_model(trainer.model)  # autocast around forward when bf16, as in train()
     trainer.current_gradient_accumulation_steps = 1
     trainer.training_step(trainer.model, dict(b))
-    return flat(trainer._gr_state.penalty_grads) / alpha, trainer._gr_state.radii
+    gr = trainer.gradient_restriction
+    return flat(gr.penalty_grads) / alpha, gr.radii
 
 
 def rel(a: torch.Tensor, b: torch.Tensor) -> float:

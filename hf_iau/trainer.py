@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections import defaultdict
 from pathlib import Path
 from typing import Any, Callable
 
@@ -24,7 +23,7 @@ from transformers import (
 
 from .config import IAUConfig
 from .losses import loss_kind
-from .restriction import check_gr_setup, gr_training_step
+from .restriction import GradientRestriction
 from .request import DeletionRecord, DeletionRequest
 from .result import UnlearningResult
 from .safe_io import atomic_directory
@@ -112,11 +111,12 @@ class IAUTrainer(Trainer):
             processing_class=processing_class,
             **kwargs,
         )
-        self._gr_logs: dict[str, list[float]] = defaultdict(list)
+        self.gradient_restriction = GradientRestriction(self.args) if self.args.gr_alpha > 0 else None
         self.unlearning_history: list[dict[str, Any]] = []
         self.parent_checkpoint: str | None = None  # folder this model came from, when not `model_id`
         self.unlearning_report: Any = None  # an evaluate_unlearning report, shown in the card
-        check_gr_setup(self)  # fp16, DeepSpeed, FSDP, multi-process exact GR: clear errors
+        if self.gradient_restriction is not None:
+            self.gradient_restriction.check_setup(self)  # fp16, DeepSpeed, FSDP, multi-process exact GR: clear errors
         if is_sharded(self.model):
             # A model the user sharded (FSDP2 `fully_shard`) owns its gradient reduction: Trainer.train must not
             # wrap it in DDP (which fails on DTensor parameters). This is the Trainer's own switch for such models.
@@ -138,16 +138,14 @@ class IAUTrainer(Trainer):
         (plain steps in between, or the last penalty gradient reused with ``gr_reuse_penalty``), and H·u
         on a ``gr_sub_batch_fraction`` of the rows.
         """
-        if self.args.gr_alpha == 0:
+        if self.gradient_restriction is None:
             return super().training_step(model, inputs, num_items_in_batch)
-        return gr_training_step(self, model, inputs, num_items_in_batch)
+        return self.gradient_restriction.training_step(self, model, inputs, num_items_in_batch)
 
     def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
         """Adds the mean GR penalty ‖∇ℓ‖ since the last log to training logs."""
-        if self._gr_logs and "loss" in logs:
-            for key, values in self._gr_logs.items():
-                logs[key] = float(np.mean(values))
-            self._gr_logs.clear()
+        if self.gradient_restriction is not None and "loss" in logs:
+            logs.update(self.gradient_restriction.pop_logs())
         super().log(logs, *args, **kwargs)
 
     def train(self, resume_from_checkpoint: str | bool | None = None, *args: Any, **kwargs: Any) -> Any:

@@ -1,8 +1,10 @@
 """GR training parity cases, run in one process (imported by tests) or on 2 processes (torchrun).
 
 ``torchrun --nproc_per_node 2 --standalone tests/gr_dist_worker.py OUT_DIR`` trains every case with
-per_device_train_batch_size=2 and rank 0 writes the trained weights to ``OUT_DIR/<case>.safetensors``;
-tests compare them with ``run_case(case, world=1)`` (per-device batch 4: the same global batches).
+per_device_train_batch_size=2; rank 0 writes the trained weights to ``OUT_DIR/<case>.safetensors`` and rank 1
+to ``OUT_DIR/<case>.rank1.safetensors``; tests compare them with ``run_case(case, world=1)`` (per-device batch 4:
+the same global batches) and with each other. Every ``torch.distributed`` collective called directly from GR code
+raises in the worker (:func:`forbid_collectives_from_gr`).
 GPT-2 in float64 without dropout (resid/embd/attn 0), fixed-length rows (equal token counts on every process).
 
 FSDP2 cases (``FSDP_CASES``): the model sharded with ``fully_shard`` per GPT2Block and root, one GR
@@ -27,7 +29,12 @@ GLOBAL_BATCH = 4
 CASES: dict[str, dict] = {
     "fd_ga2": {"gr_alpha": 0.05},
     "fd_ga2_per_tensor_reuse": {"gr_alpha": 0.05, "gr_norm": "per_tensor", "gr_every_n_steps": 2, "gr_reuse_penalty": True},
+    # rows in order; the 2nd micro-batch of every step has no label (all -100) on every process: its gradient and
+    # GR norm are 0, and it is the micro-batch whose backward must still run DDP's gradient sync
+    "fd_ga2_unlabelled_micro_batch": {"gr_alpha": 0.05, "train_sampling_strategy": "sequential"},
 }
+UNLABELLED = {"fd_ga2_unlabelled_micro_batch"}
+GR_MODULES = ("hf_iau.restriction", "hf_iau.hvp")  # must leave collectives to accelerate
 CONTROL = {"gr_alpha": 0.0}  # one process only: GR must change the weights
 FSDP_CASES: dict[str, list[str] | None] = {"fsdp_step_full": None, "fsdp_step_lora": ["c_attn", "c_proj"]}
 
@@ -40,6 +47,9 @@ def run_case(name: str, world: int, out_dir: str | None = None, overrides: dict 
     # AdamW's first steps (≈ lr·sign(g), which turns float32 round-off in tiny gradient entries into 1e-3)
     model = tiny.tiny_gpt2(seed=0, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0).double()
     data = tiny.lm_dataset(n=24, seed=3)
+    if name in UNLABELLED:  # rows 4-7, 12-15, 20-23: the 2nd micro-batch of each step (global batch 4, GA 2)
+        data = data.map(lambda row, i: {"labels": [-100] * len(row["labels"]) if (i // GLOBAL_BATCH) % 2 else row["labels"]},
+                        with_indices=True)
     args = IAUConfig(
         output_dir=out_dir or tempfile.mkdtemp(), use_cpu=True, ddp_find_unused_parameters=False, report_to="none",
         per_device_train_batch_size=GLOBAL_BATCH // world, gradient_accumulation_steps=2,
@@ -86,16 +96,35 @@ def fsdp_step(name: str, world: int, rank: int = 0, alpha: float = 0.05) -> dict
     return {n: full(p.grad).detach().clone().contiguous() for n, p in trainer.model.named_parameters() if p.requires_grad}
 
 
+def forbid_collectives_from_gr() -> None:
+    """Make every ``torch.distributed`` collective raise when called directly from GR code (accelerate's own
+    calls, and torch's, go through): GR must reduce through accelerate."""
+    import torch.distributed as dist
+
+    def guard(name: str, fn):
+        def call(*args, **kwargs):
+            caller = sys._getframe(1).f_globals.get("__name__", "")
+            if caller.startswith(GR_MODULES):
+                raise RuntimeError(f"{caller} called torch.distributed.{name} directly; reduce through accelerate")
+            return fn(*args, **kwargs)
+
+        return call
+
+    for name in ("all_reduce", "all_gather", "all_gather_into_tensor", "reduce_scatter_tensor", "broadcast", "reduce"):
+        setattr(dist, name, guard(name, getattr(dist, name)))
+
+
 def main(out_dir: str) -> None:
     import torch.distributed as dist
     from safetensors.torch import save_file
 
     torch.set_num_threads(1)
+    forbid_collectives_from_gr()
     world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
     for name in CASES:
         weights = run_case(name, world, out_dir)
-        if int(os.environ.get("RANK", "0")) == 0:
-            save_file(weights, os.path.join(out_dir, f"{name}.safetensors"))
+        save_file(weights, os.path.join(out_dir, f"{name}.safetensors" if rank == 0 else f"{name}.rank{rank}.safetensors"))
     for name in FSDP_CASES:
         grads = fsdp_step(name, world, dist.get_rank())
         if dist.get_rank() == 0:

@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import pytest
 import torch
+from test_restriction import exact_gr
+from test_restriction import gr_trainer as _trainer
+from test_restriction import step_grads as _step_grads
 from tiny import image_dataset, lm_dataset, tiny_gpt2, tiny_llama
 from transformers import ResNetConfig, ResNetForImageClassification, default_data_collator
 
 from hf_iau import IAUConfig, IAUTrainer
-from hf_iau.restriction import gr_exact, gradient_norm, math_sdpa
+from hf_iau.restriction import direction_scales, math_sdpa
 
 
 def _batch(ds, n):
@@ -26,22 +29,6 @@ def _rel(a, b) -> float:
     return float((_flat(a) - _flat(b)).norm() / _flat(b).norm())
 
 
-def _trainer(tmp_path, model, **kw):
-    args = IAUConfig(output_dir=str(tmp_path), use_cpu=True, report_to=[], per_device_train_batch_size=4, **kw)
-    trainer = IAUTrainer(model, args=args)
-    trainer.current_gradient_accumulation_steps = 1
-    return trainer
-
-
-def _step_grads(trainer, batch, seed=None):
-    for p in trainer.model.parameters():
-        p.grad = None
-    if seed is not None:
-        torch.manual_seed(seed)
-    trainer.training_step(trainer.model, dict(batch))
-    return [p.grad.detach().clone() for p in trainer.model.parameters() if p.requires_grad]
-
-
 def test_dropout_finite_difference_matches_exact_with_the_same_mask(tmp_path):
     """GPT-2 with its default dropout 0.1, train mode: the FD GR gradient of the Trainer step equals the
     exact GR gradient computed with the same dropout mask (same seed) within 3%."""
@@ -53,13 +40,13 @@ def test_dropout_finite_difference_matches_exact_with_the_same_mask(tmp_path):
     params = [p for p in trainer.model.parameters() if p.requires_grad]
     trainer.model.train()
     torch.manual_seed(7)
-    exact = gr_exact(lambda: trainer.model(**batch).loss, params, alpha)
+    exact, _, _, _ = exact_gr(trainer.model, batch, alpha)
     torch.manual_seed(7)
     plain = torch.autograd.grad(trainer.model(**batch).loss, params)
     fd = _step_grads(trainer, batch, seed=7)
-    hu_exact = [e - g for e, g in zip(exact.grads, plain)]
+    hu_exact = [e - g for e, g in zip(exact, plain)]
     assert _rel(hu_exact, plain) > 0.3  # the penalty part matters
-    assert _rel(fd, exact.grads) < 0.03
+    assert _rel(fd, exact) < 0.03
     assert _rel([f - g for f, g in zip(fd, plain)], hu_exact) < 0.1
     # negative control: the perturbed pass under another dropout mask (what the step did before) is noise
     r = 1e-3
@@ -80,8 +67,12 @@ def _resnet():
     return ResNetForImageClassification(cfg)
 
 
-def test_batchnorm_running_stats_updated_once_per_gr_step(tmp_path):
+@pytest.mark.parametrize("unlabelled", [False, True], ids=["labels", "no-labels"])
+def test_batchnorm_running_stats_updated_once_per_gr_step(tmp_path, unlabelled):
+    """Also when the micro-batch has no label (no GR direction; the step still runs its synced pass)."""
     batch = _batch(image_dataset(8), 8)
+    if unlabelled:
+        batch["labels"] = torch.full_like(batch["labels"], -100)
     stats = {}
     for name, alpha in (("plain", 0.0), ("gr", 0.05)):
         trainer = _trainer(tmp_path / name, _resnet(), gr_alpha=alpha)
@@ -96,26 +87,26 @@ def test_batchnorm_running_stats_updated_once_per_gr_step(tmp_path):
     assert any(not torch.equal(fresh[k], stats["gr"][k]) for k in stats["gr"] if "running_mean" in k)
 
 
-def test_exact_gr_with_default_lora_config_is_finite(tmp_path):
-    """A default LoraConfig starts with B = 0: zero gradient tensors, d√0 would be NaN."""
+@pytest.mark.parametrize("norm", ["global", "per_tensor"])
+def test_exact_gr_with_default_lora_config_is_finite(tmp_path, norm):
+    """A default LoraConfig starts with B = 0: zero gradient tensors (lora_A), whose u = g/‖g‖ would be NaN;
+    the step equals the zero-safe double-backward reference."""
     from peft import LoraConfig
 
-    zero = torch.zeros(3, requires_grad=True)
-    one = torch.ones(2, requires_grad=True)
-    for norm in ("global", "per_tensor"):
-        (d0, d1) = torch.autograd.grad(gradient_norm([zero * 1.0, one * 1.0], norm), [zero, one])
-        assert torch.isfinite(d0).all() and torch.isfinite(d1).all()
-    args = IAUConfig(output_dir=str(tmp_path), use_cpu=True, report_to=[], gr_alpha=0.005, gr_mode="exact")
+    assert direction_scales([0.0, 2.0], "per_tensor", 1.0) == [0.0, 0.5]
+    args = IAUConfig(output_dir=str(tmp_path), use_cpu=True, report_to=[], gr_alpha=0.005, gr_mode="exact", gr_norm=norm)
     trainer = IAUTrainer(tiny_llama(attn="eager"), args=args, peft_config=LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
     trainer.current_gradient_accumulation_steps = 1
-    grads = _step_grads(trainer, _batch(lm_dataset(4), 4))
+    batch = _batch(lm_dataset(4), 4)
+    grads = _step_grads(trainer, batch)
     names = [n for n, p in trainer.model.named_parameters() if p.requires_grad]
     assert all(torch.isfinite(g).all() for g in grads)
     assert any("lora_B" in n and g.abs().sum() > 0 for n, g in zip(names, grads))
+    assert _rel(grads, exact_gr(trainer.model, batch, 0.005, norm)[0]) < 1e-5
 
 
 @pytest.mark.parametrize("make", [lambda: tiny_llama(0, "sdpa"), lambda: tiny_llama(1, "eager")], ids=["llama0", "llama1"])
-def test_bf16_autocast_finite_difference_hu_within_10_percent(tmp_path, make):
+def test_bf16_autocast_finite_difference_hu_within_10_percent(tmp_path, make, monkeypatch):
     """H·u from the bf16 Trainer step (central difference, calibrated radius) vs float32 double backward."""
     batch = _batch(lm_dataset(4, seed=1), 4)
     ref = make().eval()
@@ -128,21 +119,17 @@ def test_bf16_autocast_finite_difference_hu_within_10_percent(tmp_path, make):
     trainer.accelerator.prepare_model(trainer.model)  # bf16 autocast around forward, as in train()
     for _ in range(2):  # the 1st step calibrates the radius, the 2nd uses the stored length scale
         _step_grads(trainer, batch)
-        assert _rel(trainer._gr_state.penalty_grads, hu) < 0.1
-    assert len(trainer._gr_state.radii) == 1 and trainer._gr_state.radii[0] > 1e-2
+        assert _rel(trainer.gradient_restriction.penalty_grads, hu) < 0.1
+    assert len(trainer.gradient_restriction.radii) == 1 and trainer.gradient_restriction.radii[0] > 1e-2
     assert all(p.dtype == torch.float32 for p in trainer.model.parameters())
     # the old rule (forward difference, r = 1e-3) under bf16 is noise: the test can fail
     trainer.args.gr_fd_radius = 1e-3
-    trainer._gr_state.length = None
+    trainer.gradient_restriction.length = None
     from hf_iau import restriction
 
-    calib = restriction._CALIBRATION_PASSES
-    restriction._CALIBRATION_PASSES = 0
-    try:
-        _step_grads(trainer, batch)
-    finally:
-        restriction._CALIBRATION_PASSES = calib
-    assert _rel(trainer._gr_state.penalty_grads, hu) > 0.3
+    monkeypatch.setattr(restriction, "_CALIBRATION_PASSES", 0)
+    _step_grads(trainer, batch)
+    assert _rel(trainer.gradient_restriction.penalty_grads, hu) > 0.3
 
 
 def test_fp16_with_gr_is_refused_with_the_fix(tmp_path):
@@ -168,5 +155,5 @@ def test_gr_step_restores_low_precision_weights_exactly(tmp_path):
     grads = _step_grads(trainer, _batch(lm_dataset(4), 4))
     assert all(torch.equal(before[k], v) for k, v in trainer.model.state_dict().items())
     assert all(torch.isfinite(g.float()).all() for g in grads)
-    assert len(trainer._gr_state.radii) >= 2  # central difference, radius calibrated on the first step
+    assert len(trainer.gradient_restriction.radii) >= 2  # central difference, radius calibrated on the first step
     assert IAUConfig(output_dir=str(tmp_path), use_cpu=True, report_to=[]).mixed_precision == "no"

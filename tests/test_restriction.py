@@ -8,63 +8,103 @@ from tiny import lm_dataset, text_cls_dataset, tiny_bert, tiny_gpt2, tiny_llama
 from transformers import default_data_collator
 
 from hf_iau import IAUConfig, IAUTrainer
-from hf_iau.restriction import gr_exact, gr_finite_difference, gradient_norm
+from hf_iau.restriction import direction_scales, math_sdpa, norm_value
 
 
-def _loss_fn(model, batch):
-    return lambda: model(**batch).loss
+def _batch(ds, lo, hi):
+    b = default_data_collator([ds[i] for i in range(lo, hi)])
+    b.pop("id")
+    return b
 
 
 def _rel(a, b) -> float:
-    fa = torch.cat([x.flatten() for x in a])
-    fb = torch.cat([x.flatten() for x in b])
+    fa = torch.cat([x.flatten().double() for x in a])
+    fb = torch.cat([x.flatten().double() for x in b])
     return float((fa - fb).norm() / fb.norm())
 
 
-@pytest.mark.parametrize("make_model", [tiny_llama, tiny_gpt2], ids=["llama", "gpt2"])
+def exact_gr(model, batch, alpha, norm="global"):
+    """Reference ∇(ℓ + α‖∇ℓ‖) by double backward, independent of hf_iau: (total, plain ∇ℓ, α·H·u, ‖∇ℓ‖)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    with math_sdpa():
+        loss = model(**batch).loss
+        g = torch.autograd.grad(loss, params, create_graph=True, allow_unused=True)
+        g = [torch.zeros_like(p) if x is None else x for p, x in zip(params, g)]
+        squares = torch.stack([x.double().pow(2).sum() for x in g])
+        tiny = torch.finfo(torch.float32).tiny  # zero-safe √ (a zero tensor: LoRA B = 0)
+        penalty = squares.clamp_min(tiny).sqrt().sum() if norm == "per_tensor" else squares.sum().clamp_min(tiny).sqrt()
+        hu = torch.autograd.grad(alpha * penalty, params, retain_graph=True, allow_unused=True)
+    hu = [torch.zeros_like(p) if x is None else x for p, x in zip(params, hu)]
+    plain = [x.detach() for x in g]
+    return [a + b for a, b in zip(plain, hu)], plain, hu, float(penalty.detach())
+
+
+def gr_trainer(tmp_path, model, **kw):
+    """An IAUTrainer whose ``training_step`` is called directly (one micro-batch per optimizer step)."""
+    args = IAUConfig(output_dir=str(tmp_path), use_cpu=True, report_to=[], per_device_train_batch_size=4, **kw)
+    trainer = IAUTrainer(model, args=args)
+    trainer.current_gradient_accumulation_steps = 1
+    return trainer
+
+
+def step_grads(trainer, batch, seed=None):
+    """``.grad`` after one ``IAUTrainer.training_step`` from zero gradients."""
+    for p in trainer.model.parameters():
+        p.grad = None
+    if seed is not None:
+        torch.manual_seed(seed)
+    trainer.training_step(trainer.model, dict(batch))
+    return [p.grad.detach().clone() for p in trainer.model.parameters() if p.requires_grad]
+
+
+def _no_dropout_gpt2(attn):
+    return tiny_gpt2(attn=attn, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+
+
+@pytest.mark.parametrize("make_model", [tiny_llama, _no_dropout_gpt2], ids=["llama", "gpt2"])
 @pytest.mark.parametrize("attn", ["eager", "sdpa"])
 @pytest.mark.parametrize("norm", ["global", "per_tensor"])
-def test_finite_difference_matches_exact(make_model, attn, norm):
-    """FD GR gradient equals the exact one within a few 1e-2 relative; its H·u error shrinks like O(r)."""
-    ds = lm_dataset(4)
-    batch = default_data_collator([ds[i] for i in range(4)])
-    batch.pop("id")
-    model = make_model(attn=attn).eval()
-    params = [p for p in model.parameters() if p.requires_grad]
-    exact = gr_exact(_loss_fn(model, batch), params, 0.005, norm)
-    before = [p.detach().clone() for p in params]
-    fd = gr_finite_difference(_loss_fn(model, batch), params, 0.005, norm, radius=1e-3)
-    assert all(torch.allclose(p, q, atol=1e-6, rtol=0) for p, q in zip(params, before))  # weights restored
-    assert _rel(fd.grads, exact.grads) < 3e-2
-    assert torch.isclose(fd.penalty, exact.penalty, rtol=1e-4)
+def test_finite_difference_matches_exact(tmp_path, make_model, attn, norm):
+    """The FD GR step equals the exact GR gradient within a few 1e-2 relative, restores the weights, logs ‖∇ℓ‖;
+    its H·u error shrinks like O(r); the exact GR step equals the double-backward reference."""
+    batch = _batch(lm_dataset(4), 0, 4)
+    trainer = gr_trainer(tmp_path, make_model(attn=attn), gr_alpha=0.005, gr_norm=norm)
+    before = [p.detach().clone() for p in trainer.model.parameters()]
+    fd = step_grads(trainer, batch)
+    assert all(torch.allclose(p, q, atol=1e-6, rtol=0) for p, q in zip(trainer.model.parameters(), before))  # restored
+    exact, _, _, penalty = exact_gr(trainer.model, batch, 0.005, norm)
+    assert _rel(fd, exact) < 3e-2
+    assert trainer.gradient_restriction.pop_logs()["gr_penalty"] == pytest.approx(penalty, rel=1e-4)
+    assert trainer.gradient_restriction.pop_logs() == {}
 
-    # The penalty part alone, α = 1, float64: H·u by finite difference vs double backward.
-    model = model.double()
-    params = [p for p in model.parameters() if p.requires_grad]
-    plain = torch.autograd.grad(model(**batch).loss, params)
-    hu_exact = [e - g for e, g in zip(gr_exact(_loss_fn(model, batch), params, 1.0, norm).grads, plain)]
+    # The penalty part alone, α = 1, float64: H·u by finite difference vs double backward; the exact step.
+    model = make_model(attn=attn).double()
+    total, plain, hu_exact, _ = exact_gr(model, batch, 1.0, norm)
     errors = []
     for radius in (1e-3, 1e-4):
-        fd = gr_finite_difference(_loss_fn(model, batch), params, 1.0, norm, radius=radius)
-        errors.append(_rel([a - g for a, g in zip(fd.grads, plain)], hu_exact))
+        fd = step_grads(gr_trainer(tmp_path, model, gr_alpha=1.0, gr_norm=norm, gr_fd_radius=radius), batch)
+        errors.append(_rel([a - g for a, g in zip(fd, plain)], hu_exact))
     assert errors[0] < 0.1 and errors[1] < 1e-2 and errors[1] < errors[0] / 3, errors
+    exact_step = step_grads(gr_trainer(tmp_path, model, gr_alpha=1.0, gr_norm=norm, gr_mode="exact"), batch)
+    assert _rel(exact_step, total) < 1e-6  # Llama rotary runs in float32
 
 
-def test_exact_gr_on_fused_sdpa_needs_math_backend():
-    """Double backward through SDPA's fused CPU kernel fails; gr_exact runs it under the MATH backend."""
-    model = tiny_llama(attn="sdpa").eval()
-    ds = lm_dataset(2)
-    batch = default_data_collator([ds[i] for i in range(2)])
-    batch.pop("id")
-    params = [p for p in model.parameters() if p.requires_grad]
-    out = gr_exact(_loss_fn(model, batch), params, 0.01)
-    assert all(torch.isfinite(g).all() for g in out.grads)
+def test_exact_gr_on_fused_sdpa_runs_on_the_math_backend(tmp_path):
+    """Double backward through SDPA's fused CPU kernel fails; the exact step runs it under the MATH backend
+    and gives the gradient of the same model with eager attention."""
+    batch = _batch(lm_dataset(2), 0, 2)
+    got = step_grads(gr_trainer(tmp_path, tiny_llama(attn="sdpa"), gr_alpha=0.01, gr_mode="exact"), batch)
+    eager = step_grads(gr_trainer(tmp_path, tiny_llama(attn="eager"), gr_alpha=0.01, gr_mode="exact"), batch)
+    assert all(torch.isfinite(g).all() for g in got)
+    assert _rel(got, eager) < 1e-5
 
 
-def test_per_tensor_norm_is_sum_of_tensor_norms():
-    gs = [torch.tensor([3.0, 4.0]), torch.tensor([[1.0, 0.0], [0.0, 0.0]])]
-    assert float(gradient_norm(gs, "per_tensor")) == pytest.approx(6.0)
-    assert float(gradient_norm(gs, "global")) == pytest.approx(26**0.5)
+def test_norms_and_directions_from_per_tensor_norms():
+    assert norm_value([5.0, 1.0], "per_tensor") == pytest.approx(6.0)
+    assert norm_value([5.0, 1.0], "global") == pytest.approx(26**0.5)
+    assert direction_scales([5.0, 0.0], "per_tensor", 2.0) == [0.4, 0.0]  # zero tensor: no direction
+    assert direction_scales([3.0, 4.0], "global", 2.0) == [0.4, 0.4]
+    assert direction_scales([0.0, 0.0], "global", 2.0) == [0.0, 0.0]
 
 
 def _mean_grad_norm(model, ds) -> float:
@@ -75,7 +115,7 @@ def _mean_grad_norm(model, ds) -> float:
         batch = default_data_collator([ds[i]])
         batch.pop("id")
         grads = torch.autograd.grad(model(**batch).loss, [p for p in model.parameters() if p.requires_grad])
-        norms.append(float(gradient_norm(grads)))
+        norms.append(float(torch.cat([g.flatten() for g in grads]).norm()))
     return sum(norms) / len(norms)
 
 
@@ -102,29 +142,21 @@ def test_gr_lowers_per_example_gradient_norm(tmp_path):
 
 
 def test_gr_under_gradient_accumulation_sums_micro_batch_gradients(tmp_path):
-    """With GA=2, .grad after two micro-batches = mean of the two micro-batch GR gradients."""
+    """With GA=2, .grad after two micro-batches = mean of the two micro-batch GR gradients (each GR step
+    subtracts the gradient already in .grad before it takes its direction)."""
     ds = text_cls_dataset(8)
-    args = IAUConfig(
-        output_dir=str(tmp_path), use_cpu=True, report_to=[], gr_alpha=0.1, gradient_accumulation_steps=2,
-        per_device_train_batch_size=4,
-    )
-    trainer = IAUTrainer(tiny_bert().double(), args=args, train_dataset=ds, data_collator=default_data_collator)
+    batches = [_batch(ds, 0, 4), _batch(ds, 4, 8)]
+    trainer = gr_trainer(tmp_path, tiny_bert().double(), gr_alpha=0.1)
+    alone = [step_grads(trainer, b) for b in batches]
+    expected = [(a + b) / 2 for a, b in zip(*alone)]
     trainer.current_gradient_accumulation_steps = 2
-    model = trainer.model
-    params = [p for p in model.parameters() if p.requires_grad]
-    batches = []
-    for lo in (0, 4):
-        b = default_data_collator([ds[i] for i in range(lo, lo + 4)])
-        b.pop("id")
-        batches.append(b)
-    expected = [torch.zeros_like(p) for p in params]
-    model.train()
+    for p in trainer.model.parameters():
+        p.grad = None
     for b in batches:
-        out = gr_finite_difference(_loss_fn(model, b), params, 0.1, "global", 1e-3)
-        expected = [e + g / 2 for e, g in zip(expected, out.grads)]
-    for b in batches:
-        trainer.training_step(model, dict(b))
-    assert _rel([p.grad for p in params], expected) < 1e-9
+        trainer.training_step(trainer.model, dict(b))
+    assert _rel([p.grad for p in trainer.model.parameters()], expected) < 1e-9
+    assert _rel(expected, [(a + b) / 2 for a, b in zip(exact_gr(trainer.model, batches[0], 0.1)[0],
+                                                       exact_gr(trainer.model, batches[1], 0.1)[0])]) < 5e-3
 
 
 def test_gr_with_bf16_autocast_keeps_fp32_weights(tmp_path):

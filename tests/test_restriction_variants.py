@@ -4,79 +4,44 @@ from __future__ import annotations
 
 import pytest
 import torch
+from test_restriction import _batch, _rel, exact_gr, gr_trainer, step_grads
 from tiny import lm_dataset, text_cls_dataset, tiny_bert, tiny_llama
-from transformers import default_data_collator
 
-from hf_iau import IAUConfig, IAUTrainer
-from hf_iau.restriction import gr_exact, gr_finite_difference, gr_gradient, norm_direction
+from hf_iau import IAUConfig
 from hf_iau.restriction import split_rows as _split_rows
 
 
-def _batch(ds, lo, hi):
-    b = default_data_collator([ds[i] for i in range(lo, hi)])
-    b.pop("id")
-    return b
-
-
-def _rel(a, b) -> float:
-    fa = torch.cat([x.flatten() for x in a])
-    fb = torch.cat([x.flatten() for x in b])
-    return float((fa - fb).norm() / fb.norm())
-
-
 def _model64():
-    return tiny_llama(attn="eager").double().eval()
+    return tiny_llama(attn="eager").double()
 
 
-def test_sub_batch_of_whole_batch_equals_plain_finite_difference():
-    model = _model64()
-    params = list(model.parameters())
-    b = _batch(lm_dataset(4), 0, 4)
-    ref = gr_finite_difference(lambda: model(**b).loss, params, 0.01)
-    out = gr_finite_difference(lambda: model(**b).loss, params, 0.01, sub_batch=(lambda: model(**b).loss, None, 1.0))
-    assert _rel(out.grads, ref.grads) < 1e-12
-    assert float(out.penalty) == pytest.approx(float(ref.penalty), rel=1e-12)
-
-
-def test_sub_batch_keeps_the_full_gradient_and_estimates_hu_on_the_sub_batch():
+def test_sub_batch_keeps_the_full_gradient_and_estimates_hu_on_the_sub_batch(tmp_path):
     """total − α·H_S·u = ∇ℓ_B exactly; α·H_S·u matches double backward on the sub-batch with u from ∇ℓ_B."""
-    model = _model64()
-    params = list(model.parameters())
-    ds = lm_dataset(4)
-    full, sub, rest = _batch(ds, 0, 4), _batch(ds, 0, 1), _batch(ds, 1, 4)
     alpha = 0.5
-    out = gr_finite_difference(
-        lambda: model(**full).loss, params, alpha, radius=1e-4,
-        sub_batch=(lambda: model(**sub).loss, lambda: model(**rest).loss, 0.25), keep_penalty_grads=True,
-    )
-    g_full = torch.autograd.grad(model(**full).loss, params)
-    plain_part = [t - pg for t, pg in zip(out.grads, out.penalty_grads)]
-    assert _rel(plain_part, g_full) < 1e-6  # round-off of total − penalty, amplified by α/r
-    u = norm_direction(list(g_full))
+    ds = lm_dataset(4)
+    full, sub = _batch(ds, 0, 4), _batch(ds, 0, 1)
+    trainer = gr_trainer(tmp_path, _model64(), gr_alpha=alpha, gr_fd_radius=1e-4, gr_sub_batch_fraction=0.25,
+                         gr_every_n_steps=2, gr_reuse_penalty=True)  # keeps α·H_S·u
+    model, gr = trainer.model, trainer.gradient_restriction
+    params = list(model.parameters())
+    got = step_grads(trainer, full)
+    _, g_full, _, norm = exact_gr(model, full, alpha)
+    assert _rel([t - pg for t, pg in zip(got, gr.penalty_grads)], g_full) < 1e-6  # round-off of total − penalty, amplified by α/r
+    n = torch.cat([g.flatten() for g in g_full]).norm()
     g_sub = torch.autograd.grad(model(**sub).loss, params, create_graph=True)
-    hu = torch.autograd.grad(sum((g * v).sum() for g, v in zip(g_sub, u)), params)
-    assert _rel(out.penalty_grads, [alpha * h for h in hu]) < 3e-3  # O(r); Llama rotary runs in float32
-    assert float(out.penalty) == pytest.approx(float(torch.cat([g.flatten() for g in g_full]).norm()), rel=1e-6)  # norms in float32
+    hu = torch.autograd.grad(sum((g * (v / n)).sum() for g, v in zip(g_sub, g_full)), params)
+    assert _rel(gr.penalty_grads, [alpha * h for h in hu]) < 3e-3  # O(r); Llama rotary runs in float32
+    assert gr.pop_logs()["gr_penalty"] == pytest.approx(norm, rel=1e-6)
 
 
 @pytest.mark.parametrize("mode", ["finite_difference", "exact"])
-def test_kept_penalty_gradient_is_total_minus_plain_gradient(mode):
-    model = _model64()
-    params = list(model.parameters())
+def test_kept_penalty_gradient_is_total_minus_plain_gradient(tmp_path, mode):
     b = _batch(lm_dataset(4), 0, 4)
-    out = gr_gradient(lambda: model(**b).loss, params, 0.1, mode, keep_penalty_grads=True)
-    plain = torch.autograd.grad(model(**b).loss, params)
-    assert _rel([t - pg for t, pg in zip(out.grads, out.penalty_grads)], plain) < 1e-9
-    exact = gr_exact(lambda: model(**b).loss, params, 0.1)
-    assert _rel(out.grads, exact.grads) < 5e-3  # FD error O(r), r = 1e-3
-
-
-def test_exact_mode_rejects_a_sub_batch():
-    model = _model64()
-    b = _batch(lm_dataset(2), 0, 2)
-    f = lambda: model(**b).loss  # noqa: E731
-    with pytest.raises(ValueError, match="finite_difference"):
-        gr_gradient(f, list(model.parameters()), 0.1, "exact", sub_batch=(f, f, 0.5))
+    trainer = gr_trainer(tmp_path, _model64(), gr_alpha=0.1, gr_mode=mode, gr_every_n_steps=2, gr_reuse_penalty=True)
+    got = step_grads(trainer, b)
+    exact, plain, _, _ = exact_gr(trainer.model, b, 0.1)
+    assert _rel([t - pg for t, pg in zip(got, trainer.gradient_restriction.penalty_grads)], plain) < 1e-9
+    assert _rel(got, exact) < (5e-3 if mode == "finite_difference" else 1e-6)  # FD error O(r), r = 1e-3
 
 
 def test_split_rows_weights_by_predicted_tokens():
@@ -90,53 +55,24 @@ def test_split_rows_weights_by_predicted_tokens():
     assert _split_rows(inputs, 1.0, causal_lm=True) is None
 
 
-def _trainer(tmp_path, **kw):
-    ds = text_cls_dataset(8)
-    args = IAUConfig(output_dir=str(tmp_path), use_cpu=True, report_to=[], per_device_train_batch_size=4, **kw)
-    trainer = IAUTrainer(tiny_bert().double(), args=args, train_dataset=ds, data_collator=default_data_collator)
-    trainer.current_gradient_accumulation_steps = 1
-    return trainer, [_batch(ds, 0, 4), _batch(ds, 4, 8)]
-
-
-def _grads_after_step(trainer, batch):
-    for p in trainer.model.parameters():
-        p.grad = None
-    trainer.training_step(trainer.model, dict(batch))
-    return [p.grad.clone() for p in trainer.model.parameters()]
-
-
 @pytest.mark.parametrize("reuse", [False, True])
 def test_every_n_steps_plain_or_reused_penalty_between(tmp_path, reuse):
-    trainer, (b1, b2) = _trainer(tmp_path, gr_alpha=0.1, gr_every_n_steps=3, gr_reuse_penalty=reuse)
+    ds = text_cls_dataset(8)
+    b1, b2 = _batch(ds, 0, 4), _batch(ds, 4, 8)
+    trainer = gr_trainer(tmp_path, tiny_bert().double(), gr_alpha=0.1, gr_every_n_steps=3, gr_reuse_penalty=reuse)
     model = trainer.model
-    model.train()
     params = list(model.parameters())
     trainer.state.global_step = 0  # a GR step
-    got = _grads_after_step(trainer, b1)
-    ref = gr_finite_difference(lambda: model(**b1).loss, params, 0.1, keep_penalty_grads=True)
-    assert _rel(got, ref.grads) < 1e-9
+    got = step_grads(trainer, b1)
+    assert _rel(got, exact_gr(model, b1, 0.1)[0]) < 5e-3
+    penalty = [g - p for g, p in zip(got, torch.autograd.grad(model(**b1).loss, params))]
     for step in (1, 2):  # steps without a fresh penalty
         trainer.state.global_step = step
-        got = _grads_after_step(trainer, b2)
+        got = step_grads(trainer, b2)
         plain = torch.autograd.grad(model(**b2).loss, params)
-        expected = [g + pg for g, pg in zip(plain, ref.penalty_grads)] if reuse else plain
+        expected = [g + pg for g, pg in zip(plain, penalty)] if reuse else plain
         assert _rel(got, expected) < 1e-9
-    assert (trainer._gr_state.penalty_grads is not None) == reuse
-
-
-def test_sub_batch_fraction_in_training_step(tmp_path):
-    trainer, (b1, _) = _trainer(tmp_path, gr_alpha=0.1, gr_sub_batch_fraction=0.5)
-    model = trainer.model
-    model.train()
-    params = list(model.parameters())
-    got = _grads_after_step(trainer, b1)
-    sub = {k: v[:2] for k, v in b1.items()}
-    rest = {k: v[2:] for k, v in b1.items()}
-    ref = gr_finite_difference(
-        lambda: model(**b1).loss, params, 0.1,
-        sub_batch=(lambda: model(**sub).loss, lambda: model(**rest).loss, 0.5),
-    )
-    assert _rel(got, ref.grads) < 1e-9
+    assert (trainer.gradient_restriction.penalty_grads is not None) == reuse
 
 
 def test_cheap_gr_still_lowers_gradient_norm(tmp_path):
