@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections import defaultdict
 from typing import Any, Callable
 
@@ -24,7 +23,7 @@ from .config import IAUConfig
 from .losses import loss_kind
 from .restriction import check_gr_setup, gr_training_step
 from .request import DeletionRequest
-from .safe_io import atomic_directory
+from .saving import args_as_json, save_model, save_sharded
 from .sharding import is_sharded
 from .engine import Engine
 from .unlearning import IAUUnlearner, UnlearningResult, request_id
@@ -297,57 +296,18 @@ class IAUTrainer(Trainer):
 
     # --- saving -------------------------------------------------------------------------------
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
-        """Save atomically (complete old or complete new folder), with the unlearning card and ledger."""
-        output_dir = output_dir or self.args.output_dir
-        if not _internal_call and not self.is_fsdp_enabled and is_sharded(self.model):
-            self._save_sharded(output_dir)
-            return
-        if _internal_call or self.is_fsdp_enabled or self.is_deepspeed_enabled or self.args.world_size > 1:
-            super().save_model(output_dir, _internal_call)
-            if self.args.should_save and not _internal_call:
-                self._write_unlearning_artifacts(output_dir)
-            return
-        with atomic_directory(output_dir) as tmp:
-            super().save_model(str(tmp), _internal_call=True)  # no push from the temporary folder
-            self._write_unlearning_artifacts(str(tmp))
-        if self.args.push_to_hub:
-            self.push_to_hub(commit_message="Model save", revision=self.args.hub_revision)
+        """Save atomically (complete old or complete new folder), with the unlearning card and ledger
+        (``hf_iau.saving``; a model sharded with ``fully_shard`` is gathered on rank 0, on the CPU)."""
+        save_model(self, output_dir or self.args.output_dir, _internal_call, base_save=super().save_model)
 
     def _save_sharded(self, output_dir: str) -> None:
-        """A model sharded by the user (FSDP2): every process gathers the full weights, the main one saves them
-        atomically with the card and ledger (under the unsharded class name)."""
-        full: dict[str, torch.Tensor] = {}
-        first: dict[int, str] = {}  # tied weights (one tensor under two names) stay one tensor
-        for k, v in self.model.state_dict(keep_vars=True).items():
-            if id(v) in first:
-                full[k] = full[first[id(v)]]
-                continue
-            first[id(v)] = k
-            full[k] = (v.full_tensor() if hasattr(v, "full_tensor") else v).detach()
-        if self.args.should_save:
-            with atomic_directory(output_dir) as tmp:
-                self._save(str(tmp), state_dict=full)
-                config = tmp / "config.json"
-                if config.exists():  # fully_shard renames the class (FSDPGPT2LMHeadModel): keep the real one
-                    import json
-
-                    data = json.loads(config.read_text())
-                    names = [c.__name__ for c in type(self.model).__mro__ if not c.__name__.startswith("FSDP")]
-                    if data.get("architectures") and names:
-                        data["architectures"] = [names[0]]
-                        config.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-                self._write_unlearning_artifacts(str(tmp))
-        self.accelerator.wait_for_everyone()
+        """Gather a model sharded by the user (FSDP2) on rank 0 and save it there (``hf_iau.saving``)."""
+        save_sharded(self, output_dir)
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         """Trainer's save, with the arguments as JSON instead of the pickled ``training_args.bin``."""
         super()._save(output_dir, state_dict)
-        output_dir = output_dir or self.args.output_dir
-        pickled = os.path.join(output_dir, "training_args.bin")
-        if os.path.exists(pickled):
-            os.remove(pickled)
-        with open(os.path.join(output_dir, "training_args.json"), "w") as fh:
-            fh.write(self.args.to_json_string())
+        args_as_json(self.args, output_dir or self.args.output_dir)
 
     def _write_unlearning_artifacts(self, output_dir: str) -> None:
         """Model card and deletion ledger for the unlearning requests (filled in by hf_iau.hub)."""
