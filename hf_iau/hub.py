@@ -17,16 +17,19 @@ import platform
 import shutil
 import tempfile
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
-from .card import build_model_card
+from .card import build_model_card, is_hub_id
 from .ledger import (
+    DELETION_RECORD_NAME,
     LEDGER_NAME,
     append_entry,
+    card_metadata,
     checkpoint_digest,
     config_hash,
     ledger_path,
@@ -121,16 +124,54 @@ def _card_base_model(folder: Path) -> str | None:
     readme = folder / CARD_NAME
     if not readme.is_file():
         return None
-    from huggingface_hub import metadata_load
-
-    try:
-        meta = metadata_load(readme) or {}
-    except Exception:  # a foreign or broken card: the base model is then unknown
-        return None
-    base = meta.get("base_model")
+    base = card_metadata(readme).get("base_model")
     if isinstance(base, list):
         base = base[0] if base else None
     return str(base) if base else None
+
+
+@contextmanager
+def fetch_record_folder(repo_id: str) -> Iterator[Path | None]:
+    """A temporary folder holding the Hub repo's deletion ledger and record, removed when the block ends.
+
+    ``from_pretrained`` does not fetch these files; use it as ``with fetch_record_folder(repo_id) as folder:``
+    and read the record inside the block. Yields None when ``repo_id`` is not a Hub id or the repo holds neither
+    file; when the Hub cannot be reached (offline, network, access), warns that earlier deletions were not
+    checked and yields None.
+    """
+    if not is_hub_id(repo_id):
+        yield None
+        return
+    with tempfile.TemporaryDirectory(prefix="hf_iau_record_") as tmp:
+        yield _download_record(repo_id, Path(tmp))
+
+
+def _download_record(repo_id: str, folder: Path) -> Path | None:
+    """Copy the repo's ledger and deletion record into ``folder``; None when it has neither or cannot be read."""
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import GatedRepoError, RemoteEntryNotFoundError, RepositoryNotFoundError
+
+    found = False
+    for name in (LEDGER_NAME, DELETION_RECORD_NAME):
+        try:
+            hf_hub_download(repo_id, name, local_dir=folder)  # not the user's cache: everything goes with `folder`
+        except (RemoteEntryNotFoundError, RepositoryNotFoundError) as err:
+            if isinstance(err, GatedRepoError):  # it exists, but this token may not read it
+                return _unreachable(repo_id, err)
+            continue
+        except OSError as err:  # offline, no connection and not cached, HTTP errors: the record cannot be read
+            return _unreachable(repo_id, err)
+        found = True
+    return folder if found else None
+
+
+def _unreachable(repo_id: str, err: BaseException) -> None:
+    warnings.warn(
+        f"Could not read the deletion ledger of Hub model {repo_id!r} ({err.__class__.__name__}); rows deleted by "
+        "earlier requests on it are not excluded from retain_dataset=None. Load it from a local folder holding "
+        f"{DELETION_RECORD_NAME}, or pass `retain_dataset=` explicitly.",
+        stacklevel=5,
+    )
 
 
 def _state(trainer: Any, output_dir: Path) -> _State:
@@ -144,14 +185,8 @@ def _state(trainer: Any, output_dir: Path) -> _State:
 
 
 def _unwrap(trainer: Any) -> Any:
-    model = trainer.model
     accelerator = getattr(trainer, "accelerator", None)
-    if accelerator is not None:
-        try:
-            model = accelerator.unwrap_model(model)
-        except Exception:
-            pass
-    return model
+    return trainer.model if accelerator is None else accelerator.unwrap_model(trainer.model)
 
 
 def _is_peft(model: Any) -> bool:

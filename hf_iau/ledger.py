@@ -309,15 +309,23 @@ def check_card_head(folder: str | os.PathLike, entry: Mapping[str, Any]) -> list
     readme = Path(folder) / "README.md"
     if not readme.is_file():
         return []
-    from huggingface_hub import metadata_load
-
-    try:
-        head = ((metadata_load(readme) or {}).get("unlearning") or {}).get("ledger_head")
-    except Exception:  # a card that is not ours: nothing to compare
-        return []
+    head = (card_metadata(readme).get("unlearning") or {}).get("ledger_head")
     if head and head != entry.get("entry_sha256"):
         return [f"README.md ledger_head {str(head)[:12]} is not the last entry's entry_sha256 (the ledger or the card was edited)"]
     return []
+
+
+def card_metadata(readme: str | os.PathLike) -> dict[str, Any]:
+    """The YAML metadata of a card (``README.md``); ``{}`` when it has none or its YAML does not parse (a card that
+    is not ours: nothing in it to read)."""
+    import yaml
+    from huggingface_hub import metadata_load
+
+    try:
+        meta = metadata_load(Path(readme))
+    except (yaml.YAMLError, ValueError):
+        return {}
+    return meta if isinstance(meta, dict) else {}
 
 
 def check_deletion_record(folder: str | os.PathLike, entry: Mapping[str, Any]) -> list[str]:
