@@ -316,11 +316,13 @@ def check_card_head(folder: str | os.PathLike, entry: Mapping[str, Any]) -> list
 
 
 def card_metadata(readme: str | os.PathLike) -> dict[str, Any]:
-    """The YAML metadata of a card (``README.md``); ``{}`` when it has none or its YAML does not parse (a card that
-    is not ours: nothing in it to read)."""
+    """The YAML metadata of a card (``README.md``); ``{}`` when there is no card, it has no metadata or its YAML does
+    not parse (a card that is not ours: nothing in it to read)."""
     import yaml
     from huggingface_hub import metadata_load
 
+    if not Path(readme).is_file():
+        return {}
     try:
         meta = metadata_load(Path(readme))
     except (yaml.YAMLError, ValueError):
