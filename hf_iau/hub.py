@@ -134,16 +134,8 @@ def training_record(folder: str | os.PathLike) -> dict[str, Any] | None:
     ``{"gr_alpha", "gr_mode", "gr_norm", "source"}``; ``gr_alpha`` 0 when the arguments have no GR fields (a plain
     ``Trainer``); None when the folder holds no readable training arguments (then nothing is claimed).
     """
-    path = Path(folder) / "training_args.json"
-    if not path.is_file():
-        return None
-    try:
-        data = json.loads(path.read_text())
-    except ValueError:
-        return None
-    if not isinstance(data, dict):
-        return None
-    return _gr_fields(data, f"`training_args.json` of `{Path(folder).name}`")
+    data = _json_file(Path(folder) / "training_args.json")
+    return _gr_fields(data, f"`training_args.json` of `{Path(folder).name}`") if data else None
 
 
 def _gr_fields(values: Mapping[str, Any], source: str) -> dict[str, Any]:
@@ -243,13 +235,19 @@ def hub_origin(folder: str | os.PathLike) -> str | None:
         return None
     base = card_metadata(folder / CARD_NAME).get("base_model")
     names = list(base) if isinstance(base, list) else [base]
-    adapter = folder / "adapter_config.json"
-    if adapter.is_file():
-        try:
-            names.append(json.loads(adapter.read_text()).get("base_model_name_or_path"))
-        except (ValueError, AttributeError):  # not a PEFT adapter config: it records no origin
-            pass
+    names.append(_json_file(folder / "adapter_config.json").get("base_model_name_or_path"))
     return next((str(n) for n in names if n and is_hub_id(str(n))), None)
+
+
+def _json_file(path: Path) -> dict[str, Any]:
+    """A JSON object file's content; ``{}`` when absent or not a JSON object (it then records nothing)."""
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except ValueError:
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 def _training(trainer: Any, parent: _Parent) -> dict[str, Any] | None:
@@ -316,13 +314,7 @@ def _evaluation(trainer: Any, fingerprint: str, folders: list[Path]) -> dict[str
     attached = getattr(trainer, "unlearning_report", None)
     if attached is not None:
         candidates.append((attached, True))
-    for folder in folders:
-        path = folder / "report.json"
-        if path.is_file():
-            try:
-                candidates.append((json.loads(path.read_text()), False))
-            except ValueError:
-                continue
+    candidates += [(_json_file(folder / "report.json"), False) for folder in folders]
     for rep, explicit in candidates:
         metrics = getattr(rep, "metrics", None) if not isinstance(rep, Mapping) else rep.get("metrics")
         info = getattr(rep, "info", None) if not isinstance(rep, Mapping) else rep.get("info")
