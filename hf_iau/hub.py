@@ -259,10 +259,12 @@ def _training(trainer: Any, parent: _Parent) -> dict[str, Any] | None:
 
 
 def _dataset_name(trainer: Any, parent: _Parent) -> str | None:
-    """``trainer.dataset_name`` (set it, as TRL does), else the train dataset's own name, else the parent's."""
-    name = getattr(trainer, "dataset_name", None)
+    """``trainer.dataset_name`` (set it to the Hub id, as TRL's ``dataset_name``), else the train dataset's own name
+    (not a loader's: ``load_dataset("csv", ...)`` names its data "csv"), else the parent's."""
     info = getattr(getattr(trainer, "train_dataset", None), "info", None)
-    name = name or getattr(info, "dataset_name", None) or (parent.entries[-1].get("dataset") if parent.entries else None)
+    own = getattr(info, "dataset_name", None)
+    own = own if own and own != getattr(info, "builder_name", None) else None
+    name = getattr(trainer, "dataset_name", None) or own or (parent.entries[-1].get("dataset") if parent.entries else None)
     return str(name) if name else None
 
 

@@ -187,7 +187,7 @@ def test_lora_card_names_its_base_model_and_dataset(tmp_path):
     base = tiny_gpt2()
     base.save_pretrained(tmp_path / "base")
     card = _unlearn_and_save(_trainer(tmp_path / "lora-local", str(tmp_path / "base"), peft_config=lora))
-    assert card.data.library_name == "peft" and card.data.base_model is None
+    assert card.data.library_name == "peft" and card.data.base_model is None and card.data.datasets is None
     assert card.data.unlearning["base_model_origin"] == str(tmp_path / "base")
     assert f"**Base model:** local checkpoint `{tmp_path / 'base'}`" in card.text
 
@@ -228,3 +228,18 @@ def test_card_is_rewritten_with_the_evaluation_after_evaluate(tmp_path):
     with pytest.raises(ValueError, match="another|forgot"):
         update_card(tmp_path / "out", wrong)
     assert ModelCard.load(tmp_path / "out" / "README.md").text == card.text
+
+
+def test_dataset_name_is_the_datas_own_never_its_loaders(tmp_path):
+    from types import SimpleNamespace
+
+    from datasets import load_dataset
+
+    from hf_iau.hub import _dataset_name, _Parent
+
+    (tmp_path / "rows.csv").write_text("id,x\n1,2\n")
+    csv = load_dataset("csv", data_files=str(tmp_path / "rows.csv"), split="train", cache_dir=str(tmp_path / "cache"))
+    assert _dataset_name(SimpleNamespace(train_dataset=csv), _Parent()) is None  # "csv" names the loader
+    named = SimpleNamespace(train_dataset=csv, dataset_name="org/rows")
+    assert _dataset_name(named, _Parent()) == "org/rows"
+    assert _dataset_name(SimpleNamespace(train_dataset=None), _Parent(entries=[{"dataset": "org/rows"}])) == "org/rows"
