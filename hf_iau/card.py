@@ -196,7 +196,7 @@ def build_model_card(
     task_type = task_type or latest.get("task_type") or "other"
     if parent is None and latest.get("parent_checkpoint"):
         origin = str(latest["parent_checkpoint"])
-        name = f"`{origin}`" if is_hub_id(origin) else f"local checkpoint `{origin}`"
+        name = f"local checkpoint `{origin}`" if latest.get("parent_checkpoint_local") else f"`{origin}`"
         parent = {"name": name, "sha256": latest.get("parent_checkpoint_sha256")}
     card_data = _card_data(entries, model_name, base_model, variant, _eval_results(latest, task_type, evaluation), ledger_name)
     return ModelCard.from_template(

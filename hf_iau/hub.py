@@ -5,8 +5,13 @@ it copies the parent checkpoint's ledger (from ``trainer.parent_checkpoint`` or 
 the model was loaded from, ``trainer.model_id``) into the new folder as a new file, appends one
 entry per request in ``trainer.unlearning_history``, renders ``README.md`` from the ledger, and writes
 the deletion record ``deleted_rows.json`` (keyed digests of every row deleted so far, see hf_iau.request).
+Each entry also records what the card says about the model (base model, parent, dataset, the GR of
+the training behind the weights read from the checkpoint's own record, task, hardware, versions), so
+the card is rendered from the ledger alone; :func:`update_card` rewrites it once ``hf-iau evaluate``
+has compared the checkpoint with the retrained model.
 ``IAUTrainer.push_to_hub()`` calls :func:`push_unlearned`: full model, LoRA adapter alone, or
-the adapter merged into its base model, safetensors only.
+the adapter merged into its base model, safetensors only. :func:`fetch_record_folder` reads a Hub
+repo's ledger and deletion record into a temporary folder that is removed after use.
 """
 
 from __future__ import annotations
@@ -433,12 +438,11 @@ def request_entry(rec: Mapping[str, Any], position: int) -> dict[str, Any]:
 def _checkpoint_facts(trainer: Any, parent: _Parent) -> dict[str, Any]:
     """What every entry of this save records about the model: origin, data, training, task, machine, versions."""
     versions = library_versions()
-    origin = None
-    if parent.source:
-        origin = Path(parent.source).name if parent.local_dir else parent.source
     return {
         "base_model": _base_model(trainer, parent),
-        "parent_checkpoint": origin,
+        # a local parent by its folder name only (the card is public); a Hub parent by its id
+        "parent_checkpoint": (Path(parent.source).name if parent.local_dir else parent.source) if parent.source else None,
+        "parent_checkpoint_local": parent.local_dir is not None,
         "dataset": _dataset_name(trainer, parent),
         "training": _training(trainer, parent),
         "task_type": _task_type(_unwrap(trainer)),

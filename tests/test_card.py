@@ -163,6 +163,7 @@ def test_gr_provenance_comes_from_the_checkpoints_own_training_record(tmp_path):
     plain.save_model()
     card = _unlearn_and_save(_trainer(tmp_path / "plain-unlearned", str(tmp_path / "plain"), gr_alpha=0.005))
     assert "**Training:** without gradient restriction (per `training_args.json` of `plain`)" in card.text
+    assert "**Parent checkpoint:** local checkpoint `plain` (weights sha256" in card.text
     assert "0.005" not in card.text and "gradient restriction (ℓ + α" not in card.text
     assert read_ledger(tmp_path / "plain-unlearned")[-1]["training"]["gr_alpha"] == 0.0
 
