@@ -23,7 +23,7 @@ from .config import IAUConfig
 from .losses import loss_kind
 from .restriction import check_gr_setup, gr_training_step
 from .request import DeletionRequest
-from .saving import args_as_json, save_model, save_sharded
+from . import saving
 from .sharding import is_sharded
 from .engine import Engine
 from .unlearning import IAUUnlearner, UnlearningResult, request_id
@@ -298,16 +298,12 @@ class IAUTrainer(Trainer):
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
         """Save atomically (complete old or complete new folder), with the unlearning card and ledger
         (``hf_iau.saving``; a model sharded with ``fully_shard`` is gathered on rank 0, on the CPU)."""
-        save_model(self, output_dir or self.args.output_dir, _internal_call, base_save=super().save_model)
-
-    def _save_sharded(self, output_dir: str) -> None:
-        """Gather a model sharded by the user (FSDP2) on rank 0 and save it there (``hf_iau.saving``)."""
-        save_sharded(self, output_dir)
+        saving.save_model(self, output_dir or self.args.output_dir, _internal_call, base_save=super().save_model)
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         """Trainer's save, with the arguments as JSON instead of the pickled ``training_args.bin``."""
         super()._save(output_dir, state_dict)
-        args_as_json(self.args, output_dir or self.args.output_dir)
+        saving.args_as_json(self.args, output_dir or self.args.output_dir)
 
     def _write_unlearning_artifacts(self, output_dir: str) -> None:
         """Model card and deletion ledger for the unlearning requests (filled in by hf_iau.hub)."""
