@@ -21,10 +21,7 @@ CARD_TAGS = ("unlearning", "iau", "hf-iau", "machine-unlearning")
 PAPER = "arXiv:2507.23257"
 EVAL_MODELS = ("original", "unlearned", "retrained")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?$")
-_HYPERPARAMETERS = (
-    ("gr_alpha", "GR α (training)"),
-    ("gr_mode", "GR mode"),
-    ("gr_norm", "GR norm"),
+_HYPERPARAMETERS = (  # of the unlearning update; how the model was trained comes from its own record
     ("unlearn_optimizer", "unlearning optimizer"),
     ("unlearn_learning_rate", "unlearning learning rate"),
     ("unlearn_steps", "unlearning steps"),
@@ -134,40 +131,36 @@ def _evaluation_rows(evaluation: Mapping[str, Any]) -> tuple[list[str], list[dic
 def _eval_results(latest: Mapping[str, Any], task_type: str, evaluation: Mapping[str, Any] | None) -> list[EvalResult]:
     metrics = latest.get("metrics") or {}
     fp = str(latest.get("forget_fingerprint", ""))
-    results = []
     sets = {
         "forget": (f"forget set ({latest.get('forget_size')} examples, {scheme_of(latest)} {fp[:16]})", "forget-set"),
         "retain": (f"retain set ({latest.get('retain_size')} examples)", "retain-set"),
+        "test": ("test set (held out from training)", "test-set"),
     }
-    for split, (dname, dtype) in sets.items():
-        for stat in ("loss", "accuracy"):
-            value = _num(metrics.get(f"{split}_{stat}_after"))
-            if value is None:
-                continue
-            results.append(
-                EvalResult(
-                    task_type=task_type,
-                    dataset_type=dtype,
-                    dataset_name=dname,
-                    metric_type=stat,
-                    metric_name=f"{split} {stat} after unlearning",
-                    metric_value=round(value, 6),
-                )
-            )
-    gap = _num((evaluation or {}).get("gap_to_retrain"))
-    if gap is not None:
-        dname, dtype = sets["forget"]
-        results.append(
-            EvalResult(
-                task_type=task_type,
-                dataset_type=dtype,
-                dataset_name=dname,
-                metric_type="gap_to_retrain",
-                metric_name="gap to the retrained model",
-                metric_value=round(gap, 6),
-            )
-        )
-    return results
+    found = [(split, stat, metrics.get(f"{split}_{stat}_after"), f"{split} {stat} after unlearning")
+             for split in ("forget", "retain") for stat in ("loss", "accuracy")]
+    recorded = {(split, stat) for split, stat, value, _ in found if _num(value) is not None}
+    for key, value in (evaluation or {}).items():  # the evaluation against the retrained model (hf-iau evaluate)
+        split, _, stat = key.removeprefix("unlearned/").partition("_")
+        if key.startswith("unlearned/") and split in sets and stat and (split, stat) not in recorded:
+            found.append((split, stat, value, f"{split} {stat.replace('_', ' ')} (evaluation vs retrained model)"))
+    found.append(("forget", "gap_to_retrain", (evaluation or {}).get("gap_to_retrain"), "gap to the retrained model"))
+    return [
+        EvalResult(task_type=task_type, dataset_type=sets[split][1], dataset_name=sets[split][0], metric_type=stat,
+                   metric_name=name, metric_value=round(value, 6))
+        for split, stat, value, name in ((sp, st, _num(v), n) for sp, st, v, n in found) if value is not None
+    ]
+
+
+def training_text(training: Mapping[str, Any] | None) -> str:
+    """How the unlearned checkpoint was trained, as its own training record says (never the current IAUConfig)."""
+    if not training:
+        return "not recorded (no training record of this checkpoint was found)"
+    source = training.get("source", "the checkpoint's training record")
+    alpha = _num(training.get("gr_alpha"))
+    if not alpha:
+        return f"without gradient restriction (per {source})"
+    return (f"with gradient restriction ℓ + α‖∇ℓ‖, α = {alpha:g}, mode `{training.get('gr_mode')}`, norm "
+            f"`{training.get('gr_norm')}` (per {source})")
 
 
 def build_model_card(
@@ -176,90 +169,128 @@ def build_model_card(
     model_name: str,
     base_model: str | None = None,
     parent: Mapping[str, Any] | None = None,
-    variant: str = "full",
-    task_type: str = "other",
+    variant: str | None = None,
+    task_type: str | None = None,
     evaluation: Mapping[str, Any] | None = None,
-    hardware: str = "unknown",
+    hardware: str | None = None,
     versions: Mapping[str, str] | None = None,
     ledger_name: str = "deletion_ledger.jsonl",
     template: str | os.PathLike | None = None,
 ) -> ModelCard:
     """Render the unlearning card from sealed ledger ``entries`` (oldest first; the last is the latest request).
 
-    ``parent``: ``{"name", "sha256"}`` of the checkpoint that was unlearned; ``evaluation``: flat
-    aggregate metrics ``{"original|unlearned|retrained/<metric>": float, "gap_to_retrain": float}``
-    (as in ``UnlearningReport.metrics``); ``variant``: ``"full"``, ``"adapter"`` or ``"merged"``.
+    What the card says about the model (base model, dataset, training record, parent, format, task, hardware,
+    versions) comes from the latest entry; a keyword given here replaces it (entries of old ledgers lack some).
+    ``parent``: ``{"name", "sha256"}`` of the checkpoint that was unlearned; ``evaluation``: flat aggregate metrics
+    ``{"original|unlearned|retrained/<metric>": float, "gap_to_retrain": float}`` (``UnlearningReport.metrics``);
+    ``variant``: ``"full"``, ``"adapter"`` or ``"merged"``.
     """
     if not entries:
         raise ValueError("build_model_card: `entries` is empty; unlearn at least once before writing a card.")
+    latest = entries[-1]
+    env = latest.get("environment") or {}
+    variant = variant or latest.get("checkpoint_format") or "full"
     if variant not in _VARIANTS:
         raise ValueError(f"`variant` must be one of {sorted(_VARIANTS)}, got {variant!r}.")
-    latest = entries[-1]
-    config = latest.get("config") or {}
-    metrics = latest.get("metrics") or {}
-    library_name = "peft" if variant == "adapter" else "transformers"
-    tags = list(CARD_TAGS) + (["peft", "lora"] if variant in ("adapter", "merged") else [])
-    hub_base = base_model if is_hub_id(base_model) else None
-    card_data = ModelCardData(
-        base_model=hub_base,
-        library_name=library_name,
-        tags=tags,
+    base_model = base_model or latest.get("base_model")
+    task_type = task_type or latest.get("task_type") or "other"
+    if parent is None and latest.get("parent_checkpoint"):
+        origin = str(latest["parent_checkpoint"])
+        name = f"local checkpoint `{origin}`" if latest.get("parent_checkpoint_local") else f"`{origin}`"
+        parent = {"name": name, "sha256": latest.get("parent_checkpoint_sha256")}
+    card_data = _card_data(entries, model_name, base_model, variant, _eval_results(latest, task_type, evaluation), ledger_name)
+    return ModelCard.from_template(
+        card_data,
+        template_path=str(template or template_path()),
         model_name=model_name,
-        eval_results=_eval_results(latest, task_type, evaluation) or None,
+        base_model_text=_base_model_text(base_model, variant),
+        parent=parent,
+        variant_text=_VARIANTS[variant],
+        child_sha256=latest.get("child_checkpoint_sha256"),
+        library_name=card_data.library_name,
+        latest=latest,
+        scheme=_SCHEMES.get(scheme_of(latest), scheme_of(latest)),
+        keyed=any(scheme_of(e) != "sha256" for e in entries),
+        dataset=latest.get("dataset"),
+        training_text=training_text(latest.get("training")),
+        **_request_section(latest),
+        **_evaluation_section(evaluation or {}),
+        cost=_cost(latest.get("metrics") or {}),
+        hardware=hardware or env.get("hardware") or "unknown",
+        versions=sorted((versions or env.get("versions") or {}).items()),
+        requests=[_request_row(e) for e in entries],
+        ledger_name=ledger_name,
+        ledger_head=latest.get("entry_sha256"),
+    )
+
+
+def _card_data(entries: Sequence[Mapping[str, Any]], model_name: str, base_model: str | None, variant: str,
+               eval_results: list[EvalResult], ledger_name: str) -> ModelCardData:
+    latest = entries[-1]
+    keyed = scheme_of(latest) != "sha256"
+    dataset = latest.get("dataset")
+    local_base = base_model if base_model and not is_hub_id(base_model) else None
+    return ModelCardData(
+        base_model=base_model if base_model and not local_base else None,  # the Hub accepts model ids only
+        datasets=[str(dataset)] if dataset else None,
+        library_name="peft" if variant == "adapter" else "transformers",
+        tags=list(CARD_TAGS) + (["peft", "lora"] if variant in ("adapter", "merged") else []),
+        model_name=model_name,
+        eval_results=eval_results or None,
         unlearning={
-            "method": "iau",
+            "method": str(latest.get("method") or "iau"),
             "paper": PAPER,
             "requests": len(entries),
             "forget_size": int(latest.get("forget_size", 0)),
-            "forget_sha256": latest.get("forget_fingerprint"),
+            # a keyed fingerprint is an HMAC, not a plain sha256 of the ids: its name says so
+            ("forget_hmac_sha256" if keyed else "forget_sha256"): latest.get("forget_fingerprint"),
             "forget_fingerprint_scheme": scheme_of(latest),
             "total_forget_size": int(sum(int(e.get("forget_size", 0)) for e in entries)),
+            **({"base_model_origin": local_base} if local_base else {}),  # a local origin (not a Hub id)
             "weights_sha256": latest.get("child_checkpoint_sha256"),
             "ledger": ledger_name,
             "ledger_head": latest.get("entry_sha256"),
         },
     )
+
+
+def _base_model_text(base_model: str | None, variant: str) -> str:
+    if base_model and is_hub_id(base_model):
+        return f"[{base_model}](https://huggingface.co/{base_model})"
+    if base_model:
+        return f"local checkpoint `{base_model}` (recorded origin; not a Hub id)"
+    if variant == "adapter":
+        return "not recorded: the base model was built in memory, so this adapter names no base to load it on"
+    return "none recorded (model built in memory)"
+
+
+def _request_section(latest: Mapping[str, Any]) -> dict[str, Any]:
+    config = latest.get("config") or {}
     retain_n = config.get("retain_sample_size")
     sample = "the whole retain set in every step" if retain_n in (None, 0) else f"a seeded sample of {retain_n} per step"
-    retrain_models, retrain_rows = _evaluation_rows(evaluation or {})
+    return {
+        "retain_text": f"{latest.get('retain_size')} examples disjoint from the forget set; the retain term used {sample}",
+        "hyperparameters": [(label, _param(config.get(key)) if key != "retain_sample_size" or retain_n else "whole set")
+                            for key, label in _HYPERPARAMETERS if key in config],
+        "metric_rows": _metric_rows(latest.get("metrics") or {}),
+    }
+
+
+def _evaluation_section(evaluation: Mapping[str, Any]) -> dict[str, Any]:
+    models, rows = _evaluation_rows(evaluation)
+    return {"retrain_models": models, "retrain_rows": rows}
+
+
+def _cost(metrics: Mapping[str, Any]) -> dict[str, str]:
     grad = _num(metrics.get("example_gradient_passes")) or 0.0
     fwd = _num(metrics.get("example_forward_passes")) or 0.0
     wall = _num(metrics.get("wall_time_s"))
-    base_text = (
-        f"[{hub_base}](https://huggingface.co/{hub_base})" if hub_base
-        else (f"local checkpoint `{Path(str(base_model)).name}`" if base_model else "not recorded")
-    )
-    card = ModelCard.from_template(
-        card_data,
-        template_path=str(template or template_path()),
-        model_name=model_name,
-        base_model_text=base_text,
-        parent=parent,
-        variant_text=_VARIANTS[variant],
-        child_sha256=latest.get("child_checkpoint_sha256"),
-        library_name=library_name,
-        latest=latest,
-        scheme=_SCHEMES.get(scheme_of(latest), scheme_of(latest)),
-        keyed=any(scheme_of(e) != "sha256" for e in entries),
-        retain_text=f"{latest.get('retain_size')} examples disjoint from the forget set; the retain term used {sample}",
-        hyperparameters=[(label, _param(config.get(key)) if key != "retain_sample_size" or retain_n else "whole set")
-                         for key, label in _HYPERPARAMETERS if key in config],
-        metric_rows=_metric_rows(metrics),
-        retrain_models=retrain_models,
-        retrain_rows=retrain_rows,
-        cost={
-            "wall_time": "unknown" if wall is None else f"{wall:.3f} s",
-            "examples": f"{int(grad + fwd):,}",
-            "gradient_passes": f"{int(grad):,}",
-            "forward_passes": f"{int(fwd):,}",
-        },
-        hardware=hardware,
-        versions=sorted((versions or {}).items()),
-        requests=[_request_row(e) for e in entries],
-        ledger_name=ledger_name,
-        ledger_head=latest.get("entry_sha256"),
-    )
-    return card
+    return {
+        "wall_time": "unknown" if wall is None else f"{wall:.3f} s",
+        "examples": f"{int(grad + fwd):,}",
+        "gradient_passes": f"{int(grad):,}",
+        "forward_passes": f"{int(fwd):,}",
+    }
 
 
 def _request_row(e: Mapping[str, Any]) -> dict[str, Any]:

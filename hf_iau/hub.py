@@ -5,28 +5,37 @@ it copies the parent checkpoint's ledger (from ``trainer.parent_checkpoint`` or 
 the model was loaded from, ``trainer.model_id``) into the new folder as a new file, appends one
 entry per request in ``trainer.unlearning_history``, renders ``README.md`` from the ledger, and writes
 the deletion record ``deleted_rows.json`` (keyed digests of every row deleted so far, see hf_iau.request).
+Each entry also records what the card says about the model (base model, parent, dataset, the GR of
+the training behind the weights read from the checkpoint's own record, task, hardware, versions), so
+the card is rendered from the ledger alone; :func:`update_card` rewrites it once ``hf-iau evaluate``
+has compared the checkpoint with the retrained model.
 ``IAUTrainer.push_to_hub()`` calls :func:`push_unlearned`: full model, LoRA adapter alone, or
-the adapter merged into its base model, safetensors only.
+the adapter merged into its base model, safetensors only. :func:`fetch_record_folder` reads a Hub
+repo's ledger and deletion record into a temporary folder that is removed after use.
 """
 
 from __future__ import annotations
 
 import copy
+import json
 import os
 import platform
 import shutil
 import tempfile
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
-from .card import build_model_card
+from .card import build_model_card, is_hub_id
 from .ledger import (
+    DELETION_RECORD_NAME,
     LEDGER_NAME,
     append_entry,
+    card_metadata,
     checkpoint_digest,
     config_hash,
     ledger_path,
@@ -63,6 +72,7 @@ class _Parent:
     sha256: str | None = None
     entries: list[dict[str, Any]] = field(default_factory=list)
     base_model: str | None = None
+    training: dict[str, Any] | None = None  # how the parent's weights were trained, from its own record
 
 
 @dataclass
@@ -102,35 +112,84 @@ def _load_parent(source: str | None, output_dir: Path) -> _Parent:
         return _Parent(source=source)
     folder = Path(source).resolve()
     entries = read_ledger(folder)  # raises LedgerError on a torn parent ledger
+    last = entries[-1] if entries else {}
+    base = last.get("base_model") or card_metadata(folder / CARD_NAME).get("base_model")
+    base = (base[0] if base else None) if isinstance(base, list) else base
+    # an unlearned parent carries its training record along the ledger; its training_args.json is the unlearning
+    # run's. A plain checkpoint's training_args.json is the record of the training that made it.
+    training = last.get("training") if entries else training_record(folder)
+    parent = _Parent(source=str(folder), local_dir=folder, entries=entries, base_model=str(base) if base else None,
+                     training=training)
     if folder == output_dir.resolve():  # saving in place: the weights there are already the child's
-        digest = entries[-1].get("child_checkpoint_sha256") if entries else None
-        return _Parent(source=str(folder), local_dir=folder, sha256=digest, entries=entries,
-                       base_model=_card_base_model(folder))
-    digest = checkpoint_digest(weight_hashes(folder))
-    base = _card_base_model(folder)
-    if entries and digest and entries[-1].get("child_checkpoint_sha256") != digest:
+        parent.sha256 = last.get("child_checkpoint_sha256")
+        return parent
+    parent.sha256 = checkpoint_digest(weight_hashes(folder))
+    if entries and parent.sha256 and last.get("child_checkpoint_sha256") != parent.sha256:
         warnings.warn(
             f"The weights in {folder} do not match the last entry of its deletion ledger (changed after the last "
             "request); the new ledger records the actual parent hash and `hf-iau ledger verify` will flag the gap.",
             stacklevel=3,
         )
-    return _Parent(source=str(folder), local_dir=folder, sha256=digest, entries=entries, base_model=base)
+    return parent
 
 
-def _card_base_model(folder: Path) -> str | None:
-    readme = folder / CARD_NAME
-    if not readme.is_file():
-        return None
-    from huggingface_hub import metadata_load
+def training_record(folder: str | os.PathLike) -> dict[str, Any] | None:
+    """Gradient restriction of the training that produced a plain checkpoint, from its ``training_args.json``.
 
-    try:
-        meta = metadata_load(readme) or {}
-    except Exception:  # a foreign or broken card: the base model is then unknown
-        return None
-    base = meta.get("base_model")
-    if isinstance(base, list):
-        base = base[0] if base else None
-    return str(base) if base else None
+    ``{"gr_alpha", "gr_mode", "gr_norm", "source"}``; ``gr_alpha`` 0 when the arguments have no GR fields (a plain
+    ``Trainer``); None when the folder holds no readable training arguments (then nothing is claimed).
+    """
+    data = _json_file(Path(folder) / "training_args.json")
+    return _gr_fields(data, f"`training_args.json` of `{Path(folder).name}`") if data else None
+
+
+def _gr_fields(values: Mapping[str, Any], source: str) -> dict[str, Any]:
+    return {"gr_alpha": float(values.get("gr_alpha") or 0.0), "gr_mode": values.get("gr_mode"),
+            "gr_norm": values.get("gr_norm"), "source": source}
+
+
+@contextmanager
+def fetch_record_folder(repo_id: str) -> Iterator[Path | None]:
+    """A temporary folder holding the Hub repo's deletion ledger and record, removed when the block ends.
+
+    ``from_pretrained`` does not fetch these files; use it as ``with fetch_record_folder(repo_id) as folder:``
+    and read the record inside the block. Yields None when ``repo_id`` is not a Hub id or the repo holds neither
+    file; when the Hub cannot be reached (offline, network, access), warns that earlier deletions were not
+    checked and yields None.
+    """
+    if not is_hub_id(repo_id):
+        yield None
+        return
+    with tempfile.TemporaryDirectory(prefix="hf_iau_record_") as tmp:
+        yield _download_record(repo_id, Path(tmp))
+
+
+def _download_record(repo_id: str, folder: Path) -> Path | None:
+    """Copy the repo's ledger and deletion record into ``folder``; None when it has neither or cannot be read."""
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import GatedRepoError, RemoteEntryNotFoundError, RepositoryNotFoundError
+
+    found = False
+    for name in (LEDGER_NAME, DELETION_RECORD_NAME):
+        try:
+            hf_hub_download(repo_id, name, local_dir=folder)  # not the user's cache: everything goes with `folder`
+        except (RemoteEntryNotFoundError, RepositoryNotFoundError) as err:
+            if isinstance(err, GatedRepoError):  # it exists, but this token may not read it
+                return _unreachable(repo_id, err)
+            continue
+        except OSError as err:  # offline, no connection and not cached, HTTP errors: the record cannot be read
+            return _unreachable(repo_id, err)
+        found = True
+    return folder if found else None
+
+
+def _unreachable(repo_id: str, err: BaseException) -> None:
+    warnings.warn(
+        f"Could not read the deletion ledger of Hub model {repo_id!r} ({err.__class__.__name__}); rows deleted by "
+        "earlier requests on it are not excluded from retain_dataset=None. Load it from a local folder holding "
+        f"{DELETION_RECORD_NAME}, or pass `retain_dataset=` explicitly.",
+        stacklevel=5,
+    )
 
 
 def _state(trainer: Any, output_dir: Path) -> _State:
@@ -144,14 +203,8 @@ def _state(trainer: Any, output_dir: Path) -> _State:
 
 
 def _unwrap(trainer: Any) -> Any:
-    model = trainer.model
     accelerator = getattr(trainer, "accelerator", None)
-    if accelerator is not None:
-        try:
-            model = accelerator.unwrap_model(model)
-        except Exception:
-            pass
-    return model
+    return trainer.model if accelerator is None else accelerator.unwrap_model(trainer.model)
 
 
 def _is_peft(model: Any) -> bool:
@@ -163,6 +216,8 @@ def _is_peft(model: Any) -> bool:
 
 
 def _base_model(trainer: Any, parent: _Parent) -> str | None:
+    """The model the weights descend from: the parent's recorded base, the LoRA adapter's base, the base model's
+    name or the trainer's source (Hub id or local path, as recorded); None for a model built in memory."""
     if parent.base_model:
         return str(parent.base_model)
     model = _unwrap(trainer)
@@ -173,7 +228,49 @@ def _base_model(trainer: Any, parent: _Parent) -> str | None:
     from .losses import base_model_of
 
     name = getattr(getattr(base_model_of(model), "config", None), "_name_or_path", None)
-    return str(name) if name else (str(trainer.model_id) if getattr(trainer, "model_id", None) else None)
+    name = name or getattr(trainer, "model_id", None)
+    return (hub_origin(name) or str(name)) if name else None
+
+
+def hub_origin(folder: str | os.PathLike) -> str | None:
+    """The Hub id a local checkpoint folder descends from, as its card (``base_model``) or LoRA adapter config
+    (``base_model_name_or_path``) records it; None when it records none."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return None
+    base = card_metadata(folder / CARD_NAME).get("base_model")
+    names = list(base) if isinstance(base, list) else [base]
+    names.append(_json_file(folder / "adapter_config.json").get("base_model_name_or_path"))
+    return next((str(n) for n in names if n and is_hub_id(str(n))), None)
+
+
+def _json_file(path: Path) -> dict[str, Any]:
+    """A JSON object file's content; ``{}`` when absent or not a JSON object (it then records nothing)."""
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except ValueError:
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _training(trainer: Any, parent: _Parent) -> dict[str, Any] | None:
+    """GR of the training behind the unlearned weights: this trainer's own when it trained, else the parent's record."""
+    state = getattr(trainer, "state", None)
+    if state is not None and (getattr(state, "global_step", 0) or 0) > 0:
+        return _gr_fields(vars(trainer.args), "this run's `train()`")
+    return parent.training
+
+
+def _dataset_name(trainer: Any, parent: _Parent) -> str | None:
+    """``trainer.dataset_name`` (set it to the Hub id, as TRL's ``dataset_name``), else the train dataset's own name
+    (not a loader's: ``load_dataset("csv", ...)`` names its data "csv"), else the parent's."""
+    info = getattr(getattr(trainer, "train_dataset", None), "info", None)
+    own = getattr(info, "dataset_name", None)
+    own = own if own and own != getattr(info, "builder_name", None) else None
+    name = getattr(trainer, "dataset_name", None) or own or (parent.entries[-1].get("dataset") if parent.entries else None)
+    return str(name) if name else None
 
 
 def _task_type(model: Any) -> str:
@@ -220,19 +317,11 @@ def hardware_description(trainer: Any) -> str:
 
 def _evaluation(trainer: Any, fingerprint: str, folders: list[Path]) -> dict[str, float] | None:
     """Aggregate metrics vs the retrained model for the latest request, if an evaluation is attached."""
-    import json
-
     candidates: list[tuple[Any, bool]] = []
     attached = getattr(trainer, "unlearning_report", None)
     if attached is not None:
         candidates.append((attached, True))
-    for folder in folders:
-        path = folder / "report.json"
-        if path.is_file():
-            try:
-                candidates.append((json.loads(path.read_text()), False))
-            except ValueError:
-                continue
+    candidates += [(_json_file(folder / "report.json"), False) for folder in folders]
     for rep, explicit in candidates:
         metrics = getattr(rep, "metrics", None) if not isinstance(rep, Mapping) else rep.get("metrics")
         info = getattr(rep, "info", None) if not isinstance(rep, Mapping) else rep.get("info")
@@ -252,7 +341,9 @@ def _utc_now() -> str:
 def _jsonable(value: Any) -> Any:
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
-    if isinstance(value, (list, tuple)):
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set)):
         return [_jsonable(v) for v in value]
     return str(value)
 
@@ -274,18 +365,29 @@ def write_unlearning_artifacts(
     history = list(getattr(trainer, "unlearning_history", None) or [])
     out = Path(output_dir)
     state = _state(trainer, out)
-    parent = state.parent
-    if not history and not parent.entries:
+    if not history and not state.parent.entries:
         return {}
-    model = _unwrap(trainer)
-    variant = variant or ("adapter" if _is_peft(model) else "full")
+    variant = variant or ("adapter" if _is_peft(_unwrap(trainer)) else "full")
+    ledger = _write_ledger(trainer, state, out, history, variant, record)
+    trainer.deletion_record.save(out)  # keyed row digests of every row deleted so far; never ids, never the key
+    entries = read_ledger(ledger)
+    args = trainer.args
+    evaluation = _evaluation(trainer, entries[-1]["forget_fingerprint"], [out, Path(args.output_dir)])
+    model_name = (getattr(args, "hub_model_id", None) or Path(args.output_dir).absolute().name).split("/")[-1]
+    card_path = write_card(out, entries, model_name, evaluation)
+    return {"card": str(card_path), "ledger": str(ledger)}
+
+
+def _write_ledger(trainer: Any, state: _State, out: Path, history: list[dict[str, Any]], variant: str,
+                  record: bool) -> Path:
+    """The parent's chain as a new file in ``out`` plus one entry per request of ``history``."""
+    parent = state.parent
     files = weight_hashes(out)
     digest = checkpoint_digest(files)
-    ledger = ledger_path(out)
-    write_ledger(ledger, parent.entries)  # a new inode: the parent's file is never appended to
+    ledger = write_ledger(ledger_path(out), parent.entries)  # a new inode: the parent's file is never appended to
     prev_child = parent.sha256 or (parent.entries[-1].get("child_checkpoint_sha256") if parent.entries else None)
     last = len(history) - 1
-    versions = library_versions()
+    about = _checkpoint_facts(trainer, parent)
     for i, rec in enumerate(history):
         key = (i, str(rec["request_id"]))
         when = state.times.setdefault(key, _utc_now())
@@ -293,58 +395,106 @@ def write_unlearning_artifacts(
             child, child_files, fmt = digest, files, variant
         else:  # an earlier request: the checkpoint saved right after it, if any
             child, child_files, fmt = state.children.get(key, (None, {}, variant))
-        config = {str(k): _jsonable(v) for k, v in (rec.get("config") or {}).items()}
-        metrics = {
-            str(k): float(v) for k, v in (rec.get("metrics") or {}).items()
-            if isinstance(v, (int, float)) and not isinstance(v, bool)
-        }
-        keyed = {k: _jsonable(rec[k]) for k in _KEYED_FIELDS if rec.get(k) is not None}
-        append_entry(
-            ledger,
-            {
-                "request_id": str(rec["request_id"]),
-                "time_utc": when,
-                "method": str(rec.get("method") or "iau"),
-                "forget_fingerprint": str(rec["forget_fingerprint"]),
-                **keyed,
-                "forget_size": int(rec["forget_size"]),
-                "retain_size": int(rec.get("retain_size", 0)),
-                "parent_checkpoint_sha256": prev_child,
-                "child_checkpoint_sha256": child,
-                "child_weight_files": dict(child_files),
-                "checkpoint_format": fmt,
-                "config": config,
-                "config_sha256": config_hash(config),
-                "metrics": metrics,
-                "hf_iau_version": versions.get("hf-iau"),
-            },
-        )
+        entry = request_entry(rec, i)
+        entry.update(time_utc=when, parent_checkpoint_sha256=prev_child, child_checkpoint_sha256=child,
+                     child_weight_files=dict(child_files), checkpoint_format=fmt, **about)
+        append_entry(ledger, entry)
         prev_child = child
-    trainer.deletion_record.save(out)  # keyed row digests of every row deleted so far; never ids, never the key
     if record and history:
         state.children.setdefault((last, str(history[-1]["request_id"])), (digest, dict(files), variant))
-    entries = read_ledger(ledger)
-    args = trainer.args
-    model_name = (getattr(args, "hub_model_id", None) or Path(args.output_dir).absolute().name).split("/")[-1]
-    parent_info = None
-    if parent.source:
-        name = f"local checkpoint `{Path(parent.source).name}`" if parent.local_dir else f"`{parent.source}`"
-        parent_info = {"name": name, "sha256": parent.sha256}
-    card = build_model_card(
-        entries,
-        model_name=model_name,
-        base_model=_base_model(trainer, parent),
-        parent=parent_info,
-        variant=variant,
-        task_type=_task_type(model),
-        evaluation=_evaluation(trainer, entries[-1]["forget_fingerprint"], [out, Path(args.output_dir)]),
-        hardware=hardware_description(trainer),
-        versions=versions,
-        ledger_name=LEDGER_NAME,
-    )
-    card_path = out / CARD_NAME
-    card.save(card_path)
-    return {"card": str(card_path), "ledger": str(ledger)}
+    return ledger
+
+
+def request_entry(rec: Mapping[str, Any], position: int) -> dict[str, Any]:
+    """The ledger fields of one ``unlearning_history`` record: everything that determines the update.
+
+    ``config`` is written whole, as the request recorded it; ``seed`` and ``request_index`` are the public
+    inputs of the request's random choices (from the record; else ``unlearn_seed``/``seed`` of the config and
+    the request's position in the trainer's history).
+    """
+    config = {str(k): _jsonable(v) for k, v in (rec.get("config") or {}).items()}
+    seed = rec.get("seed", config.get("unlearn_seed") if config.get("unlearn_seed") is not None else config.get("seed"))
+    metrics = {
+        str(k): float(v) for k, v in (rec.get("metrics") or {}).items()
+        if isinstance(v, (int, float)) and not isinstance(v, bool)
+    }
+    return {
+        "request_id": str(rec["request_id"]),
+        "method": str(rec.get("method") or "iau"),
+        "seed": _jsonable(seed),
+        "request_index": int(rec.get("request_index", position)),
+        "forget_fingerprint": str(rec["forget_fingerprint"]),
+        **{k: _jsonable(rec[k]) for k in _KEYED_FIELDS if rec.get(k) is not None},
+        "forget_size": int(rec["forget_size"]),
+        "retain_size": int(rec.get("retain_size", 0)),
+        "config": config,
+        "config_sha256": config_hash(config),
+        "metrics": metrics,
+    }
+
+
+def _checkpoint_facts(trainer: Any, parent: _Parent) -> dict[str, Any]:
+    """What every entry of this save records about the model: origin, data, training, task, machine, versions."""
+    versions = library_versions()
+    return {
+        "base_model": _base_model(trainer, parent),
+        # a local parent by its folder name only (the card is public); a Hub parent by its id
+        "parent_checkpoint": (Path(parent.source).name if parent.local_dir else parent.source) if parent.source else None,
+        "parent_checkpoint_local": parent.local_dir is not None,
+        "dataset": _dataset_name(trainer, parent),
+        "training": _training(trainer, parent),
+        "task_type": _task_type(_unwrap(trainer)),
+        "environment": {"hardware": hardware_description(trainer), "versions": versions},
+        "hf_iau_version": versions.get("hf-iau"),
+    }
+
+
+def write_card(folder: Path, entries: list[dict[str, Any]], model_name: str,
+               evaluation: Mapping[str, Any] | None = None, base_model: str | None = None) -> Path:
+    """Render ``README.md`` in ``folder`` from its ledger ``entries`` (and an evaluation vs the retrained model)."""
+    card = build_model_card(entries, model_name=model_name, base_model=base_model, evaluation=evaluation,
+                            ledger_name=LEDGER_NAME)
+    path = Path(folder) / CARD_NAME
+    card.save(path)
+    return path
+
+
+def update_card(folder: str | os.PathLike, report: Any = None) -> Path:
+    """Rewrite the card of an unlearned checkpoint folder with an evaluation against the retrained model.
+
+    Call it after ``hf-iau evaluate`` (or ``evaluate_unlearning``): ``report`` is an ``UnlearningReport``, its
+    ``to_dict()``, or a path to ``report.json`` (default: ``<folder>/report.json``). Raises ``ValueError`` when the
+    folder has no ledger, no report is found, or the report evaluated another forget set (other fingerprint).
+    """
+    folder = Path(folder)
+    entries = read_ledger(folder)
+    if not entries:
+        raise ValueError(f"{folder} has no {LEDGER_NAME}: update_card rewrites the card of an unlearned checkpoint.")
+    latest = entries[-1]
+    evaluation = _report_metrics(report if report is not None else folder / "report.json", latest["forget_fingerprint"])
+    meta = card_metadata(folder / CARD_NAME)
+    base = latest.get("base_model") or meta.get("base_model")  # cards of old ledgers hold it in their metadata
+    return write_card(folder, entries, str(meta.get("model_name") or folder.name), evaluation,
+                      base_model=str(base) if base else None)
+
+
+def _report_metrics(report: Any, fingerprint: str) -> dict[str, float]:
+    if isinstance(report, (str, os.PathLike)):
+        path = Path(report)
+        if not path.is_file():
+            raise ValueError(f"no evaluation report at {path}: run `hf-iau evaluate` first, or pass `report=`.")
+        report = json.loads(path.read_text())
+    metrics = report.get("metrics") if isinstance(report, Mapping) else getattr(report, "metrics", None)
+    info = (report.get("info") if isinstance(report, Mapping) else getattr(report, "info", None)) or {}
+    if not isinstance(metrics, Mapping):
+        raise ValueError("`report` holds no `metrics`: pass an UnlearningReport, its to_dict() or a report.json path.")
+    seen = info.get("forget_fingerprint")
+    if seen is not None and seen != fingerprint:
+        raise ValueError(
+            f"the report evaluated forget set {str(seen)[:16]}…, the checkpoint's latest request forgot "
+            f"{fingerprint[:16]}…: evaluate this checkpoint's forget set (same ids and fingerprint key)."
+        )
+    return {str(k): float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
 # --------------------------------------------------------------------------- upload

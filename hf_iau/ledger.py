@@ -309,15 +309,25 @@ def check_card_head(folder: str | os.PathLike, entry: Mapping[str, Any]) -> list
     readme = Path(folder) / "README.md"
     if not readme.is_file():
         return []
-    from huggingface_hub import metadata_load
-
-    try:
-        head = ((metadata_load(readme) or {}).get("unlearning") or {}).get("ledger_head")
-    except Exception:  # a card that is not ours: nothing to compare
-        return []
+    head = (card_metadata(readme).get("unlearning") or {}).get("ledger_head")
     if head and head != entry.get("entry_sha256"):
         return [f"README.md ledger_head {str(head)[:12]} is not the last entry's entry_sha256 (the ledger or the card was edited)"]
     return []
+
+
+def card_metadata(readme: str | os.PathLike) -> dict[str, Any]:
+    """The YAML metadata of a card (``README.md``); ``{}`` when there is no card, it has no metadata or its YAML does
+    not parse (a card that is not ours: nothing in it to read)."""
+    import yaml
+    from huggingface_hub import metadata_load
+
+    if not Path(readme).is_file():
+        return {}
+    try:
+        meta = metadata_load(Path(readme))
+    except (yaml.YAMLError, ValueError):
+        return {}
+    return meta if isinstance(meta, dict) else {}
 
 
 def check_deletion_record(folder: str | os.PathLike, entry: Mapping[str, Any]) -> list[str]:
@@ -356,8 +366,72 @@ def prove_ids(entries: Sequence[Mapping[str, Any]], ids: Sequence[Any], key: byt
     return {"match": None, "scheme": None, "key_id": kid}
 
 
+def _show(folder: str, index: int | None) -> int:
+    try:
+        entries = read_ledger(folder) if ledger_path(folder).is_file() else None
+    except LedgerError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    if not entries:
+        print(f"error: no {LEDGER_NAME} in {folder}: not a checkpoint written after unlearning", file=sys.stderr)
+        return 2
+    if index is not None and not -len(entries) <= index < len(entries):
+        print(f"error: --entry {index}: the ledger has entries 0..{len(entries) - 1}", file=sys.stderr)
+        return 2
+    print("\n\n".join(reproduction(e) for e in (entries if index is None else [entries[index]])))
+    return 0
+
+
+def reproduction(entry: Mapping[str, Any]) -> str:
+    """How an auditor reproduces the update of a ledger entry: start, data, the ``hf-iau unlearn`` flags, and the
+    hashes the result must match. Every recorded config field becomes a flag; fields recorded as None are listed."""
+    config = entry.get("config") or {}
+    method, index = str(entry.get("method") or "iau"), entry.get("request_index")
+    flags = [f"--method {method}"] + [f"--{k} {_flag(v)}" for k, v in sorted(config.items()) if v is not None]
+    unset = sorted(k for k, v in config.items() if v is None)
+    fingerprint = str(entry.get("forget_fingerprint") or "")
+    scheme = entry.get("fingerprint_scheme") or "sha256"
+    deleted = entry.get("deleted_rows")
+    lines = [
+        f"entry {entry.get('index')}: request {str(entry.get('request_id', ''))[:16]} — method {method}, "
+        f"seed {entry.get('seed', 'not recorded')}, request index {'not recorded' if index is None else index}",
+        f"  1. start from the checkpoint whose weights sha256 is {entry.get('parent_checkpoint_sha256') or 'not recorded'}"
+        + (f" ({entry['parent_checkpoint']})" if entry.get("parent_checkpoint") else ""),
+        f"  2. forget the {entry.get('forget_size')} rows named by the {scheme} fingerprint {fingerprint[:16]}… (the key "
+        "holder proves the ids with `hf-iau ledger verify DIR --key KEY --ids ids.json`)",
+        "  3. retain: the training rows minus every row deleted so far"
+        + (f" ({deleted} rows in {DELETION_RECORD_NAME})" if deleted is not None else ""),
+        "  4. hf-iau unlearn --config RECIPE " + " ".join(flags),
+    ]
+    if unset:
+        lines.append("     left unset (None): " + ", ".join(unset))
+    if index:
+        lines.append(f"     random choices derive from (seed, request index {index}): replay requests 0..{index - 1} "
+                     "of the same run first, in order")
+    versions = (entry.get("environment") or {}).get("versions") or {}
+    if versions:
+        lines.append("     with " + ", ".join(f"{k} {v}" for k, v in sorted(versions.items())))
+    lines.append(f"  5. the new weights must hash to {entry.get('child_checkpoint_sha256') or 'not recorded (not saved)'}; "
+                 f"config sha256 {entry.get('config_sha256')}")
+    return "\n".join(lines)
+
+
+def _flag(value: Any) -> str:
+    """A config value as ``hf-iau`` command-line text."""
+    import shlex
+
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, (list, tuple)):
+        return " ".join(_flag(v) for v in value)
+    if isinstance(value, Mapping):
+        return shlex.quote(json.dumps(value, sort_keys=True))
+    return shlex.quote(str(value))
+
+
 def main_ledger(argv: Sequence[str] | None = None) -> int:
-    """``hf-iau ledger verify <dir> [--json] [--no-weights] [--key FILE] [--ids IDS.json]``.
+    """``hf-iau ledger verify <dir> [--json] [--no-weights] [--key FILE] [--ids IDS.json]`` and
+    ``hf-iau ledger show <dir> [--entry N]`` (how to reproduce each update, see ``reproduction``).
 
     Exit 0: valid (and, with ``--ids``, the ids match an entry); 1: problems or no match; 2: no ledger
     or unreadable key/ids. The chain, weights and deletion record are checked without a key.
@@ -372,7 +446,12 @@ def main_ledger(argv: Sequence[str] | None = None) -> int:
                    "it fingerprinted. Default with --ids: $HF_IAU_KEY_FILE or ~/.cache/hf_iau/fingerprint.key")
     v.add_argument("--ids", default=None, help="JSON file with a list of row ids: prove which entry deleted exactly "
                    "these ids (recomputes the keyed fingerprint; old unkeyed entries need no key)")
+    show = sub.add_parser("show", help="print how an auditor reproduces each recorded update (flags, data, hashes)")
+    show.add_argument("dir", help="checkpoint folder holding deletion_ledger.jsonl")
+    show.add_argument("--entry", type=int, default=None, help="only this entry (0 = first; -1 = latest)")
     args = parser.parse_args(list(argv) if argv is not None else None)
+    if args.command == "show":
+        return _show(args.dir, args.entry)
     try:
         problems = verify_ledger(args.dir, check_weight_files=not args.no_weights)
     except FileNotFoundError as err:

@@ -30,10 +30,23 @@ def is_sharded(model: torch.nn.Module) -> bool:
     return any(isinstance(p, DTensor) for p in model.parameters())
 
 
+def mesh_device_type() -> str:
+    """Device type the default process group communicates on: the accelerator (``cuda`` under NCCL, ``xpu``
+    under XCCL) when the backend serves it, else ``cpu`` (gloo) — never the device the parameters happen to be on."""
+    backend = str(dist.get_backend()).lower()
+    accelerator = torch.accelerator.current_accelerator() if torch.accelerator.is_available() else None
+    if accelerator is not None:
+        served = dist.Backend.default_device_backend_map.get(accelerator.type)
+        if served and served != "gloo" and served in backend:
+            return accelerator.type
+    return "cpu"
+
+
 def shard_per_block(model: torch.nn.Module, mesh: Any = None, reshard_after_forward: bool = True) -> torch.nn.Module:
     """Apply FSDP2 ``fully_shard`` per transformer block and to the root; returns ``model`` (sharded in place).
 
-    Apply a peft adapter before sharding. ``mesh`` defaults to all processes on the model's device type.
+    Apply a peft adapter before sharding. ``mesh`` defaults to all processes on the device type of the process
+    group's backend (``mesh_device_type``); ``fully_shard`` moves the parameters there.
     """
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
@@ -53,8 +66,7 @@ def shard_per_block(model: torch.nn.Module, mesh: Any = None, reshard_after_forw
             "shard it yourself with torch.distributed.fsdp.fully_shard and pass the sharded model."
         )
     if mesh is None:
-        device = next(model.parameters()).device.type
-        mesh = init_device_mesh(device, (dist.get_world_size(),))
+        mesh = init_device_mesh(mesh_device_type(), (dist.get_world_size(),))
     for block in blocks:
         fully_shard(block, mesh=mesh, reshard_after_forward=reshard_after_forward)
     fully_shard(model, mesh=mesh, reshard_after_forward=reshard_after_forward)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import warnings
 from pathlib import Path
 from typing import Any, Callable
@@ -23,10 +22,10 @@ from transformers import (
 
 from .config import IAUConfig
 from .losses import loss_kind
+from . import saving
 from .restriction import GradientRestriction
 from .request import DeletionRecord, DeletionRequest
 from .result import UnlearningResult
-from .safe_io import atomic_directory
 from .sharding import is_sharded
 from .validation import (
     check_model_source,
@@ -246,57 +245,14 @@ class IAUTrainer(Trainer):
 
     # --- saving -------------------------------------------------------------------------------
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
-        """Save atomically (complete old or complete new folder), with the unlearning card and ledger."""
-        output_dir = output_dir or self.args.output_dir
-        if not _internal_call and not self.is_fsdp_enabled and is_sharded(self.model):
-            self._save_sharded(output_dir)
-            return
-        if _internal_call or self.is_fsdp_enabled or self.is_deepspeed_enabled or self.args.world_size > 1:
-            super().save_model(output_dir, _internal_call)
-            if self.args.should_save and not _internal_call:
-                self._write_unlearning_artifacts(output_dir)
-            return
-        with atomic_directory(output_dir) as tmp:
-            super().save_model(str(tmp), _internal_call=True)  # no push from the temporary folder
-            self._write_unlearning_artifacts(str(tmp))
-        if self.args.push_to_hub:
-            self.push_to_hub(commit_message="Model save", revision=self.args.hub_revision)
-
-    def _save_sharded(self, output_dir: str) -> None:
-        """A model sharded by the user (FSDP2): every process gathers the full weights, the main one saves them
-        atomically with the card and ledger (under the unsharded class name)."""
-        full: dict[str, torch.Tensor] = {}
-        first: dict[int, str] = {}  # tied weights (one tensor under two names) stay one tensor
-        for k, v in self.model.state_dict(keep_vars=True).items():
-            if id(v) in first:
-                full[k] = full[first[id(v)]]
-                continue
-            first[id(v)] = k
-            full[k] = (v.full_tensor() if hasattr(v, "full_tensor") else v).detach()
-        if self.args.should_save:
-            with atomic_directory(output_dir) as tmp:
-                self._save(str(tmp), state_dict=full)
-                config = tmp / "config.json"
-                if config.exists():  # fully_shard renames the class (FSDPGPT2LMHeadModel): keep the real one
-                    import json
-
-                    data = json.loads(config.read_text())
-                    names = [c.__name__ for c in type(self.model).__mro__ if not c.__name__.startswith("FSDP")]
-                    if data.get("architectures") and names:
-                        data["architectures"] = [names[0]]
-                        config.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-                self._write_unlearning_artifacts(str(tmp))
-        self.accelerator.wait_for_everyone()
+        """Save atomically (complete old or complete new folder), with the unlearning card and ledger
+        (``hf_iau.saving``; a model sharded with ``fully_shard`` is gathered on rank 0, on the CPU)."""
+        saving.save_model(self, output_dir or self.args.output_dir, _internal_call, base_save=super().save_model)
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         """Trainer's save, with the arguments as JSON instead of the pickled ``training_args.bin``."""
         super()._save(output_dir, state_dict)
-        output_dir = output_dir or self.args.output_dir
-        pickled = os.path.join(output_dir, "training_args.bin")
-        if os.path.exists(pickled):
-            os.remove(pickled)
-        with open(os.path.join(output_dir, "training_args.json"), "w") as fh:
-            fh.write(self.args.to_json_string())
+        saving.args_as_json(self.args, output_dir or self.args.output_dir)
 
     def _write_unlearning_artifacts(self, output_dir: str) -> None:
         """Model card and deletion ledger for the unlearning requests (filled in by hf_iau.hub)."""
@@ -377,35 +333,12 @@ def _check_gr_attention(model: torch.nn.Module, args: IAUConfig) -> None:
 
 def _load_record(source: str | None, from_hub: bool) -> DeletionRecord:
     """The deletion record of ``source``: a local folder, or (``from_hub``) a Hub repo whose ledger and record are
-    downloaded into a temporary folder that is removed afterwards."""
-    from .card import is_hub_id
+    read from a temporary folder removed afterwards (``hub.fetch_record_folder``)."""
+    from .hub import fetch_record_folder
 
-    if not source or Path(source).is_dir() or not from_hub or not is_hub_id(source):
+    if not source or Path(source).is_dir() or not from_hub:
         return DeletionRecord.load(source)
-    import tempfile
-
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError
-
-    from .ledger import DELETION_RECORD_NAME, LEDGER_NAME
-
-    with tempfile.TemporaryDirectory(prefix="hf_iau_record_") as folder:
-        found = False
-        for name in (LEDGER_NAME, DELETION_RECORD_NAME):
-            try:
-                path = hf_hub_download(source, name)
-            except (EntryNotFoundError, RepositoryNotFoundError):
-                continue
-            except Exception as err:  # offline, network, auth: the record cannot be checked (warned, not silent)
-                warnings.warn(
-                    f"Could not read the deletion ledger of Hub model {source!r} ({err.__class__.__name__}); rows "
-                    "deleted by earlier requests on it are not excluded from retain_dataset=None. Load it from a local "
-                    "folder holding deleted_rows.json, or pass `retain_dataset=` explicitly.",
-                    stacklevel=4,
-                )
-                return DeletionRecord(source=source)
-            (Path(folder) / name).write_bytes(Path(path).read_bytes())
-            found = True
-        record = DeletionRecord.load(folder) if found else DeletionRecord()
+    with fetch_record_folder(source) as folder:  # read inside: the folder is removed after the block
+        record = DeletionRecord.load(folder) if folder else DeletionRecord(source=source)
     record.source = source
     return record

@@ -8,6 +8,8 @@ Implements just what ``huggingface_hub`` 2.4 ``create_repo`` / ``upload_folder``
   sends contents inline (base64) in the commit and never starts LFS or Xet transfers
 * ``POST /api/{type}s/{repo}/commit/{revision}``    NDJSON: a header line, then ``file`` / ``deletedFile`` lines
 * ``GET  /api/{type}s/{repo}/revision/{revision}``  repo info (used when a commit would be empty)
+* ``HEAD|GET /{repo}/resolve/{revision}/{path}``     file metadata and bytes (``hf_hub_download``); 404 with
+  ``X-Error-Code: EntryNotFound`` / ``RepoNotFound`` as the Hub answers
 
 ``GET /api/agent-harnesses`` (best-effort, unauthenticated) answers 404; anything else answers 404
 and is recorded in ``unexpected``. The server runs in a daemon thread,
@@ -26,6 +28,7 @@ from typing import Any
 
 import yaml
 
+_RESOLVE = re.compile(r"^/(?P<repo>[^/]+/[^/]+)/resolve/(?P<rev>[^/]+)/(?P<path>[^?]+)")
 _REPO_OP = re.compile(r"^/api/(models|datasets|spaces)/(?P<repo>[^/]+/[^/]+)/(?P<op>preupload|commit|revision)/(?P<rev>[^/?]+)")
 MAX_BODY = 64 * 1024 * 1024
 # The client's agent-harness registry (user-agent detection, utils/_detect_agent.py) is fetched
@@ -65,8 +68,19 @@ class FakeHub:
                 self.end_headers()
                 self.wfile.write(data)
 
+            def do_HEAD(self) -> None:
+                hub._record(self)
+                m = _RESOLVE.match(self.path)
+                if not m:
+                    hub.unexpected.append(f"HEAD {self.path}")
+                    return self._send(404, {"error": "not implemented by FakeHub"})
+                hub._resolve(self, m["repo"], m["path"], body=False)
+
             def do_GET(self) -> None:
                 hub._record(self)
+                m = _RESOLVE.match(self.path)
+                if m:
+                    return hub._resolve(self, m["repo"], m["path"], body=True)
                 m = _REPO_OP.match(self.path)
                 if m and m["op"] == "revision":
                     return hub._repo_info(self, m["repo"])
@@ -182,6 +196,21 @@ class FakeHub:
             files.update(added)
             self.commits.append({"repo": repo, "oid": oid, "summary": header.get("summary"), "files": sorted(added)})
         h._send(200, {"commitUrl": f"{self.url}/{repo}/commit/{oid}", "commitOid": oid, "success": True})
+
+    def _resolve(self, h: Any, repo: str, path: str, body: bool) -> None:
+        if repo not in self.repos:
+            return self._not_found(h, repo)
+        data = self.repos[repo].get(path)
+        if data is None:
+            return h._send(404, {"error": f"Entry {path} not found"}, {"X-Error-Code": "EntryNotFound"})
+        sha = next((c["oid"] for c in reversed(self.commits) if c["repo"] == repo), "0" * 40)
+        h.send_response(200)
+        h.send_header("Content-Length", str(len(data)))
+        h.send_header("ETag", f'"{hashlib.sha1(data).hexdigest()}"')
+        h.send_header("X-Repo-Commit", sha)
+        h.end_headers()
+        if body:
+            h.wfile.write(data)
 
     def _repo_info(self, h: Any, repo: str) -> None:
         if repo not in self.repos:

@@ -34,13 +34,17 @@ CASES: dict[str, tuple[dict, list[str] | None]] = {
     "gpt2_lora_default": (DEFAULT, ["c_attn", "c_proj"]),
 }
 
+SAVED = ("gpt2_full_parity", "gpt2_lora_parity")  # cases whose sharded trainer also runs save_model
+
 
 def _full(p: torch.Tensor) -> torch.Tensor:
     return p.full_tensor() if hasattr(p, "full_tensor") else p
 
 
-def run_case(name: str, shard: bool = False, out_dir: str | None = None) -> dict[str, torch.Tensor]:
-    """Unlearn forget rows 0..6 (retain 7..47, held-out 48..63) and return the trainable weights (gathered)."""
+def run_case(name: str, shard: bool = False, out_dir: str | None = None, save_to: str | None = None) -> dict[str, torch.Tensor]:
+    """Unlearn forget rows 0..6 (retain 7..47, held-out 48..63) and return the trainable weights (gathered);
+    with ``save_to``, ``trainer.save_model(save_to)`` first, counting ``DTensor.full_tensor`` calls of this process
+    into ``<save_to>.full_tensor_calls.<rank>``."""
     from peft import LoraConfig, get_peft_model
 
     from hf_iau import IAUConfig, IAUTrainer
@@ -63,10 +67,32 @@ def run_case(name: str, shard: bool = False, out_dir: str | None = None) -> dict
     )
     trainer = IAUTrainer(model=model, args=args, eval_dataset=held_out)
     trainer.unlearn(forget, retain_dataset=retain)
+    if save_to is not None:
+        _save_counting_full_tensor(trainer, save_to)
     return {
         n: _full(p).detach().float().cpu().clone().contiguous()
         for n, p in trainer.model.named_parameters() if p.requires_grad
     }
+
+
+def _save_counting_full_tensor(trainer, save_to: str) -> None:
+    from torch.distributed.tensor import DTensor
+
+    calls = []
+    real = DTensor.full_tensor
+
+    def counted(self, *args, **kwargs):
+        calls.append(1)
+        return real(self, *args, **kwargs)
+
+    DTensor.full_tensor = counted
+    try:
+        trainer.save_model(save_to)
+    finally:
+        DTensor.full_tensor = real
+    rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+    with open(f"{save_to}.full_tensor_calls.{rank}", "w") as fh:
+        fh.write(str(len(calls)))
 
 
 def run_training(shard: bool = False, out_dir: str | None = None) -> dict[str, torch.Tensor]:
@@ -97,7 +123,8 @@ def main(out_dir: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo")
     for name in CASES:
-        weights = run_case(name, shard=True, out_dir=out_dir)
+        save_to = os.path.join(out_dir, f"saved_{name}") if name in SAVED else None
+        weights = run_case(name, shard=True, out_dir=out_dir, save_to=save_to)
         if dist.get_rank() == 0:
             save_file(weights, os.path.join(out_dir, f"{name}.safetensors"))
     weights = run_training(shard=True, out_dir=out_dir)

@@ -69,9 +69,10 @@ def test_card_from_ledger_entries(tmp_path):
     assert "arXiv 2507.23257" in text and "@article" in text
     assert all(e["forget_fingerprint"] in text for e in entries)  # the chain is listed
     assert template_path().name == "unlearned_model_card.md"
-    # a local base model is named in the text but not put in the YAML
+    # a local base model is recorded as the origin (the Hub's `base_model` takes model ids only) and named in the text
     card = build_model_card(entries[:1], model_name="m", base_model=str(tmp_path), variant="full")
-    assert "base_model" not in card.data.to_dict() and f"local checkpoint `{tmp_path.name}`" in card.text
+    assert "base_model" not in card.data.to_dict() and f"local checkpoint `{tmp_path}`" in card.text
+    assert card.data.unlearning["base_model_origin"] == str(tmp_path)
     assert "No evaluation against a model retrained" in card.text
     with pytest.raises(ValueError, match="variant"):
         build_model_card(entries, model_name="m", variant="zip")
@@ -112,7 +113,8 @@ def test_saved_files_hold_fingerprints_never_forgotten_rows(tmp_path, monkeypatc
 
     card = ModelCard.load(out / "README.md")
     assert {"unlearning", "iau"} <= set(card.data.tags)
-    assert card.data.unlearning["forget_size"] == 3 and card.data.unlearning["forget_sha256"] == fingerprint
+    assert card.data.unlearning["forget_size"] == 3 and card.data.unlearning["forget_hmac_sha256"] == fingerprint
+    assert "forget_sha256" not in card.data.unlearning  # the keyed fingerprint is an HMAC: its name says so
     assert card.data.library_name == "transformers"
     forget_loss = [r.metric_value for r in card.data.eval_results if (r.dataset_type, r.metric_type) == ("forget-set", "loss")]
     assert forget_loss == [round(result.metrics["forget_loss_after"], 6)]
@@ -135,3 +137,110 @@ def test_saved_files_hold_fingerprints_never_forgotten_rows(tmp_path, monkeypatc
         for secret in secrets:
             assert secret.encode() not in data, f"{secret!r} written to {path.name}"
     assert fingerprint.encode() in (out / "README.md").read_bytes() and fingerprint.encode() in (out / LEDGER_NAME).read_bytes()
+
+
+def _trainer(out, model, gr_alpha: float = 0.0, train: bool = False, peft_config=None) -> IAUTrainer:
+    args = IAUConfig(output_dir=str(out), use_cpu=True, report_to=[], disable_tqdm=True, save_strategy="no",
+                     num_train_epochs=1, per_device_train_batch_size=4, gr_alpha=gr_alpha, forget_saturation="none")
+    trainer = IAUTrainer(model=model, args=args, train_dataset=_secret_dataset(), data_collator=default_data_collator,
+                         peft_config=peft_config)
+    if train:
+        trainer.train()
+    return trainer
+
+
+def _unlearn_and_save(trainer: IAUTrainer) -> ModelCard:
+    split = forget_retain_split(trainer.train_dataset, forget=["patient-7f3a9c-0002", "patient-7f3a9c-0005"], id_column="id")
+    trainer.unlearn(split["forget"], retain_dataset=split["retain"])
+    trainer.save_model()
+    return ModelCard.load(f"{trainer.args.output_dir}/README.md")
+
+
+def test_gr_provenance_comes_from_the_checkpoints_own_training_record(tmp_path):
+    """A checkpoint trained without GR, unlearned under IAUConfig(gr_alpha=0.005), does not claim GR; one trained
+    with GR says so, also one request later (the record travels along the ledger, not training_args.json)."""
+    plain = _trainer(tmp_path / "plain", tiny_gpt2(), train=True)
+    plain.save_model()
+    card = _unlearn_and_save(_trainer(tmp_path / "plain-unlearned", str(tmp_path / "plain"), gr_alpha=0.005))
+    assert "**Training:** without gradient restriction (per `training_args.json` of `plain`)" in card.text
+    assert "**Parent checkpoint:** local checkpoint `plain` (weights sha256" in card.text
+    assert "0.005" not in card.text and "gradient restriction (ℓ + α" not in card.text
+    assert read_ledger(tmp_path / "plain-unlearned")[-1]["training"]["gr_alpha"] == 0.0
+
+    card = _unlearn_and_save(_trainer(tmp_path / "gr", tiny_gpt2(), gr_alpha=0.005, train=True))
+    assert "with gradient restriction ℓ + α‖∇ℓ‖, α = 0.005, mode `finite_difference`" in card.text
+    assert "per this run's `train()`" in card.text
+    again = _trainer(tmp_path / "gr-again", str(tmp_path / "gr"), gr_alpha=0.0)  # its training_args.json: α 0.005
+    split = forget_retain_split(again.train_dataset, forget=["patient-7f3a9c-0007"], id_column="id")
+    again.unlearn(split["forget"])
+    again.save_model()
+    assert "α = 0.005" in ModelCard.load(tmp_path / "gr-again" / "README.md").text
+    in_memory = _unlearn_and_save(_trainer(tmp_path / "mem", tiny_gpt2()))  # never trained here, no folder
+    assert "**Training:** not recorded" in in_memory.text
+
+
+def test_lora_card_names_its_base_model_and_dataset(tmp_path):
+    """ModelCard.load of a LoRA card: base_model is the Hub id the local base checkpoint descends from, `datasets`
+    the dataset's name; a base with no Hub origin is recorded as the local origin."""
+    from peft import LoraConfig
+
+    lora = LoraConfig(r=2, lora_alpha=4, target_modules=["c_attn"], fan_in_fan_out=True)
+    base = tiny_gpt2()
+    base.save_pretrained(tmp_path / "base")
+    card = _unlearn_and_save(_trainer(tmp_path / "lora-local", str(tmp_path / "base"), peft_config=lora))
+    assert card.data.library_name == "peft" and card.data.base_model is None and card.data.datasets is None
+    assert card.data.unlearning["base_model_origin"] == str(tmp_path / "base")
+    assert f"**Base model:** local checkpoint `{tmp_path / 'base'}`" in card.text
+
+    ModelCard("---\nbase_model: org/tiny-gpt2\n---\n# fine-tuned from a Hub model\n").save(tmp_path / "base" / "README.md")
+    trainer = _trainer(tmp_path / "lora", str(tmp_path / "base"), peft_config=lora)
+    trainer.dataset_name = "org/patients"
+    card = _unlearn_and_save(trainer)
+    meta = metadata_load(tmp_path / "lora" / "README.md")
+    assert meta["base_model"] == "org/tiny-gpt2" and meta["datasets"] == ["org/patients"]
+    assert card.data.base_model == "org/tiny-gpt2" and "(https://huggingface.co/org/tiny-gpt2)" in card.text
+    assert read_ledger(tmp_path / "lora")[-1]["base_model"] == "org/tiny-gpt2"
+
+
+def test_card_is_rewritten_with_the_evaluation_after_evaluate(tmp_path):
+    """update_card(folder) after report.json was written: the comparison with the retrained model is in the card
+    (text and eval_results); the ledger still verifies; a report about another forget set is refused."""
+    from hf_iau.hub import update_card
+    from hf_iau.ledger import verify_ledger
+
+    trainer = _trainer(tmp_path / "out", tiny_gpt2(), train=True)
+    original = copy.deepcopy(trainer.model)
+    card = _unlearn_and_save(trainer)
+    assert "No evaluation against a model retrained" in card.text and card.data.eval_results
+    split = forget_retain_split(trainer.train_dataset, forget=["patient-7f3a9c-0002", "patient-7f3a9c-0005"], id_column="id")
+    report = evaluate_unlearning(trainer.model, original, tiny_gpt2(seed=1), forget=split["forget"],
+                                 retain=split["retain"], test=_secret_dataset(6, seed=1), mia=("loss",))
+    report.save(tmp_path / "out")
+    update_card(tmp_path / "out")
+    card = ModelCard.load(tmp_path / "out" / "README.md")
+    assert "No evaluation against a model retrained" not in card.text and "Against the retrained model" in card.text
+    results = {(r.dataset_type, r.metric_type): r.metric_value for r in card.data.eval_results}
+    assert results[("forget-set", "gap_to_retrain")] == round(report.metrics["gap_to_retrain"], 6)
+    assert results[("test-set", "loss")] == round(report.metrics["unlearned/test_loss"], 6)
+    assert verify_ledger(tmp_path / "out") == []
+    other = forget_retain_split(trainer.train_dataset, forget=["patient-7f3a9c-0003"], id_column="id")
+    wrong = evaluate_unlearning(trainer.model, original, tiny_gpt2(seed=1), forget=other["forget"],
+                                retain=other["retain"], test=_secret_dataset(6, seed=1), mia=("loss",))
+    with pytest.raises(ValueError, match="another|forgot"):
+        update_card(tmp_path / "out", wrong)
+    assert ModelCard.load(tmp_path / "out" / "README.md").text == card.text
+
+
+def test_dataset_name_is_the_datas_own_never_its_loaders(tmp_path):
+    from types import SimpleNamespace
+
+    from datasets import load_dataset
+
+    from hf_iau.hub import _dataset_name, _Parent
+
+    (tmp_path / "rows.csv").write_text("id,x\n1,2\n")
+    csv = load_dataset("csv", data_files=str(tmp_path / "rows.csv"), split="train", cache_dir=str(tmp_path / "cache"))
+    assert _dataset_name(SimpleNamespace(train_dataset=csv), _Parent()) is None  # "csv" names the loader
+    named = SimpleNamespace(train_dataset=csv, dataset_name="org/rows")
+    assert _dataset_name(named, _Parent()) == "org/rows"
+    assert _dataset_name(SimpleNamespace(train_dataset=None), _Parent(entries=[{"dataset": "org/rows"}])) == "org/rows"

@@ -43,6 +43,28 @@ def test_fsdp2_sharded_unlearning_equals_one_process(case: str, sharded_weights:
         assert any(not torch.allclose(single[n], before[n]) for n in single)
 
 
+@pytest.mark.parametrize("case", fsdp_worker.SAVED)
+def test_fsdp2_save_gathers_on_rank_zero_and_equals_one_process_save(case: str, sharded_weights: Path, tmp_path: Path) -> None:
+    """`save_model` of a sharded model writes the files of the unsharded save (tied weights stored once, the
+    model's own class name, card and ledger) without any process calling `full_tensor()` on every parameter."""
+    import json
+
+    from safetensors.torch import load_file
+
+    from tiny import max_abs_diff
+
+    saved = sharded_weights / f"saved_{case}"
+    fsdp_worker.run_case(case, shard=False, out_dir=str(tmp_path), save_to=str(tmp_path / "one"))
+    name = "adapter_model.safetensors" if fsdp_worker.CASES[case][1] else "model.safetensors"
+    two, one = load_file(str(saved / name)), load_file(str(tmp_path / "one" / name))
+    assert set(two) == set(one) and max_abs_diff(one, two) <= TOL
+    assert sorted(p.name for p in saved.iterdir()) == sorted(p.name for p in (tmp_path / "one").iterdir())
+    if (saved / "config.json").exists():
+        assert json.loads((saved / "config.json").read_text())["architectures"] == ["GPT2LMHeadModel"]
+    calls = [int((sharded_weights / f"saved_{case}.full_tensor_calls.{rank}").read_text()) for rank in (0, 1)]
+    assert calls == [0, 0]
+
+
 def test_fsdp2_sharded_gr_training_equals_one_process(sharded_weights: Path, tmp_path: Path) -> None:
     from safetensors.torch import load_file
 

@@ -184,3 +184,38 @@ def test_one_trainer_many_requests_appends_only(tmp_path):
     assert e[1]["child_checkpoint_sha256"] is None and e[1]["child_weight_files"] == {}  # never saved
     assert e[2]["child_checkpoint_sha256"] is not None
     assert verify_ledger(out) == []
+
+
+def test_entry_records_the_whole_config_seed_and_request_index_and_an_auditor_reproduces_it(tmp_path, capsys):
+    """The ledger holds every field that determines the update: rerunning the recorded config on the parent
+    checkpoint with the same forget ids gives the recorded child weights, byte for byte."""
+    from hf_iau.ledger import reproduction, weight_hashes
+
+    ds = lm_dataset(12)
+    IAUTrainer(model=tiny_gpt2(), args=_args(tmp_path / "parent"), train_dataset=ds).save_model()
+    unlearn = dict(unlearn_learning_rate=0.01, unlearn_steps=2, retain_sample_size=5, seed=3, unlearn_optimizer="sgd")
+
+    def run(out: Path, **config) -> IAUTrainer:
+        args = IAUConfig(output_dir=str(out), use_cpu=True, report_to=[], disable_tqdm=True, save_strategy="no", **config)
+        trainer = IAUTrainer(model=str(tmp_path / "parent"), args=args, train_dataset=ds, data_collator=default_data_collator)
+        trainer.unlearn(forget_retain_split(ds, forget=[1, 4, 7], id_column="id")["forget"])
+        return trainer
+
+    trainer = run(tmp_path / "child", forget_saturation="none", **unlearn)
+    trainer.unlearning_history[-1]["config"]["extra_option"] = {"nested": [1, 2]}  # whatever the method records
+    trainer.save_model()
+    (entry,) = read_ledger(tmp_path / "child")
+    assert entry["config"] == trainer.unlearning_history[-1]["config"]  # whole, nested values kept
+    assert entry["method"] == "iau" and entry["seed"] == 3 and entry["request_index"] == 0
+    del entry["config"]["extra_option"]
+    audit = run(tmp_path / "audit", **entry["config"])
+    audit.save_model()
+    assert weight_hashes(tmp_path / "audit") == entry["child_weight_files"]
+
+    text = reproduction(entry)
+    assert "--method iau" in text and "--unlearn_learning_rate 0.01" in text and "--seed 3" in text
+    assert "--forget_saturation none" in text and entry["child_checkpoint_sha256"] in text
+    assert entry["parent_checkpoint_sha256"] in text and "request index 0" in text
+    assert main_ledger(["show", str(tmp_path / "child")]) == 0
+    assert "--unlearn_optimizer sgd" in capsys.readouterr().out
+    assert main_ledger(["show", str(tmp_path / "parent")]) == 2

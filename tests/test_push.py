@@ -37,6 +37,7 @@ def hub(monkeypatch, tmp_path):
     with FakeHub(lifetime_s=90) as server:
         monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", False)
         monkeypatch.setattr(hf_constants, "ENDPOINT", server.url)
+        monkeypatch.setattr(hf_constants, "HUGGINGFACE_CO_URL_TEMPLATE", server.url + "/{repo_id}/resolve/{revision}/{filename}")
         monkeypatch.setattr(hf_constants, "AGENT_HARNESSES_PATH", str(tmp_path / "hf_home" / "agents.json"))
         monkeypatch.setenv("HF_ENDPOINT", server.url)
         monkeypatch.setenv("HF_TOKEN", FAKE_TOKEN)
@@ -145,3 +146,36 @@ def test_push_adapter_and_merged(hub, tmp_path):
         diff = (ref.eval()(x).logits - trainer.model(input_ids=x).logits).abs().max().item()
     assert diff < 1e-4
     _no_token_written(tmp_path)
+
+
+def test_fetch_record_folder_reads_the_hub_record_and_leaves_nothing_behind(hub, tmp_path, monkeypatch):
+    """The ledger and deletion record of a pushed repo, in a folder that is gone after the block (also when the
+    block raises); None for a repo without a record or an unknown repo; a warning when the Hub is unreachable."""
+    import tempfile
+    import warnings
+
+    from hf_iau.hub import fetch_record_folder
+
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
+    _trainer(tmp_path, "full").push_to_hub()
+    pushed = hub.repos["tester/full"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with fetch_record_folder("tester/full") as folder:
+            assert (folder / LEDGER_NAME).read_bytes() == pushed[LEDGER_NAME]
+            assert (folder / DELETION_RECORD_NAME).read_bytes() == pushed[DELETION_RECORD_NAME]
+        assert not folder.exists() and list(temp.iterdir()) == []
+        with pytest.raises(KeyError), fetch_record_folder("tester/full") as folder:
+            raise KeyError("the caller fails inside the block")
+        assert list(temp.iterdir()) == []
+        hub.repos["tester/plain"] = {"config.json": b"{}"}
+        for repo_id in ("tester/plain", "tester/absent", str(tmp_path)):  # no record, no repo, a local path
+            with fetch_record_folder(repo_id) as folder:
+                assert folder is None
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
+    with pytest.warns(UserWarning, match="Could not read the deletion ledger of Hub model 'tester/full'"):
+        with fetch_record_folder("tester/full") as folder:
+            assert folder is None
+    assert list(temp.iterdir()) == []
