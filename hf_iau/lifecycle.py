@@ -195,6 +195,10 @@ class Request:
                 self.engine.backward(objective.sum() * (scale / total))
         return self._reduce(stats, forward=False)
 
+    def _check_finite(self, t: torch.Tensor) -> None:
+        """UnlearningError when ``t`` holds a non-finite value (the caller restores the weights)."""
+        _check_finite(t, self.method)
+
     def zero_grad(self) -> None:
         self.engine.zero_grad()
 

@@ -83,7 +83,7 @@ def fisher(
     if budget is not None:
         size = min(size, int(budget))
     req.need(1, "one per-example gradient for the Fisher")
-    idx = retain_sample(n_r, size, req.seed, req.request_id, 2)
+    idx = retain_sample(n_r, size, req.seed, req.request_index, 2)
     req.begin()
     try:
         sigma = noise_scale(diagonal_fisher(req, idx), alpha, max_variance, eps)

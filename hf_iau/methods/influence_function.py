@@ -69,7 +69,7 @@ def hessian_vector_product(req: Request, idx: list[int]) -> Callable[[Vec], Vec]
                 for o, h in zip(out, hv):
                     if h is not None:
                         o.add_(h.detach())
-        req.dist.sum_(out)
+        req.engine.sum_(out)
         req.grad_passes += 2.0 * len(idx)
         return out
 
@@ -121,7 +121,7 @@ def influence_function(
     n_f_rows, n_r_rows = len(req.forget), len(req.retain)
     if n_r_rows == 0:
         raise ValueError("influence_function needs retained data (the Hessian is that of the retain loss).")
-    h_idx = retain_sample(n_r_rows, hessian_sample_size, req.seed, req.request_id, 1)
+    h_idx = retain_sample(n_r_rows, hessian_sample_size, req.seed, req.request_index, 1)
     req.need(n_f_rows + 2.0 * len(h_idx), "the forget gradient and one Hessian-vector product")
     req.begin()
     try:
