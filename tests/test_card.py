@@ -96,7 +96,7 @@ def test_saved_files_hold_fingerprints_never_forgotten_rows(tmp_path, monkeypatc
     out = tmp_path / "out"
     args = IAUConfig(output_dir=str(out), use_cpu=True, report_to=[], disable_tqdm=True, save_strategy="no",
                      num_train_epochs=1, per_device_train_batch_size=4, logging_steps=1, hub_token=FAKE_TOKEN,
-                     hub_model_id="tester/secret")
+                     hub_model_id="tester/secret", unlearn_targets="none", unlearn_stop="fixed", unlearn_steps=3)
     trainer = IAUTrainer(model=tiny_gpt2(), args=args, train_dataset=ds, data_collator=default_data_collator)
     trainer.train()
     forget_ids = ["patient-7f3a9c-0002", "patient-7f3a9c-0005", "patient-7f3a9c-0011"]  # seed 0 rows
@@ -141,7 +141,7 @@ def test_saved_files_hold_fingerprints_never_forgotten_rows(tmp_path, monkeypatc
 
 def _trainer(out, model, gr_alpha: float = 0.0, train: bool = False, peft_config=None) -> IAUTrainer:
     args = IAUConfig(output_dir=str(out), use_cpu=True, report_to=[], disable_tqdm=True, save_strategy="no",
-                     num_train_epochs=1, per_device_train_batch_size=4, gr_alpha=gr_alpha, forget_saturation="none")
+                     num_train_epochs=1, per_device_train_batch_size=4, gr_alpha=gr_alpha, unlearn_targets="none")
     trainer = IAUTrainer(model=model, args=args, train_dataset=_secret_dataset(), data_collator=default_data_collator,
                          peft_config=peft_config)
     if train:

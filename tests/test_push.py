@@ -51,7 +51,7 @@ def _trainer(tmp_path: Path, name: str, peft: bool = False) -> IAUTrainer:
     ds = lm_dataset(16)
     args = IAUConfig(
         output_dir=str(tmp_path / name), use_cpu=True, report_to=[], disable_tqdm=True, save_strategy="no",
-        hub_model_id=f"tester/{name}",
+        hub_model_id=f"tester/{name}", unlearn_targets="none", unlearn_stop="fixed", unlearn_steps=3,
     )
     peft_config = None
     if peft:
