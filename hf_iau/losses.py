@@ -190,9 +190,10 @@ def true_count(batch: dict[str, Any], kind: str) -> float:
     """The count ``batch_losses`` gives ``batch`` in total: labelled tokens (predicted ones for a causal LM, after
     the one-token shift) or labelled rows."""
     labels = batch["labels"]
-    if kind == "causal_lm":
-        return float((labels[:, 1:] != IGNORE_INDEX).sum())
-    if kind in ("seq2seq_lm", "classification"):
+    if kind in TOKEN_KINDS:
+        predicted = labels[:, 1:] if kind == "causal_lm" else labels
+        return float((predicted != IGNORE_INDEX).sum())
+    if kind == "classification":
         return float((labels != IGNORE_INDEX).sum())
     if kind in ("multi_label", "regression"):
         return float((labels != IGNORE_INDEX).reshape(labels.shape[0], -1).any(-1).sum())
