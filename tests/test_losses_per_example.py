@@ -151,3 +151,63 @@ def test_a_model_with_only_a_batch_loss_needs_one_row_batches():
         batch_losses(model, {"features": x, "labels": y})
     one = batch_losses(model, {"features": x[:1], "labels": y[:1]})
     torch.testing.assert_close(one.loss_sum, model(x[:1], y[:1]).loss.view(1))
+
+
+@pytest.mark.parametrize("head", ["regression", "multi_label"])
+def test_baselines_measure_and_move_per_row_losses_of_regressors_and_multi_label_classifiers(tmp_path, head):
+    """Through the trainer's collator and the engine: each row's loss is its own, and a baseline's before/after
+    losses are the row means of those."""
+    import numpy as np
+    from datasets import Dataset
+    from transformers import default_data_collator
+
+    from hf_iau import IAUConfig, IAUTrainer
+    from hf_iau.engine import Engine
+    from hf_iau.methods import run_method
+
+    make, data, _ = HEADS[head]
+    rng = np.random.default_rng(0)
+    n = 12
+    labels = rng.normal(size=n) if head == "regression" else (rng.random((n, 4)) < 0.5).astype(float)
+    ds = Dataset.from_dict({"id": list(range(n)), "input_ids": rng.integers(3, VOCAB, (n, T)).tolist(),
+                            "attention_mask": [[1] * T] * n, "label": labels.astype(np.float32).tolist()})
+    args = IAUConfig(output_dir=str(tmp_path), report_to="none", use_cpu=True, per_device_eval_batch_size=4, seed=0,
+                     disable_tqdm=True, per_device_train_batch_size=4)
+    trainer = IAUTrainer(model=make(), args=args, train_dataset=ds, data_collator=default_data_collator)
+    forget, retain = ds.select(range(5)), ds.select(range(5, n))
+    with torch.no_grad():
+        rows = torch.stack([trainer.model(**{k: v for k, v in default_data_collator([forget[i]]).items() if k != "id"}).loss
+                            for i in range(5)])
+    got = Engine(trainer).per_example(trainer._model_columns(forget), range(5))["loss"]
+    np.testing.assert_allclose(got, rows.double().numpy(), rtol=1e-5, atol=1e-7)
+    m = run_method("gradient_difference", trainer, forget, retain, steps=2, batch_size=5, learning_rate=0.05,
+                   optimizer="sgd").metrics
+    assert m["forget_loss_before"] == pytest.approx(float(rows.double().mean()), rel=1e-5)
+    assert m["forget_loss_after"] > m["forget_loss_before"]
+
+
+def test_a_baseline_on_a_seq2seq_model_weighs_rows_by_their_labelled_tokens(tmp_path):
+    import numpy as np
+    from datasets import Dataset
+    from transformers import default_data_collator
+
+    from hf_iau import IAUConfig, IAUTrainer
+    from hf_iau.methods import run_method
+
+    rng = np.random.default_rng(0)
+    n = 10
+    labels = rng.integers(3, VOCAB, (n, 6))
+    for i, keep in enumerate(rng.integers(1, 7, n)):
+        labels[i, keep:] = IGNORE_INDEX  # targets of 1..6 tokens
+    ds = Dataset.from_dict({"id": list(range(n)), "input_ids": rng.integers(3, VOCAB, (n, T)).tolist(),
+                            "attention_mask": [[1] * T] * n, "labels": labels.tolist()})
+    args = IAUConfig(output_dir=str(tmp_path), report_to="none", use_cpu=True, per_device_eval_batch_size=2, seed=0,
+                     disable_tqdm=True, per_device_train_batch_size=4)
+    trainer = IAUTrainer(model=tiny_t5(), args=args, train_dataset=ds, data_collator=default_data_collator)
+    forget = ds.select(range(5))
+    with torch.no_grad():  # the model's own token mean over the whole forget set, in one batch
+        whole = trainer.model(**{k: v for k, v in default_data_collator(list(forget)).items() if k != "id"}).loss
+    m = run_method("gradient_ascent", trainer, forget, ds.select(range(5, n)), steps=1, batch_size=5,
+                   learning_rate=0.05, optimizer="sgd").metrics
+    assert m["forget_loss_before"] == pytest.approx(float(whole), rel=1e-5)
+    assert m["forget_loss_after"] > m["forget_loss_before"]
