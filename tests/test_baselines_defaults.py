@@ -110,3 +110,15 @@ def test_salun_with_dropout_is_a_function_of_data_and_seed(tmp_path):
         assert trainer.model.training
         results.append(params_of(trainer.model))
     assert all(torch.equal(results[0][k], results[1][k]) for k in results[0])
+
+
+@pytest.mark.parametrize("method, weights", [("gradient_ascent", {"forget_weight": 0.0}),
+                                             ("gradient_difference", {"forget_weight": 0.0, "retain_weight": 0.0})])
+def test_a_run_with_every_weight_zero_is_refused(tmp_path, method, weights):
+    """Zero weights would record a deletion for steps that change nothing (and, under a budget, never stop)."""
+    ds = lm_dataset(12)
+    trainer = IAUTrainer(tiny_gpt2(0), args=make_args(tmp_path), train_dataset=ds)
+    for budget in (None, 20):
+        with pytest.raises(ValueError, match=rf"{method}: the forget and retain weights are both 0"):
+            run_method(method, trainer, ds.select(range(4)), ds.select(range(4, 12)), budget=budget, **weights)
+    assert trainer.unlearning_history == []

@@ -124,6 +124,11 @@ def schedule(
     Raises ``ValueError`` for invalid options, ``BudgetError`` when the budget pays for no step.
     """
     check_length(steps, epochs)
+    if not (forget or retain):
+        raise ValueError(
+            f"{req.method}: the forget and retain weights are both 0, so no step would change the model; "
+            "give the forget or the retain term a nonzero weight."
+        )
     args = req.args
     lr = float(learning_rate if learning_rate is not None else args.unlearn_learning_rate)
     bs = int(batch_size or args.per_device_train_batch_size * args.gradient_accumulation_steps)
