@@ -235,7 +235,7 @@ def rmu(
         raise ValueError("rmu needs retained data (alpha > 0), but the retain set is empty; pass alpha=0 to skip it.")
     sched = schedule(
         req, forget=True, retain=alpha > 0, learning_rate=learning_rate, optimizer=optimizer, batch_size=batch_size,
-        retain_batch_size=retain_batch_size, steps=steps, epochs=epochs, streams=(10, 11),
+        retain_batch_size=retain_batch_size, steps=steps, epochs=epochs, streams=(10, 11),  # RMU's own, as before
     )
     target = steering_target(req, steering_coeff)
     config = {
