@@ -4,8 +4,9 @@ ascent/difference, NPO, SimNPO and SalUn.
 Schedule: step t takes B_f(t), B_r(t), the t-th mini-batches of seeded per-epoch shuffles of the forget
 and retain sets (``Request.rng(stream, epoch)``, the same on every process), forget batches only in the
 first round(forget_fraction·T) of the T steps (SCRUB's max-steps). T is ``steps``; or ``epochs`` over
-the driving set (forget when the method uses it, else retain); or, under a budget, the most steps whose
-example-gradient passes Σ_t |B_f(t)| + |B_r(t)| it pays for; else one epoch. The schedule is fixed
+the driving set (forget when the method uses it, else retain; the forget set is seen ``epochs`` times
+in those first steps); or, under a budget, the most steps whose example-gradient passes
+Σ_t |B_f(t)| + |B_r(t)| it pays for; else one epoch. The schedule is fixed
 before the first update, so a length the budget cannot pay for is refused with the weights untouched.
 
 Loop: step t minimises  s_f · Σ_{B_f} term / N(B_f)  +  s_r · Σ_{B_r} ℓ / N(B_r)  with a fresh optimizer,
@@ -137,13 +138,15 @@ def schedule(
         raise ValueError("batch sizes must be >= 1 and learning_rate a finite value > 0.")
     if retain and len(req.retain) == 0:
         raise ValueError(f"{req.method} needs retained data, but the retain set is empty.")
-    drive_n, drive_bs = (len(req.forget), bs) if forget else (len(req.retain), rbs)
+    drives = forget and forget_fraction > 0  # the forget set drives the length when its batches are used
+    drive_n, drive_bs = (len(req.forget), bs) if drives else (len(req.retain), rbs)
     if steps is not None:
         max_steps: float = int(steps)
-    elif epochs is not None:
-        max_steps = math.ceil(float(epochs) * drive_n / drive_bs)
-    else:
-        max_steps = math.inf if req.budget is not None else math.ceil(drive_n / drive_bs)
+    elif epochs is None and req.budget is not None:
+        max_steps = math.inf
+    else:  # `epochs` (default 1) over the driving set: its batches run in the first forget_fraction of the steps
+        passes = math.ceil(float(1.0 if epochs is None else epochs) * drive_n / drive_bs)
+        max_steps = math.ceil(passes / forget_fraction) if drives else passes
     plan = plan_steps(req, bs if forget else 0, rbs if retain else 0, max_steps, forget_fraction, streams)
     if not plan:
         first = (min(bs, len(req.forget)) if forget else 0) + (min(rbs, len(req.retain)) if retain else 0)

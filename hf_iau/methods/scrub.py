@@ -98,7 +98,8 @@ def scrub(
     steps: int | None = None,
     epochs: float | None = None,
 ) -> UnlearningResult:
-    """SCRUB on a classifier; length: ``steps``, or ``epochs`` over the forget set, or (with a budget) what it pays."""
+    """SCRUB on a classifier; length: ``steps``, or ``epochs`` over the forget set (its max-steps see every forget
+    row ``epochs`` times; default 1), or (with a budget) what it pays."""
     if not (alpha >= 0 and gamma >= 0 and 0 <= max_fraction <= 1):
         raise ValueError("scrub needs alpha >= 0, gamma >= 0 and max_fraction in [0, 1].")
     req = Request("scrub", trainer, forget_dataset, retain_dataset, budget)
