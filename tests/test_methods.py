@@ -157,7 +157,7 @@ def test_retrain_equals_training_from_scratch_on_retain(tmp_path):
 
 # --- influence function ----------------------------------------------------------------------
 class LogReg(torch.nn.Module):
-    """Logistic regression in float64, with its own mean loss (loss kind "generic")."""
+    """Logistic regression in float64 with only its own mean loss (loss kind "generic": one-row batches)."""
 
     def __init__(self, d: int) -> None:
         super().__init__()
@@ -201,7 +201,7 @@ def test_influence_function_is_the_exact_newton_correction(tmp_path):
     model = LogReg(d)
     with torch.no_grad():
         model.linear.weight.copy_(theta_star[:-1]), model.linear.bias.copy_(theta_star[-1:])
-    trainer = IAUTrainer(model=model, args=make_args(tmp_path, per_device_eval_batch_size=16), train_dataset=ds)
+    trainer = IAUTrainer(model=model, args=make_args(tmp_path, unlearn_batch_size=1), train_dataset=ds)
     forget, retain = ds.select(range(k)), ds.select(range(k, n))
     damping = 1e-3
     res = run_method("influence_function", trainer, forget, retain, damping=damping, tol=1e-12)

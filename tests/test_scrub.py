@@ -66,3 +66,16 @@ def test_scrub_refuses_a_causal_lm_and_keeps_the_weights(tmp_path):
     with pytest.raises(ValueError, match="scrub needs a single-label classifier"):
         run_method("scrub", trainer, ds.select(range(3)), ds.select(range(3, 12)))
     assert all(torch.equal(state[k], v) for k, v in params_of(trainer.model).items())
+
+
+def test_scrub_default_length_is_one_epoch_of_max_steps(fitted):  # noqa: F811
+    """One epoch over the forget set means every forget row gets a max-step (it was ceil(8/8) = 1 step in all,
+    of which round(0.5) = 0 max-steps: the forget set was never used)."""
+    trainer, split = fresh(fitted)
+    res = run_method("scrub", trainer, split["forget"], split["retain"], batch_size=8)
+    assert trainer.unlearning_history[-1]["config"]["max_steps"] == 1 and res.metrics["steps"] == 2
+    assert res.metrics["example_gradient_passes"] == 8 + 2 * 8
+    assert sum("forget_loss" in h for h in res.history) == 1
+    trainer, split = fresh(fitted)
+    res = run_method("scrub", trainer, split["forget"], split["retain"], batch_size=4, epochs=2, max_fraction=0.25)
+    assert trainer.unlearning_history[-1]["config"]["max_steps"] == 4 and res.metrics["steps"] == 16

@@ -28,7 +28,7 @@ from ..losses import BatchLoss, batch_losses
 from ..unlearning import UnlearningResult
 from . import register_method
 from ._request import Request
-from ._steps import minibatch_unlearning
+from ._steps import check_length, minibatch_unlearning
 
 if TYPE_CHECKING:
     from ..trainer import IAUTrainer
@@ -86,6 +86,7 @@ def npo(
     (``options``: see ``_steps.minibatch_unlearning``)."""
     if not beta > 0:
         raise ValueError(f"beta={beta!r} is invalid: use a value > 0 (the paper uses 0.1).")
+    check_length(options.get("steps"), options.get("epochs"))  # before the work that precedes the steps
     req = Request("npo", trainer, forget_dataset, retain_dataset, budget)
     ref = reference_log_likelihoods(req, reference)
     return minibatch_unlearning(

@@ -17,7 +17,6 @@ activations); ``reference="base"`` computes them per step with the peft adapter 
 
 from __future__ import annotations
 
-import itertools
 import math
 import re
 from contextlib import nullcontext
@@ -29,7 +28,8 @@ from datasets import Dataset
 from ..losses import BatchLoss, base_model_of
 from ..unlearning import UnlearningResult
 from . import register_method
-from ._request import Request, make_optimizer
+from ._request import Request, Term, make_optimizer
+from ._steps import Schedule, schedule
 
 if TYPE_CHECKING:
     from ..trainer import IAUTrainer
@@ -117,26 +117,82 @@ def _reference(req: Request, cap: _Capture, steps: Sequence[Sequence[int]], ctx,
                 req.fwd_passes += len(ix)
 
 
-def _schedule(req: Request, bs: int, rbs: int, max_steps: float) -> list[tuple[list[int], list[int]]]:
-    """(forget, retain) index mini-batches per step (no retain batch when ``rbs`` is 0): seeded
-    per-epoch permutations, as many steps as ``max_steps`` and the budget allow."""
+def steered_layer(blocks: torch.nn.ModuleList, layer: int | None) -> int:
+    """The block whose output is steered: ``layer``, by default a quarter of the depth."""
+    n_layers = len(blocks)
+    layer = n_layers // 4 if layer is None else int(layer)
+    if not 0 <= layer < n_layers:
+        raise ValueError(f"layer={layer} is out of range: the model has {n_layers} blocks (use 0..{n_layers - 1}).")
+    return layer
 
-    def chunks(n: int, size: int, stream: int):
-        for epoch in itertools.count():
-            perm = req.rng(stream, epoch).permutation(n).tolist()
-            for i in range(0, n, size):
-                yield sorted(perm[i : i + size])
 
-    f_stream = chunks(len(req.forget), bs, 10)
-    r_stream = chunks(len(req.retain), rbs, 11) if rbs else itertools.repeat([])
-    plan, spent = [], 0.0
-    while len(plan) < max_steps:
-        f, r = next(f_stream), next(r_stream)
-        if req.budget is not None and spent + len(f) + len(r) > req.budget + 1e-9:
-            break
-        plan.append((f, r))
-        spent += len(f) + len(r)
-    return plan
+def updated_parameters(
+    blocks: torch.nn.ModuleList, layer: int, update_layers: Sequence[int] | None, param_pattern: str
+) -> tuple[list[int], list[torch.nn.Parameter]]:
+    """The blocks that change (default ``layer``−2..``layer``) and their trainable parameters matching
+    ``param_pattern``."""
+    n_layers = len(blocks)
+    chosen = list(range(max(0, layer - 2), layer + 1)) if update_layers is None else [int(i) for i in update_layers]
+    if any(not 0 <= i < n_layers for i in chosen) or not chosen:
+        raise ValueError(f"update_layers={update_layers!r} is invalid: name blocks in 0..{n_layers - 1}.")
+    pattern = re.compile(param_pattern)
+    updated = [
+        p for i in chosen for name, p in blocks[i].named_parameters() if p.requires_grad and pattern.search(name)
+    ]
+    if not updated:
+        raise ValueError(
+            f"param_pattern={param_pattern!r} matches no trainable parameter of blocks {chosen}; "
+            "widen the pattern (e.g. '.') or the layers (for LoRA, the adapter must sit in those blocks)."
+        )
+    return chosen, updated
+
+
+def steering_target(req: Request, steering_coeff: float) -> torch.Tensor:
+    """c·u with u a seeded unit vector of uniform [0, 1) entries (WMDP), on the model's device."""
+    hidden = int(getattr(base_model_of(req.model).config, "hidden_size", 0) or 0)
+    if hidden < 1:
+        raise ValueError("RMU needs `config.hidden_size` (the width of the steered activations); the model has none.")
+    u = torch.from_numpy(req.rng(12).random(hidden)).float()
+    return (steering_coeff * u / u.norm()).to(next(req.model.parameters()).device)
+
+
+def rmu_steps(
+    req: Request, sched: Schedule, cap: _Capture, target: torch.Tensor, updated: list[torch.nn.Parameter],
+    alpha: float, reference: str,
+) -> list[dict[str, float]]:
+    """The reference activations (all before the first update for ``"original"``, per step for ``"base"``),
+    then per step: α-weighted sum of the steering and retain terms, one optimizer step on ``updated``."""
+    ref: dict[int, torch.Tensor] = {}
+    if alpha > 0 and reference == "original":  # before any update: the frozen model's activations
+        _reference(req, cap, [r for _, r in sched.steps], nullcontext(), ref)
+    opt = make_optimizer(sched.optimizer, updated, sched.learning_rate)  # only the parameters RMU may change
+    history: list[dict[str, float]] = []
+    for step, (f_idx, r_idx) in enumerate(sched.steps):
+        if r_idx and reference == "base":
+            ref.clear()
+            _reference(req, cap, [r_idx], req.model.disable_adapter(), ref)
+        req.zero_grad()
+        rec: dict[str, float] = {"step": float(step)}
+        rec["steering_mse"] = _accumulate(req, req.forget, f_idx, 1.0, steering_term(cap, target))
+        if r_idx:
+            rec["retain_activation_mse"] = _accumulate(req, req.retain, r_idx, alpha, retain_term(cap, ref))
+        req.sync_grads()
+        req.engine.step(opt)
+        history.append(rec)
+    return history
+
+
+def _accumulate(req: Request, ds: Dataset, idx: Sequence[int], scale: float, term: Term) -> float:
+    """``req.accumulate`` of a per-example ``term``; returns the term's mean over ``idx``."""
+    values: list[torch.Tensor] = []
+
+    def kept(bl: BatchLoss, ix: Sequence[int]) -> torch.Tensor:
+        out = term(bl, ix)
+        values.append(out.detach().float().cpu())
+        return out
+
+    req.accumulate(ds, idx, scale, kept, per_example=True)
+    return float(torch.cat(values).mean()) if values else float("nan")
 
 
 @register_method("rmu")
@@ -164,10 +220,7 @@ def rmu(
     (default ``layer``−2..``layer``); ``alpha``: retain weight; length: ``steps``, ``epochs`` over the
     forget set, or as many steps as ``budget`` pays (one epoch when neither)."""
     blocks = decoder_layers(trainer.model)
-    n_layers = len(blocks)
-    layer = n_layers // 4 if layer is None else int(layer)
-    if not 0 <= layer < n_layers:
-        raise ValueError(f"layer={layer} is out of range: the model has {n_layers} blocks (use 0..{n_layers - 1}).")
+    layer = steered_layer(blocks, layer)
     if not (steering_coeff > 0 and math.isfinite(steering_coeff)):
         raise ValueError(f"steering_coeff={steering_coeff!r} is invalid: use a finite value > 0 (WMDP: 6.5-300).")
     if not alpha >= 0:
@@ -176,90 +229,30 @@ def rmu(
         raise ValueError(f"reference={reference!r} is unknown; use 'original' or 'base'.")
     if reference == "base" and not hasattr(trainer.model, "disable_adapter"):
         raise ValueError("reference='base' needs a peft model (adapter to disable); use reference='original'.")
-    chosen = list(range(max(0, layer - 2), layer + 1)) if update_layers is None else [int(i) for i in update_layers]
-    if any(not 0 <= i < n_layers for i in chosen) or not chosen:
-        raise ValueError(f"update_layers={update_layers!r} is invalid: name blocks in 0..{n_layers - 1}.")
-    pattern = re.compile(param_pattern)
-    updated = [
-        p for i in chosen for name, p in blocks[i].named_parameters() if p.requires_grad and pattern.search(name)
-    ]
-    if not updated:
-        raise ValueError(
-            f"param_pattern={param_pattern!r} matches no trainable parameter of blocks {chosen}; "
-            "widen the pattern (e.g. '.') or the layers (for LoRA, the adapter must sit in those blocks)."
-        )
+    chosen, updated = updated_parameters(blocks, layer, update_layers, param_pattern)
     req = Request("rmu", trainer, forget_dataset, retain_dataset, budget)
-    args = req.args
-    lr = float(learning_rate if learning_rate is not None else args.unlearn_learning_rate)
-    bs = int(batch_size or args.per_device_train_batch_size * args.gradient_accumulation_steps)
-    rbs = int(retain_batch_size or bs)
-    if bs < 1 or rbs < 1 or not (lr > 0 and math.isfinite(lr)):
-        raise ValueError("batch sizes must be >= 1 and learning_rate a finite value > 0.")
     if len(req.retain) == 0 and alpha > 0:
         raise ValueError("rmu needs retained data (alpha > 0), but the retain set is empty; pass alpha=0 to skip it.")
-    if steps is not None:
-        max_steps: float = int(steps)
-    elif epochs is not None:
-        max_steps = math.ceil(float(epochs) * len(req.forget) / bs)
-    else:
-        max_steps = math.inf if req.budget is not None else math.ceil(len(req.forget) / bs)
-    use_r = alpha > 0
-    plan = _schedule(req, bs, rbs if use_r else 0, max_steps)
-    if not plan:
-        req.need(min(bs, len(req.forget)) + (min(rbs, len(req.retain)) if use_r else 0), "one step of rmu")
-    hidden = int(getattr(base_model_of(trainer.model).config, "hidden_size", 0) or 0)
-    if hidden < 1:
-        raise ValueError("RMU needs `config.hidden_size` (the width of the steered activations); the model has none.")
-    u = torch.from_numpy(req.rng(12).random(hidden)).float()  # uniform [0, 1) entries, as WMDP
-    target = steering_coeff * u / u.norm()
+    sched = schedule(
+        req, forget=True, retain=alpha > 0, learning_rate=learning_rate, optimizer=optimizer, batch_size=batch_size,
+        retain_batch_size=retain_batch_size, steps=steps, epochs=epochs, streams=(10, 11),  # RMU's own, as before
+    )
+    target = steering_target(req, steering_coeff)
     config = {
         "layer": layer, "steering_coeff": steering_coeff, "alpha": alpha, "update_layers": chosen,
-        "param_pattern": param_pattern, "reference": reference, "learning_rate": lr,
-        "optimizer": optimizer or args.unlearn_optimizer, "batch_size": bs, "retain_batch_size": rbs,
-        "steps": len(plan), "seed": req.seed, "budget": req.budget,
+        "param_pattern": param_pattern, "reference": reference, **sched.config(),
+        "steps": len(sched.steps), "seed": req.seed, "budget": req.budget,
     }
     cap = _Capture(req.model, blocks[layer])
-    history: list[dict[str, float]] = []
-    ref: dict[int, torch.Tensor] = {}
-    base_ctx = (lambda: req.model.disable_adapter()) if reference == "base" else nullcontext
     req.begin()
     try:
-        if use_r and reference == "original":  # before any update: the frozen model's activations
-            _reference(req, cap, [r for _, r in plan], nullcontext(), ref)
-        opt = make_optimizer(config["optimizer"], updated, lr)  # only the parameters RMU may change
-        target = target.to(next(req.model.parameters()).device)
-        for step, (f_idx, r_idx) in enumerate(plan):
-            if use_r and reference == "base":
-                ref.clear()
-                _reference(req, cap, [r_idx], base_ctx(), ref)
-            req.zero_grad()
-            rec: dict[str, float] = {"step": float(step)}
-            losses: list[torch.Tensor] = []
-            steer = steering_term(cap, target)
-            req.accumulate(req.forget, f_idx, 1.0, lambda bl, ix: _keep(losses, steer(bl, ix)), per_example=True)
-            rec["steering_mse"] = float(torch.cat(losses).mean()) if losses else float("nan")
-            if use_r:
-                losses.clear()
-                keep = retain_term(cap, ref)
-                req.accumulate(req.retain, r_idx, alpha, lambda bl, ix: _keep(losses, keep(bl, ix)), per_example=True)
-                rec["retain_activation_mse"] = float(torch.cat(losses).mean()) if losses else float("nan")
-            req.sync_grads()
-            req.engine.step(opt)
-            history.append(rec)
-        cap.close()
-        last = history[-1]
-        return req.finish(
-            config,
-            {"steps": float(len(plan)), "learning_rate": lr, "updated_parameters": float(sum(p.numel() for p in updated)),
-             **{k: v for k, v in last.items() if k != "step"}},
-            history,
-        )
+        history = rmu_steps(req, sched, cap, target, updated, alpha, reference)
+        metrics = {"steps": float(len(sched.steps)), "learning_rate": sched.learning_rate,
+                   "updated_parameters": float(sum(p.numel() for p in updated)),
+                   **{k: v for k, v in history[-1].items() if k != "step"}}
+        return req.finish(config, metrics, history)
     except BaseException:
-        cap.close()
         req.restore()
         raise
-
-
-def _keep(store: list[torch.Tensor], value: torch.Tensor) -> torch.Tensor:
-    store.append(value.detach().float().cpu())
-    return value
+    finally:
+        cap.close()

@@ -21,18 +21,24 @@ from ..losses import BatchLoss
 from ..unlearning import UnlearningResult
 from . import register_method
 from ._request import Request
-from ._steps import minibatch_unlearning
+from ._steps import check_length, minibatch_unlearning
 
 if TYPE_CHECKING:
     from ..trainer import IAUTrainer
 
 
 def saliency_mask(req: Request, sparsity: float) -> list[torch.Tensor]:
-    """1 where |∇ mean_{D_f} ℓ| is at or above its ``sparsity`` quantile over all weights, else 0."""
+    """1 where |∇ mean_{D_f} ℓ| is at or above its ``sparsity`` quantile over all weights, else 0. The gradient
+    is taken in eval mode (no dropout: the mask is a function of the weights and data); the mode is restored."""
     req.need(len(req.forget), "the saliency gradient over the forget set")
-    req.zero_grad()
-    req.accumulate(req.forget, range(len(req.forget)), 1.0)
-    req.sync_grads()
+    was_training = req.model.training
+    req.model.eval()
+    try:
+        req.zero_grad()
+        req.accumulate(req.forget, range(len(req.forget)), 1.0)
+        req.sync_grads()
+    finally:
+        req.model.train(was_training)
     mags = torch.cat([p.grad.detach().abs().flatten().float() for p in req.params])
     k = min(int(sparsity * mags.numel()), mags.numel() - 1)
     q = mags.kthvalue(k + 1).values if k > 0 else mags.min()
@@ -72,6 +78,7 @@ def salun(
     """SalUn on a classifier (``options``: see ``_steps.minibatch_unlearning``)."""
     if not 0 <= sparsity < 1:
         raise ValueError(f"sparsity={sparsity!r} is invalid: use a fraction in [0, 1) of weights left unchanged.")
+    check_length(options.get("steps"), options.get("epochs"))  # before the work that precedes the steps
     req = Request("salun", trainer, forget_dataset, retain_dataset, budget)
     if req.kind != "classification":
         raise ValueError("salun needs a single-label classifier (random relabelling); use npo or iau for this model.")

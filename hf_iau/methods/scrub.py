@@ -12,7 +12,6 @@ copied: its class probabilities on every row the loop will use are computed once
 
 from __future__ import annotations
 
-import math
 from typing import TYPE_CHECKING, Sequence
 
 import torch
@@ -22,8 +21,8 @@ from datasets import Dataset
 from ..losses import BatchLoss, batch_losses
 from ..unlearning import UnlearningResult
 from . import register_method
-from ._request import BudgetError, Request, make_optimizer
-from ._steps import _chunks
+from ._request import Request, make_optimizer
+from ._steps import Schedule, schedule
 
 if TYPE_CHECKING:
     from ..trainer import IAUTrainer
@@ -33,6 +32,8 @@ def teacher_log_probs(req: Request, ds: Dataset, idx: Sequence[int]) -> dict[int
     """log p_T(·|x) of rows ``idx`` under the current (original) weights, by index (forward passes; every
     process gets every row's, since later mini-batches are shared out differently)."""
     idx = sorted(set(idx))
+    if not idx:  # the same on every process: no step uses this set
+        return {}
     pos = {i: k for k, i in enumerate(idx)}
     table = torch.zeros(len(idx), req.model.config.num_labels, dtype=torch.float32, device=req.engine.device)
     with torch.no_grad():
@@ -47,10 +48,6 @@ def teacher_log_probs(req: Request, ds: Dataset, idx: Sequence[int]) -> dict[int
     return {i: table[k] for i, k in pos.items()}
 
 
-def _step(req: Request, opt: torch.optim.Optimizer) -> None:
-    req.engine.step(opt)
-
-
 def kl_term(teacher: dict[int, torch.Tensor], ce_weight: float = 0.0, kl_weight: float = 1.0):
     """Per-example kl_weight·KL(p_T ‖ p_S) + ce_weight·CE."""
 
@@ -61,6 +58,27 @@ def kl_term(teacher: dict[int, torch.Tensor], ce_weight: float = 0.0, kl_weight:
         return kl_weight * kl + ce_weight * bl.loss_sum
 
     return term
+
+
+def scrub_steps(req: Request, sched: Schedule, alpha: float, gamma: float) -> list[dict[str, float]]:
+    """Teacher outputs once, then per step a max-step on B_f (when scheduled) and a min-step on B_r."""
+    t_f = teacher_log_probs(req, req.forget, [i for f, _ in sched.steps for i in f])
+    t_r = teacher_log_probs(req, req.retain, [i for _, r in sched.steps for i in r])
+    opt = make_optimizer(sched.optimizer, req.params, sched.learning_rate)
+    history: list[dict[str, float]] = []
+    for t, (f_idx, r_idx) in enumerate(sched.steps):
+        rec: dict[str, float] = {"step": float(t)}
+        if f_idx:
+            req.zero_grad()
+            rec["forget_loss"] = req.accumulate(req.forget, f_idx, -1.0, kl_term(t_f), per_example=True).mean_loss
+            req.sync_grads()
+            req.engine.step(opt)
+        req.zero_grad()
+        rec["retain_loss"] = req.accumulate(req.retain, r_idx, 1.0, kl_term(t_r, gamma, alpha), per_example=True).mean_loss
+        req.sync_grads()
+        req.engine.step(opt)
+        history.append(rec)
+    return history
 
 
 @register_method("scrub")
@@ -80,60 +98,24 @@ def scrub(
     steps: int | None = None,
     epochs: float | None = None,
 ) -> UnlearningResult:
-    """SCRUB on a classifier; length: ``steps``, or ``epochs`` over the forget set, or (with a budget) what it pays."""
+    """SCRUB on a classifier; length: ``steps``, or ``epochs`` over the forget set (its max-steps see every forget
+    row ``epochs`` times; default 1), or (with a budget) what it pays."""
     if not (alpha >= 0 and gamma >= 0 and 0 <= max_fraction <= 1):
         raise ValueError("scrub needs alpha >= 0, gamma >= 0 and max_fraction in [0, 1].")
     req = Request("scrub", trainer, forget_dataset, retain_dataset, budget)
     if req.kind != "classification":
         raise ValueError("scrub needs a single-label classifier (class-probability KL); use npo or iau for this model.")
-    args = req.args
-    lr = float(learning_rate if learning_rate is not None else args.unlearn_learning_rate)
-    bs = int(batch_size or args.per_device_train_batch_size * args.gradient_accumulation_steps)
-    rbs = int(retain_batch_size or bs)
-    n_f, n_r = len(req.forget), len(req.retain)
-    if n_r == 0:
-        raise ValueError("scrub needs retained data, but the retain set is empty.")
-    if steps is None:
-        if epochs is not None:
-            steps = math.ceil(float(epochs) * n_f / bs)
-        elif budget is not None:
-            cost = lambda k: round(max_fraction * k) * min(bs, n_f) + k * min(rbs, n_r)  # noqa: E731
-            steps = 1
-            while cost(steps + 1) <= budget:
-                steps += 1
-        else:
-            steps = math.ceil(n_f / bs)
-    n_max = int(round(max_fraction * steps))
-    f_stream, r_stream = _chunks(req, n_f, bs, 0), _chunks(req, n_r, rbs, 1)
-    plan = [(next(f_stream) if t < n_max else [], next(r_stream)) for t in range(steps)]
-    config = {"learning_rate": lr, "optimizer": optimizer or args.unlearn_optimizer, "batch_size": bs,
-              "retain_batch_size": rbs, "alpha": alpha, "gamma": gamma, "steps": steps, "max_steps": n_max,
+    sched = schedule(
+        req, forget=True, retain=True, learning_rate=learning_rate, optimizer=optimizer, batch_size=batch_size,
+        retain_batch_size=retain_batch_size, steps=steps, epochs=epochs, forget_fraction=max_fraction,
+    )
+    n_max = sum(1 for f, _ in sched.steps if f)
+    config = {**sched.config(), "alpha": alpha, "gamma": gamma, "steps": len(sched.steps), "max_steps": n_max,
               "seed": req.seed, "budget": budget}
     req.begin()
     try:
-        t_f = teacher_log_probs(req, req.forget, range(n_f))
-        t_r = teacher_log_probs(req, req.retain, [i for _, r in plan for i in r])
-        opt = make_optimizer(optimizer or args.unlearn_optimizer, req.params, lr)
-        history: list[dict[str, float]] = []
-        done = 0
-        for t, (f_idx, r_idx) in enumerate(plan):
-            if not req.affordable(len(f_idx) + len(r_idx)):
-                break
-            rec: dict[str, float] = {"step": float(t)}
-            if f_idx:
-                req.zero_grad()
-                rec["forget_loss"] = req.accumulate(req.forget, f_idx, -1.0, kl_term(t_f), per_example=True).mean_loss
-                req.sync_grads()
-                _step(req, opt)
-            req.zero_grad()
-            rec["retain_loss"] = req.accumulate(req.retain, r_idx, 1.0, kl_term(t_r, gamma, alpha), per_example=True).mean_loss
-            req.sync_grads()
-            _step(req, opt)
-            history.append(rec)
-            done += 1
-        if done == 0:
-            raise BudgetError(f"budget={budget:g} example-gradient passes cannot pay for one step of scrub; raise it.")
-        return req.finish(config, {"steps": float(done), "learning_rate": lr}, history)
+        history = scrub_steps(req, sched, alpha, gamma)
+        return req.finish(config, {"steps": float(len(sched.steps)), "learning_rate": sched.learning_rate}, history)
     except BaseException:
         req.restore()
         raise
