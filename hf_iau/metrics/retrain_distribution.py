@@ -7,8 +7,8 @@ Gaussian fits N(μ_r, σ_r²) and N(μ_u, σ_u²) of these values,
 
     KLoM(x) = KL(N(μ_r, σ_r²) ‖ N(μ_u, σ_u²)) = log(σ_u/σ_r) + (σ_r² + (μ_r − μ_u)²) / (2σ_u²) − ½,
 
-where σ² = sample variance (ddof 1) + ``min_std``² (the floor keeps an example on which every
-retrain agrees exactly from dividing by zero). With one unlearned model (U = 1) its spread is taken
+where σ² = sample variance (ddof 1) + ``min_std``² (default 0.5 nat: margins closer than that
+count as the same, and an example on which every retrain agrees exactly does not divide by zero). With one unlearned model (U = 1) its spread is taken
 to be the retrain's, σ_u = σ_r, and KLoM(x) = z(x)²/2 with z(x) = (μ_u − μ_r)/σ_r: how many retrain
 standard deviations the unlearned output lies from the retrain mean. The paper bins ~100 models per
 side into histograms; a Gaussian fit is what a handful of retrains supports.
@@ -82,7 +82,7 @@ def _rows(unlearned: np.ndarray, retrained: np.ndarray, min_std: float) -> tuple
     return u, r
 
 
-def klom_scores(unlearned: np.ndarray, retrained: np.ndarray, min_std: float = 0.1) -> np.ndarray:
+def klom_scores(unlearned: np.ndarray, retrained: np.ndarray, min_std: float = 0.5) -> np.ndarray:
     """Per-example KL(N(μ_r, σ_r²) ‖ N(μ_u, σ_u²)) of margins ``unlearned`` [U, N] (or [N]) and ``retrained`` [R, N].
 
     Needs R ≥ 2 retrained models; with U = 1 the unlearned spread is the retrain's (score = z²/2).
@@ -94,7 +94,7 @@ def klom_scores(unlearned: np.ndarray, retrained: np.ndarray, min_std: float = 0
     return 0.5 * np.log(var_u / var_r) + (var_r + (mu_r - mu_u) ** 2) / (2 * var_u) - 0.5
 
 
-def z_scores(unlearned: np.ndarray, retrained: np.ndarray, min_std: float = 0.1) -> np.ndarray:
+def z_scores(unlearned: np.ndarray, retrained: np.ndarray, min_std: float = 0.5) -> np.ndarray:
     """(μ_u − μ_r) / σ_r per example: where the mean unlearned output falls in the retrain distribution."""
     u, r = _rows(unlearned, retrained, min_std)
     mu_r, var_r = _moments(r, min_std)
