@@ -329,7 +329,7 @@ def grade(runs: list[dict[str, Any]], golds: list[dict[str, Any]], fl: dict[str,
 
 def run_scenario(name: str, a: argparse.Namespace, store: Store, log: Callable[[str], None]) -> dict[str, Any]:
     s = build_scenario(name, a.data_seed, a.quick, str(a.cache_dir))
-    log(f"[{name}] {s.description}; original trained in {s.train_seconds:.0f}s (0 if cached)")
+    log(f"[{name}] {s.description}; original: {s.train_seconds:.0f}s of training (read from the cache when it was there)")
     golds = [retrained(s, k, a.cache_dir, log, a.remeasure) for k in range(a.retrains)]
     fl = floor(golds)
     key = dict(scenario=name, quick=a.quick, data_seed=a.data_seed)
