@@ -59,3 +59,19 @@ def test_store_appends_and_skips_what_it_has(tmp_path):
     row = store.run(lambda: calls.append(1) or {"passes": 5.0, "wall_time_s": 1.0}, print, **key)
     again = removal.Store(tmp_path / "runs.jsonl").run(lambda: calls.append(1) or {}, print, **key)
     assert calls == [1] and again == row and again["passes"] == 5.0
+
+
+def test_model_init_takes_its_seed_from_the_caller():
+    """Issue 17: the scenarios' model_init used to call torch.manual_seed(<scenario seed>) itself, so the
+    retrain's args.seed never reached the initial weights; now set_seed(args.seed) decides them."""
+    import torch
+    from transformers import set_seed
+
+    import scenarios
+
+    def weights(seed: int) -> torch.Tensor:
+        set_seed(seed)
+        return torch.cat([p.detach().flatten() for p in scenarios._cnn().parameters()])
+
+    assert torch.equal(weights(1), weights(1))
+    assert not torch.equal(weights(1), weights(2))
