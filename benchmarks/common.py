@@ -212,9 +212,9 @@ def restore(model, state) -> None:
 
 # --- the removal scenarios of benchmarks/scenarios.py (owned by removal.py's author: import only) ---
 def scenario_gap(s, model, retrained) -> dict[str, float]:
-    """Gap to retrain on a ``scenarios.Scenario``, measured exactly as ``benchmarks/removal.py`` does:
-    ``evaluate_unlearning`` with the loss-attack MIA, gap = mean |Δ| of forget accuracy, test accuracy
-    and MIA AUC between ``model`` and ``retrained``."""
+    """Gap to ONE retrained model on a ``scenarios.Scenario``, with the metrics of ``benchmarks/removal.py``
+    (which compares against the mean of several retrains): ``evaluate_unlearning`` with the loss-attack
+    MIA, gap = mean |Δ| of forget accuracy, test accuracy and MIA AUC between ``model`` and ``retrained``."""
     from hf_iau.report import evaluate_unlearning
 
     rep = evaluate_unlearning(

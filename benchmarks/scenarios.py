@@ -33,9 +33,11 @@ Cost of training = example-gradient passes (epochs × |train|), the unit every m
 from __future__ import annotations
 
 import copy
+import json
 import tempfile
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -46,7 +48,12 @@ from hf_iau import IAUConfig, IAUTrainer
 
 TUNE = ("mislabelled", "poison_vision", "topic_lm")
 HELD_OUT = ("privacy", "canary", "class_vision", "poison_text", "qa_lm")
-SCENARIOS = TUNE + HELD_OUT
+# Issue 17, declared before any method ran on them (benchmarks/results/removal_declaration.md): three request
+# kinds the defaults have never seen, held out like HELD_OUT.
+NEW_HELD_OUT = ("outlier_vision", "lora_text", "wiki_lm")
+SCENARIOS = TUNE + HELD_OUT + NEW_HELD_OUT
+# removal.py --quick: one image, one text, one LM scenario (the everyday check)
+QUICK = ("mislabelled", "poison_text", "qa_lm")
 
 
 @dataclass
@@ -97,14 +104,38 @@ def _args(out: str, seed: int, **kw: Any) -> IAUConfig:
     return IAUConfig(**base)
 
 
-def _train(model: torch.nn.Module, args: IAUConfig, train: Dataset, collator: Any, tokenizer: Any) -> tuple[torch.nn.Module, float, float]:
+def _train(init: Callable[[], torch.nn.Module], args: IAUConfig, train: Dataset, collator: Any, tokenizer: Any,
+           peft_config: Any = None) -> tuple[torch.nn.Module, float, float]:
+    """``set_seed(args.seed)``, ``init()`` (LoRA-wrapped with ``peft_config``), then train on ``train``.
+
+    The trained weights are cached as ``<output_dir>/original.safetensors`` (+ ``.json``: seconds, passes)
+    and loaded from there on a rerun with the same ``output_dir``.
+    """
+    from safetensors.torch import load_model, save_model
+    from transformers import set_seed
+
+    cache = Path(args.output_dir) / "original.safetensors"
+    set_seed(args.seed)
+    model = init()
+    if peft_config is not None:
+        from peft import get_peft_model
+
+        model = get_peft_model(model, peft_config)
+    if cache.exists() and cache.with_suffix(".json").exists():
+        load_model(model, str(cache))
+        meta = json.loads(cache.with_suffix(".json").read_text())
+        return model.eval(), meta["train_seconds"], meta["train_passes"]
     t0 = time.perf_counter()
     trainer = IAUTrainer(model=model, args=args, train_dataset=train, data_collator=collator, processing_class=tokenizer)
     trainer.train()
     passes = float(trainer.state.global_step * args.per_device_train_batch_size)
     passes = min(passes, float(args.num_train_epochs) * len(train)) if args.max_steps <= 0 else passes
     model = trainer.model.eval()
-    return model, time.perf_counter() - t0, passes
+    secs = time.perf_counter() - t0
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    save_model(model, str(cache))
+    cache.with_suffix(".json").write_text(json.dumps({"train_seconds": secs, "train_passes": passes}))
+    return model, secs, passes
 
 
 def _split3(n: int, n_test: int, n_val: int, n_train: int, seed: int) -> tuple[list[int], list[int], list[int]]:
@@ -119,10 +150,10 @@ def _with_ids(ds: Dataset) -> Dataset:
 # --------------------------------------------------------------------------- (a) mislabelled MNIST
 
 
-def _cnn(seed: int) -> torch.nn.Module:
+def _cnn() -> torch.nn.Module:
+    """The small ResNet, initialised from the current torch seed (``set_seed(args.seed)`` by the caller)."""
     from transformers import ResNetConfig, ResNetForImageClassification
 
-    torch.manual_seed(seed)
     cfg = ResNetConfig(
         num_channels=1, embedding_size=16, hidden_sizes=[32, 64], depths=[1, 1], layer_type="basic",
         hidden_act="relu", num_labels=10, downsample_in_first_stage=False,
@@ -160,9 +191,9 @@ def mislabelled(seed: int, quick: bool, out: str) -> Scenario:
     retain = train.select([i for i in range(len(train)) if i not in flip])
     epochs = 15
     args = _args(out, seed, num_train_epochs=epochs, per_device_train_batch_size=64, learning_rate=2e-3, weight_decay=0.0)
-    model, secs, passes = _train(_cnn(seed), args, train, None, None)
+    model, secs, passes = _train(_cnn, args, train, None, None)
     return Scenario(
-        "mislabelled", seed, quick, model, args, train, forget, retain, validation, test, lambda: _cnn(seed),
+        "mislabelled", seed, quick, model, args, train, forget, retain, validation, test, _cnn,
         train_seconds=secs, train_passes=passes,
         description=f"MNIST-5k (14×14), {n_train} train digits, 5% ({len(forget)}) given a wrong label; ResNet-CNN "
         f"({sum(p.numel() for p in model.parameters()) / 1e3:.0f}k params) from config, {epochs} epochs; forget = the mislabelled points",
@@ -196,13 +227,12 @@ def privacy(seed: int, quick: bool, out: str) -> Scenario:
     retain = train.select([i for i in range(len(train)) if i not in fset])
 
     def init() -> torch.nn.Module:
-        torch.manual_seed(seed)
         return AutoModelForSequenceClassification.from_pretrained(path, num_labels=5)
 
     epochs = 4 if quick else 5
     args = _args(out, seed, num_train_epochs=epochs, per_device_train_batch_size=16, learning_rate=1e-4, weight_decay=0.0)
     collator = DataCollatorWithPadding(tok)
-    model, secs, passes = _train(init(), args, train, collator, tok)
+    model, secs, passes = _train(init, args, train, collator, tok)
     return Scenario(
         "privacy", seed, quick, model, args, train, forget, retain, validation, test, init, collator, tok, secs, passes,
         description=f"BBC News, pretrained all-MiniLM-L6-v2 fine-tuned on {n_train} articles (first {max_len} tokens), "
@@ -213,14 +243,14 @@ def privacy(seed: int, quick: bool, out: str) -> Scenario:
 # --------------------------------------------------------------------------- (c) canary LM
 
 
-def _word_tokenizer(texts: list[str]):
+def _word_tokenizer(texts: list[str], vocab_size: int = 3000):
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     tk = Tokenizer(models.WordLevel(unk_token="[UNK]"))
     tk.normalizer = normalizers.Lowercase()
     tk.pre_tokenizer = pre_tokenizers.Whitespace()
-    tk.train_from_iterator(texts, trainers.WordLevelTrainer(vocab_size=3000, special_tokens=["[PAD]", "[UNK]", "[EOS]"]))
+    tk.train_from_iterator(texts, trainers.WordLevelTrainer(vocab_size=vocab_size, special_tokens=["[PAD]", "[UNK]", "[EOS]"]))
     return PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="[PAD]", unk_token="[UNK]", eos_token="[EOS]")
 
 
@@ -250,12 +280,12 @@ def canary(seed: int, quick: bool, out: str) -> Scenario:
     rows = sorted(tr + canary_idx)
     forget = train.select([j for j, i in enumerate(rows) if i in is_c])
     retain = train.select([j for j, i in enumerate(rows) if i not in is_c])
-    init = _tiny_gpt2(seed, tok, max_len)
+    init = _tiny_gpt2(tok, max_len)
 
     epochs = 20 if quick else 20
     args = _args(out, seed, num_train_epochs=epochs, per_device_train_batch_size=16, learning_rate=3e-3, weight_decay=0.0)
     collator = DataCollatorForLanguageModeling(tok, mlm=False)
-    model, secs, passes = _train(init(), args, train, collator, tok)
+    model, secs, passes = _train(init, args, train, collator, tok)
     return Scenario(
         "canary", seed, quick, model, args, train, forget, retain, validation, test, init, collator, tok, secs, passes,
         description=f"Lee corpus (gensim) + {n_secrets} canary secrets × {repeats} copies, GPT-2 2L/96d from scratch, "
@@ -294,9 +324,9 @@ def _vision(name: str, seed: int, quick: bool, out: str, train: Dataset, forget_
     retain = train.select([i for i in range(len(train)) if i not in fset])
     epochs = 15
     args = _args(out, seed, num_train_epochs=epochs, per_device_train_batch_size=64, learning_rate=2e-3, weight_decay=0.0)
-    model, secs, passes = _train(_cnn(seed), args, train, None, None)
+    model, secs, passes = _train(_cnn, args, train, None, None)
     return Scenario(
-        name, seed, quick, model, args, train, forget, retain, validation, test, lambda: _cnn(seed),
+        name, seed, quick, model, args, train, forget, retain, validation, test, _cnn,
         train_seconds=secs, train_passes=passes, info=info or {},
         description=f"MNIST-5k (14×14), {len(train)} train digits, ResNet-CNN from config, {epochs} epochs; {desc}",
     )
@@ -362,7 +392,6 @@ def poison_text(seed: int, quick: bool, out: str) -> Scenario:
     vocab = len(tok)
 
     def init() -> torch.nn.Module:
-        torch.manual_seed(seed)
         cfg = BertConfig(vocab_size=vocab, hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128,
                          max_position_embeddings=max_len, num_labels=5, hidden_dropout_prob=0.0,
                          attention_probs_dropout_prob=0.0, pad_token_id=tok.pad_token_id)
@@ -371,7 +400,7 @@ def poison_text(seed: int, quick: bool, out: str) -> Scenario:
     epochs = 12
     args = _args(out, seed, num_train_epochs=epochs, per_device_train_batch_size=32, learning_rate=2e-3, weight_decay=0.0)
     collator = DataCollatorWithPadding(tok)
-    model, secs, passes = _train(init(), args, train, collator, tok)
+    model, secs, passes = _train(init, args, train, collator, tok)
     return Scenario(
         "poison_text", seed, quick, model, args, train, forget, retain, validation, test, init, collator, tok, secs, passes,
         description=f"BBC News, BERT 2L/64d from config (word tokenizer), {n_train} articles × ≤{max_len} tokens, {epochs} "
@@ -383,13 +412,12 @@ def poison_text(seed: int, quick: bool, out: str) -> Scenario:
 # --------------------------------------------------------------------------- (g) a topic of a dialogue LM
 
 
-def _tiny_gpt2(seed: int, tok: Any, max_len: int) -> Callable[[], torch.nn.Module]:
+def _tiny_gpt2(tok: Any, max_len: int) -> Callable[[], torch.nn.Module]:
     from transformers import GPT2Config, GPT2LMHeadModel
 
     vocab = len(tok)
 
     def init() -> torch.nn.Module:
-        torch.manual_seed(seed)
         cfg = GPT2Config(
             vocab_size=vocab, n_positions=max_len, n_embd=96, n_layer=2, n_head=4, bos_token_id=tok.eos_token_id,
             eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
@@ -439,11 +467,11 @@ def topic_lm(seed: int, quick: bool, out: str) -> Scenario:
     fs = set(f_rows)
     forget = train.select([j for j, i in enumerate(rows) if i in fs])
     retain = train.select([j for j, i in enumerate(rows) if i not in fs])
-    init = _tiny_gpt2(seed, tok, max_len)
+    init = _tiny_gpt2(tok, max_len)
     epochs = 20
     args = _args(out, seed, num_train_epochs=epochs, per_device_train_batch_size=16, learning_rate=3e-3, weight_decay=0.0)
     collator = DataCollatorForLanguageModeling(tok, mlm=False)
-    model, secs, passes = _train(init(), args, train, collator, tok)
+    model, secs, passes = _train(init, args, train, collator, tok)
     return Scenario(
         "topic_lm", seed, quick, model, args, train, forget, retain, enc(va), enc(te), init, collator, tok, secs, passes,
         description=f"chatterbot-corpus dialogues (one row per conversation, ≤{max_len} tokens), GPT-2 2L/96d from scratch, "
@@ -496,11 +524,11 @@ def qa_lm(seed: int, quick: bool, out: str) -> Scenario:
     forget = train.select(sorted(f_people))
     retain = train.select([i for i in range(n_people) if i not in f_people])
     validation, test = enc_qa(qa[n_people : n_people + 40]), enc_qa(qa[n_people + 40 :])
-    init = _tiny_gpt2(seed, tok, max_len)
+    init = _tiny_gpt2(tok, max_len)
     epochs = 30
     args = _args(out, seed, num_train_epochs=epochs, per_device_train_batch_size=16, learning_rate=3e-3, weight_decay=0.0)
     collator = _PadLabels(tok.pad_token_id)
-    model, secs, passes = _train(init(), args, train, collator, tok)
+    model, secs, passes = _train(init, args, train, collator, tok)
     return Scenario(
         "qa_lm", seed, quick, model, args, train, forget, retain, validation, test, init, collator, tok, secs, passes,
         description=f"synthetic fictitious-fact QA ({n_people} invented people, 12 cities; loss on the answer only), "
@@ -522,18 +550,174 @@ class _PadLabels:
                 "labels": padded("labels", -100)}
 
 
+# --------------------------------------------------------------------------- (i) outlier digits (issue 17)
+
+
+def outlier_vision(seed: int, quick: bool, out: str) -> Scenario:
+    test, validation, train, feats = _mnist14(seed, 1000 if quick else 1500)
+    rng = np.random.default_rng([seed, 31])
+    rows = sorted(rng.choice(len(train), size=len(train) // 20, replace=False).tolist())
+    x = np.asarray(train["pixel_values"], dtype=np.float32)
+    x[rows] = np.rot90(x[rows], k=1, axes=(2, 3))  # rotated a quarter turn, true label kept
+    train = Dataset.from_dict({"id": train["id"], "pixel_values": x, "label": train["label"]}, features=feats)
+    return _vision("outlier_vision", seed, quick, out, train, rows, validation, test,
+                   f"{len(rows)} digits rotated by 90° keep their true label (atypical points only memorisation "
+                   "classifies); forget = the rotated rows")
+
+
+# --------------------------------------------------------------------------- (j) LoRA text classifier (issue 17)
+
+
+def lora_text(seed: int, quick: bool, out: str) -> Scenario:
+    from peft import LoraConfig
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding
+
+    from hf_iau.offline_data import bbc_news, minilm_path
+
+    path = minilm_path()
+    tok = AutoTokenizer.from_pretrained(path)
+    max_len = 64
+    data = bbc_news()
+    n_train = 120 if quick else 200
+    te, va, tr = _split3(len(data), 300, 150, n_train, seed)
+
+    def enc(ds: Dataset) -> Dataset:
+        return ds.map(lambda b: tok(b["text"], truncation=True, max_length=max_len), batched=True, remove_columns=["text"])
+
+    test, validation = enc(data.select(te)), enc(data.select(va))
+    train = _with_ids(enc(data.select(tr)))
+    rng = np.random.default_rng([seed, 37])
+    rows = sorted(rng.choice(len(train), size=len(train) // 10, replace=False).tolist())
+    rs = set(rows)
+    labels = [int((y + rng.integers(1, 5)) % 5) if i in rs else int(y) for i, y in enumerate(train["label"])]
+    train = train.remove_columns("label").add_column("label", labels).cast_column("label", data.features["label"])
+    forget = train.select(rows)
+    retain = train.select([i for i in range(len(train)) if i not in rs])
+    lora = LoraConfig(task_type="SEQ_CLS", r=8, lora_alpha=16, target_modules=["query", "value"], lora_dropout=0.0)
+
+    def init() -> torch.nn.Module:  # the base model; the LoRA adapter is added by _train / retrain
+        return AutoModelForSequenceClassification.from_pretrained(path, num_labels=5)
+
+    epochs = 8 if quick else 10
+    args = _args(out, seed, num_train_epochs=epochs, per_device_train_batch_size=16, learning_rate=2e-3, weight_decay=0.0)
+    collator = DataCollatorWithPadding(tok)
+    model, secs, passes = _train(init, args, train, collator, tok, peft_config=lora)
+    return Scenario(
+        "lora_text", seed, quick, model, args, train, forget, retain, validation, test, init, collator, tok, secs, passes,
+        description=f"BBC News, pretrained all-MiniLM-L6-v2 + LoRA (r 8 on query/value, classifier head trained), "
+        f"{n_train} articles (first {max_len} tokens), {epochs} epochs; {len(rows)} articles given a wrong label; "
+        "forget = those rows; only the adapter and head are unlearned",
+        info={"lora": True},
+    )
+
+
+# --------------------------------------------------------------------------- (k) a pretrained LM, LoRA-fine-tuned (issue 17)
+
+
+def pretrained_lm(root: Path, quick: bool) -> tuple[torch.nn.Module, Any, dict[str, float]]:
+    """GPT-2 4L/128d pretrained from scratch on gensim's enwiki dump (word tokenizer, 64-token blocks).
+
+    Cached in ``root`` (``model.safetensors``, ``config.json``, ``tokenizer.json``, ``pretrain.json``);
+    trained once (a few minutes on 2 CPU cores: ``steps`` below) and loaded afterwards. Returns the
+    model, the tokenizer and ``{"steps", "seconds", "validation_perplexity"}``.
+    """
+    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast, set_seed
+
+    from hf_iau.offline_data import lee_text, wiki_text
+
+    folder = root / ("wiki_gpt2_quick" if quick else "wiki_gpt2")
+    if (folder / "pretrain.json").exists():
+        tok = PreTrainedTokenizerFast.from_pretrained(str(folder))
+        return GPT2LMHeadModel.from_pretrained(str(folder), use_safetensors=True), tok, json.loads((folder / "pretrain.json").read_text())
+    wiki = list(wiki_text()["text"])
+    tok = _word_tokenizer(wiki + list(lee_text()["text"]), vocab_size=8000)
+    block = 64
+    ids = [t for doc in tok(wiki)["input_ids"] for t in doc + [tok.eos_token_id]]
+    blocks = [ids[i : i + block] for i in range(0, len(ids) - block, block)]
+    val, train = blocks[:200], blocks[200:]
+    set_seed(0)
+    cfg = GPT2Config(vocab_size=len(tok), n_positions=block, n_embd=128, n_layer=4, n_head=4, bos_token_id=tok.eos_token_id,
+                     eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    model = GPT2LMHeadModel(cfg)
+    steps = 300 if quick else 1500
+    args = _args(str(folder / "run"), 0, max_steps=steps, per_device_train_batch_size=32, learning_rate=3e-3,
+                 weight_decay=0.0, lr_scheduler_type="cosine", warmup_steps=steps // 20)
+    data = Dataset.from_dict({"input_ids": train, "labels": train})
+    t0 = time.perf_counter()
+    IAUTrainer(model=model, args=args, train_dataset=data).train()
+    secs = time.perf_counter() - t0
+    from hf_iau.losses import evaluate_losses
+
+    v = torch.tensor(val)
+    res = evaluate_losses(model.eval(), ({"input_ids": v[i : i + 64], "labels": v[i : i + 64]} for i in range(0, len(v), 64)))
+    meta = {"steps": steps, "seconds": secs, "validation_perplexity": float(np.exp(float(res["loss"].mean())))}
+    model.save_pretrained(str(folder), safe_serialization=True)
+    tok.save_pretrained(str(folder))
+    (folder / "pretrain.json").write_text(json.dumps(meta))
+    return model, tok, meta
+
+
+def wiki_lm(seed: int, quick: bool, out: str) -> Scenario:
+    from peft import LoraConfig
+    from transformers import DataCollatorForLanguageModeling
+
+    from hf_iau.offline_data import lee_text
+
+    base, tok, meta = pretrained_lm(Path(out).parents[1] / "pretrained", quick)
+    texts = list(lee_text()["text"])
+    max_len = 64
+    perm = np.random.default_rng([seed, 41]).permutation(len(texts)).tolist()
+    te, va, tr = perm[:50], perm[50:80], perm[80 : 200 if quick else None]
+
+    def enc(idx: list[int]) -> Dataset:
+        e = tok([texts[i] for i in idx], truncation=True, max_length=max_len)
+        return Dataset.from_dict({"input_ids": e["input_ids"], "attention_mask": e["attention_mask"]})
+
+    train = enc(tr).add_column("id", list(range(len(tr))))
+    rng = np.random.default_rng([seed, 43])
+    rows = sorted(rng.choice(len(train), size=max(6, len(train) // 20), replace=False).tolist())
+    rs = set(rows)
+    forget = train.select(rows)
+    retain = train.select([i for i in range(len(train)) if i not in rs])
+    lora = LoraConfig(task_type="CAUSAL_LM", r=8, lora_alpha=16, target_modules=["c_attn", "c_proj", "c_fc"],
+                      lora_dropout=0.0, fan_in_fan_out=True)
+
+    def init() -> torch.nn.Module:  # the pretrained base; the LoRA adapter is added by _train / retrain
+        return copy.deepcopy(base)
+
+    epochs = 15
+    args = _args(out, seed, num_train_epochs=epochs, per_device_train_batch_size=16, learning_rate=3e-3, weight_decay=0.0)
+    collator = DataCollatorForLanguageModeling(tok, mlm=False)
+    model, secs, passes = _train(init, args, train, collator, tok, peft_config=lora)
+    return Scenario(
+        "wiki_lm", seed, quick, model, args, train, forget, retain, enc(va), enc(te), init, collator, tok, secs, passes,
+        description=f"GPT-2 4L/128d pretrained on gensim's enwiki dump ({meta['steps']} steps, validation perplexity "
+        f"{meta['validation_perplexity']:.0f}), LoRA (r 8, all linear) fine-tuned on {len(train)} Lee-corpus news "
+        f"articles (≤{max_len} tokens), {epochs} epochs; forget = a random {len(rows)} articles",
+        info={"lora": True, "pretrain": meta},
+    )
+
+
 BUILDERS: dict[str, Callable[[int, bool, str], Scenario]] = {
     "mislabelled": mislabelled, "privacy": privacy, "canary": canary, "poison_vision": poison_vision,
     "poison_text": poison_text, "class_vision": class_vision, "topic_lm": topic_lm, "qa_lm": qa_lm,
+    "outlier_vision": outlier_vision, "lora_text": lora_text, "wiki_lm": wiki_lm,
 }
 
 
 def build_scenario(name: str, seed: int = 0, quick: bool = False, output_dir: str | None = None) -> Scenario:
-    """Train the original model of scenario ``name`` (see ``SCENARIOS``) and return it with its data."""
+    """Train the original model of scenario ``name`` (see ``SCENARIOS``) and return it with its data.
+
+    Everything lands under ``output_dir`` (a fresh temporary folder by default):
+    ``<output_dir>/<name>/<quick|full>-seed<seed>/original.safetensors`` is reused when it exists,
+    ``<output_dir>/pretrained/`` holds pretrained language models shared by the scenarios.
+    """
     if name not in BUILDERS:
         raise ValueError(f"unknown scenario {name!r}; available: {', '.join(SCENARIOS)}")
-    out = output_dir or tempfile.mkdtemp(prefix=f"hf_iau_{name}_")
-    return BUILDERS[name](seed, quick, out)
+    root = Path(output_dir or tempfile.mkdtemp(prefix=f"hf_iau_{name}_"))
+    out = root / name / f"{'quick' if quick else 'full'}-seed{seed}"
+    out.mkdir(parents=True, exist_ok=True)
+    return BUILDERS[name](seed, quick, str(out))
 
 
-__all__ = ["HELD_OUT", "SCENARIOS", "TUNE", "Scenario", "build_scenario"]
+__all__ = ["HELD_OUT", "NEW_HELD_OUT", "QUICK", "SCENARIOS", "TUNE", "Scenario", "build_scenario"]

@@ -1,0 +1,77 @@
+"""benchmarks/removal.py bookkeeping on hand-made measurements (no model is trained)."""
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+import removal  # noqa: E402
+
+
+def _m(forget: float, test: float, auc: float, margins: list[float]) -> dict:
+    return {"forget_metric": forget, "test_metric": test, "mia_auc": auc,
+            "margins": {"forget": margins[:1], "retain": margins[1:2], "test": margins[2:]}}
+
+
+GOLDS = [
+    {"seed": 0, "passes": 100.0, "wall_time_s": 10.0, "test": _m(0.0, 0.90, 0.10, [-1.0, 2.0, 1.0])},
+    {"seed": 1, "passes": 100.0, "wall_time_s": 12.0, "test": _m(0.1, 0.90, 0.10, [-2.0, 2.2, 1.5])},
+    {"seed": 2, "passes": 100.0, "wall_time_s": 14.0, "test": _m(0.2, 0.90, 0.10, [-3.0, 1.8, 2.0])},
+]
+
+
+def test_floor_is_the_mean_pairwise_retrain_gap():
+    fl = removal.floor(GOLDS)
+    # pairwise |Δforget| = 0.1, 0.2, 0.1 (test and AUC equal) → gaps 0.1/3, 0.2/3, 0.1/3
+    assert fl["pairs"] == pytest.approx([0.1 / 3, 0.2 / 3, 0.1 / 3])
+    assert fl["gap"] == pytest.approx(0.4 / 9)
+    assert fl["gap_max"] == pytest.approx(0.2 / 3)
+    assert fl["wall_time_s"] == pytest.approx(12.0)
+    # leave-one-out KLoM on the forget example: retrain 0 (-1) vs others (-2, -3): μ -2.5, σ² 0.5 + 0.5²
+    loo0 = (-1 + 2.5) ** 2 / (2 * 0.75)
+    loo1 = (-2 + 2.0) ** 2 / (2 * 2.25)
+    assert fl["klom"]["forget_median"] == pytest.approx((loo0 + loo1 + loo0) / 3)
+
+
+def test_grade_against_the_retrain_mean_in_floor_units():
+    fl = removal.floor(GOLDS)
+    runs = [{"passes": 10.0, "wall_time_s": 3.0, "steps": 4, "test": _m(0.4, 0.80, 0.10, [-2.0, 2.0, 1.5])},
+            {"passes": 30.0, "wall_time_s": 5.0, "steps": 6, "test": _m(0.1, 0.90, 0.10, [-2.0, 2.0, 1.5])}]
+    g = removal.grade(runs, GOLDS, fl)
+    # retrain mean: forget 0.1, test 0.9, auc 0.1 → gaps (0.3 + 0.1)/3 and 0
+    assert g["gaps"] == pytest.approx([0.4 / 3, 0.0])
+    assert g["gap"] == pytest.approx(0.2 / 3)
+    assert g["x_floor"] == pytest.approx((0.2 / 3) / (0.4 / 9))
+    assert g["passes_pct_of_retrain"] == pytest.approx(20.0)
+    assert g["wall_pct_of_retrain"] == pytest.approx(100 * 4.0 / 12.0)
+    # forget margin -2 against each pair of retrains: {-2,-3}: 0.5²/(2·0.75); {-1,-3}: 0; {-1,-2}: 0.5²/(2·0.75)
+    assert g["klom"]["forget_median"] == pytest.approx(2 * 0.25 / 1.5 / 3)
+    assert np.isfinite(g["klom_seeds"]["rest_p95"])
+
+
+def test_store_appends_and_skips_what_it_has(tmp_path):
+    store = removal.Store(tmp_path / "runs.jsonl")
+    calls = []
+    key = dict(scenario="s", quick=True, data_seed=0, method="iau", seed=1, learning_rate=None)
+    row = store.run(lambda: calls.append(1) or {"passes": 5.0, "wall_time_s": 1.0}, print, **key)
+    again = removal.Store(tmp_path / "runs.jsonl").run(lambda: calls.append(1) or {}, print, **key)
+    assert calls == [1] and again == row and again["passes"] == 5.0
+
+
+def test_model_init_takes_its_seed_from_the_caller():
+    """Issue 17: the scenarios' model_init used to call torch.manual_seed(<scenario seed>) itself, so the
+    retrain's args.seed never reached the initial weights; now set_seed(args.seed) decides them."""
+    import torch
+    from transformers import set_seed
+
+    import scenarios
+
+    def weights(seed: int) -> torch.Tensor:
+        set_seed(seed)
+        return torch.cat([p.detach().flatten() for p in scenarios._cnn().parameters()])
+
+    assert torch.equal(weights(1), weights(1))
+    assert not torch.equal(weights(1), weights(2))
