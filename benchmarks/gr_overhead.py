@@ -25,6 +25,8 @@ import subprocess
 import sys
 import tempfile
 import time
+
+import transformers
 from pathlib import Path
 
 import torch
@@ -116,6 +118,7 @@ def fidelity(quick: bool, seeds: list[int]) -> list[dict]:
     for seed in seeds:
         s = build_scenario("mislabelled", seed, quick)  # its original is the no-GR one; only its data/recipe are reused
         for name, gr in FIDELITY_VARIANTS.items():
+            transformers.set_seed(seed)  # model_init no longer seeds itself
             tr = s.trainer(model=s.model_init(), **gr)
             t = time.perf_counter()
             tr.train()

@@ -69,8 +69,8 @@ def make_scenario(p, n: int, n_flip: int, seed: int, quick: bool) -> sc.Scenario
     retain = train.select([i for i in range(n) if i not in flip])
     args = sc._args(tempfile.mkdtemp(prefix="hf_iau_rc_"), seed, num_train_epochs=EPOCHS, per_device_train_batch_size=64,
                     learning_rate=2e-3, weight_decay=0.0)
-    model, secs, passes = sc._train(sc._cnn(seed), args, train, None, None)
-    s = sc.Scenario("mislabelled", seed, quick, model, args, train, forget, retain, val, test, lambda: sc._cnn(seed),
+    model, secs, passes = sc._train(sc._cnn, args, train, None, None)
+    s = sc.Scenario("mislabelled", seed, quick, model, args, train, forget, retain, val, test, sc._cnn,
                     train_seconds=secs, train_passes=passes)
     s.info["flip_order"] = flip_order
     return s

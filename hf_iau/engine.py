@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 import numpy as np
 import torch
 
-from .losses import IGNORE_INDEX, batch_losses, loss_kind, true_count
+from .losses import IGNORE_INDEX, TOKEN_KINDS, batch_losses, loss_kind, true_count
 
 LABEL_COLUMNS = ("label", "labels", "label_ids")
 from .sharding import is_sharded
@@ -148,8 +148,8 @@ class Engine:
         return batch
 
     def count(self, dataset: "Dataset", local: Sequence[int]) -> float:
-        """True count over all processes: predicted tokens (causal LM) or rows."""
-        if self.kind != "causal_lm":
+        """True count over all processes: predicted/labelled tokens (causal and seq2seq LMs) or rows."""
+        if self.kind not in TOKEN_KINDS:
             return self.sum([float(len(local))])[0]
         return self.sum([sum(true_count(b, self.kind) for b in self.batches(dataset, local))])[0]
 

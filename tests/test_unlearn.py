@@ -134,7 +134,7 @@ def test_unlearning_raises_forget_loss_on_each_model_family(tmp_path, make_model
 
 
 def test_retain_sample_is_seeded_and_changes_per_step(tmp_path):
-    from hf_iau.unlearning import retain_sample
+    from hf_iau.lifecycle import retain_sample
 
     a = retain_sample(100, 10, seed=0, request_index=0, step=0)
     assert a == retain_sample(100, 10, seed=0, request_index=0, step=0)

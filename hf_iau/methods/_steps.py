@@ -23,7 +23,7 @@ import numbers
 from dataclasses import dataclass
 from typing import Any, Iterator
 
-from ..unlearning import UnlearningResult
+from ..result import UnlearningResult
 from ._request import BudgetError, Request, Term, make_optimizer
 
 Step = tuple[list[int], list[int]]

@@ -24,7 +24,8 @@ import torch
 from datasets import Dataset
 
 from ..losses import batch_losses
-from ..unlearning import UnlearningResult, retain_sample
+from ..lifecycle import retain_sample
+from ..result import UnlearningResult
 from . import register_method
 from ._request import Request
 

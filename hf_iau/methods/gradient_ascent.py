@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from datasets import Dataset
 
-from ..unlearning import UnlearningResult
+from ..result import UnlearningResult
 from . import register_method
 from ._request import Request
 from ._steps import minibatch_unlearning

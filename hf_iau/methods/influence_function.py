@@ -32,7 +32,8 @@ from datasets import Dataset
 
 from ..losses import batch_losses
 from ..restriction import math_sdpa
-from ..unlearning import UnlearningResult, retain_sample
+from ..lifecycle import retain_sample
+from ..result import UnlearningResult
 from . import register_method
 from ._request import Request
 

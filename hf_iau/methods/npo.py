@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from datasets import Dataset
 
 from ..losses import BatchLoss, batch_losses
-from ..unlearning import UnlearningResult
+from ..result import UnlearningResult
 from . import register_method
 from ._request import Request
 from ._steps import check_length, minibatch_unlearning

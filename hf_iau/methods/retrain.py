@@ -23,7 +23,7 @@ import torch
 from datasets import Dataset
 from transformers import TrainerCallback, set_seed
 
-from ..unlearning import UnlearningResult
+from ..result import UnlearningResult
 from . import register_method
 from ._request import Request
 

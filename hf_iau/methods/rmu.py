@@ -26,7 +26,7 @@ import torch
 from datasets import Dataset
 
 from ..losses import BatchLoss, base_model_of
-from ..unlearning import UnlearningResult
+from ..result import UnlearningResult
 from . import register_method
 from ._request import Request, Term, make_optimizer
 from ._steps import Schedule, schedule

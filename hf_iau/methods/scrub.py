@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from datasets import Dataset
 
 from ..losses import BatchLoss, batch_losses
-from ..unlearning import UnlearningResult
+from ..result import UnlearningResult
 from . import register_method
 from ._request import Request, make_optimizer
 from ._steps import Schedule, schedule
