@@ -25,11 +25,10 @@ import subprocess
 import sys
 import tempfile
 import time
-
-import transformers
 from pathlib import Path
 
 import torch
+import transformers
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import PeakRSS, fmt, interleaved, ratio, write_results  # noqa: E402
