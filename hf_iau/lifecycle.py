@@ -276,12 +276,8 @@ class Request:
             raise
         self._close_bar()
         self.model.train(self.was_training)
-        return self.trainer.record_unlearning(result, self.deletion, self.request_id, self.method, self.record_config(config))
-
-    def record_config(self, config: dict[str, Any]) -> dict[str, Any]:
-        """Everything that determines the update: the method's options plus the public seed and request index."""
-        return {**config, "seed": self.seed, "request_index": self.request_index,
-                "retain_sample_size_eval": len(self.retain_eval), "allow_noop": self.allow_noop}
+        inputs = {"seed": self.seed, "request_index": self.request_index, "allow_noop": self.allow_noop}
+        return self.trainer.record_unlearning(result, self.deletion, self.request_id, self.method, config, inputs)
 
     def _result(self, config: dict[str, Any], metrics: dict[str, float], history: list[dict[str, float]]):
         self.engine.clear_grad()

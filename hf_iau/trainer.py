@@ -212,9 +212,12 @@ class IAUTrainer(Trainer):
         request_id: str,
         method: str,
         config: dict[str, Any],
+        inputs: dict[str, Any],
     ) -> UnlearningResult:
         """Commit a finished request: its rows join the deletion record, it joins ``unlearning_history`` (read by
-        the card and ledger), and its final metrics are logged (``state.log_history``, callbacks, ``report_to``)."""
+        the card and ledger: ``config`` = the method's options, ``inputs`` = the public seed, request index and
+        ``allow_noop``; together everything that determines the update), and its final metrics are logged
+        (``state.log_history``, callbacks, ``report_to``)."""
         own = self.__dict__.setdefault("_deleted_digests", {})
         own.setdefault(deletion.key_id, set()).update(deletion.row_digests)
         record = deletion.commit(self.deletion_record)
@@ -228,6 +231,7 @@ class IAUTrainer(Trainer):
                 "retain_size": result.retain_size,
                 "metrics": dict(result.metrics),
                 "config": dict(config),
+                **inputs,
                 "fingerprint_scheme": deletion.scheme,
                 "fingerprint_key_id": deletion.key_id,
                 "deleted_rows": record.count,

@@ -193,7 +193,8 @@ def test_entry_records_the_whole_config_seed_and_request_index_and_an_auditor_re
 
     ds = lm_dataset(12)
     IAUTrainer(model=tiny_gpt2(), args=_args(tmp_path / "parent"), train_dataset=ds).save_model()
-    unlearn = dict(unlearn_learning_rate=0.01, unlearn_steps=2, retain_sample_size=5, seed=3, unlearn_optimizer="sgd")
+    unlearn = dict(unlearn_learning_rate=0.01, unlearn_steps=2, unlearn_retain_sample_size=5, seed=3,
+                   unlearn_optimizer="sgd")
 
     def run(out: Path, **config) -> IAUTrainer:
         args = IAUConfig(output_dir=str(out), use_cpu=True, report_to=[], disable_tqdm=True, save_strategy="no", **config)
@@ -201,7 +202,7 @@ def test_entry_records_the_whole_config_seed_and_request_index_and_an_auditor_re
         trainer.unlearn(forget_retain_split(ds, forget=[1, 4, 7], id_column="id")["forget"])
         return trainer
 
-    trainer = run(tmp_path / "child", forget_saturation="none", **unlearn)
+    trainer = run(tmp_path / "child", unlearn_targets="none", **unlearn)
     trainer.unlearning_history[-1]["config"]["extra_option"] = {"nested": [1, 2]}  # whatever the method records
     trainer.save_model()
     (entry,) = read_ledger(tmp_path / "child")
@@ -214,7 +215,7 @@ def test_entry_records_the_whole_config_seed_and_request_index_and_an_auditor_re
 
     text = reproduction(entry)
     assert "--method iau" in text and "--unlearn_learning_rate 0.01" in text and "--seed 3" in text
-    assert "--forget_saturation none" in text and entry["child_checkpoint_sha256"] in text
+    assert "--unlearn_targets none" in text and entry["child_checkpoint_sha256"] in text
     assert entry["parent_checkpoint_sha256"] in text and "request index 0" in text
     assert main_ledger(["show", str(tmp_path / "child")]) == 0
     assert "--unlearn_optimizer sgd" in capsys.readouterr().out

@@ -36,7 +36,7 @@ def test_an_update_that_changes_nothing_records_no_deletion(tmp_path):
     trainer.save_model()
     assert not (tmp_path / "out" / "deletion_ledger.jsonl").exists()
     result = trainer.unlearn(ds.select([0, 1, 2]), allow_noop=True)  # asked for explicitly: recorded
-    assert result.metrics["update_norm"] == 0.0 and trainer.unlearning_history[-1]["config"]["allow_noop"] is True
+    assert result.metrics["update_norm"] == 0.0 and trainer.unlearning_history[-1]["allow_noop"] is True
 
 
 def test_the_default_targets_without_held_out_data_refuse_on_a_causal_lm(tmp_path):
@@ -105,7 +105,7 @@ def test_baselines_share_the_lifecycle_and_report_too(tmp_path):
     trainer.unlearn(split["forget"], split["retain"], method="gradient_difference", steps=2, learning_rate=1e-2)
     assert trainer.unlearning_history[-1]["method"] == "gradient_difference"
     assert recorder.logs[-1]["unlearn/steps"] == 2.0
-    assert trainer.unlearning_history[-1]["config"]["request_index"] == 0
+    assert trainer.unlearning_history[-1]["request_index"] == 0
 
 
 def _imports(path: Path) -> set[str]:

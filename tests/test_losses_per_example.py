@@ -180,7 +180,7 @@ def test_baselines_measure_and_move_per_row_losses_of_regressors_and_multi_label
                             for i in range(5)])
     got = Engine(trainer).per_example(trainer._model_columns(forget), range(5))["loss"]
     np.testing.assert_allclose(got, rows.double().numpy(), rtol=1e-5, atol=1e-7)
-    m = run_method("gradient_difference", trainer, forget, retain, steps=2, batch_size=5, learning_rate=0.05,
+    m = run_method("gradient_ascent", trainer, forget, retain, steps=2, batch_size=5, learning_rate=0.05,
                    optimizer="sgd").metrics
     assert m["forget_loss_before"] == pytest.approx(float(rows.double().mean()), rel=1e-5)
     assert m["forget_loss_after"] > m["forget_loss_before"]

@@ -171,15 +171,17 @@ def test_a_model_from_the_hub_keeps_its_deletion_record(tmp_path, key_file, monk
                     data_collator=default_data_collator)
     t1.unlearn(_forget(ds, [0, 1, 2]))
     t1.save_model()  # what push_to_hub uploads
-    import huggingface_hub
-    from huggingface_hub.errors import EntryNotFoundError
+    import shutil
 
-    def fake_download(repo_id, filename, **kw):  # the Hub serves the pushed folder
+    import huggingface_hub
+    from huggingface_hub.errors import RemoteEntryNotFoundError
+
+    def fake_download(repo_id, filename, local_dir, **kw):  # the Hub serves the pushed folder
         assert repo_id == "me/model-unlearned"
         path = tmp_path / "pushed" / filename
         if not path.is_file():
-            raise EntryNotFoundError(filename)
-        return str(path)
+            raise RemoteEntryNotFoundError(filename, response=None)
+        return shutil.copy(path, local_dir)
 
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
     t2 = IAUTrainer(model=tiny_gpt2(), args=_args(tmp_path / "again"), train_dataset=ds, data_collator=default_data_collator)
@@ -188,6 +190,7 @@ def test_a_model_from_the_hub_keeps_its_deletion_record(tmp_path, key_file, monk
     # unreachable Hub: a warning, not a silent pass
     def offline(repo_id, filename, **kw):
         raise OSError("offline")
+
 
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", offline)
     t3 = IAUTrainer(model=tiny_gpt2(), args=_args(tmp_path / "third"), train_dataset=ds, data_collator=default_data_collator)

@@ -181,7 +181,7 @@ class IAURun:
         metrics.update({"steps": float(steps), "stopped_early": float(stop != "max_steps"),
                         "stopped_targets_reached": float(stop == "targets_reached"), "guard_retries": float(retries),
                         "final_learning_rate": lr, "retain_examples_per_step": float(len(req.retain_eval)), **self.info})
-        config = {k: v for k, v in o.items()}
+        config = {**o, "seed": req.seed}  # replayable: IAUConfig(**config) reproduces the update from the parent
         return req.finish(config, metrics, history)
 
     def loop(self, targets: Targets) -> tuple[list[dict[str, float]], float, int, str]:
