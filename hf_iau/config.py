@@ -147,7 +147,7 @@ class IAUConfig(TrainingArguments):
         default="targets",
         metadata={
             "help": "'fixed' runs `unlearn_steps` steps; 'targets' stops once at most `unlearn_stop_tolerance` of the "
-            "forget rows are short of their target (within 1%), else after `unlearn_steps` steps."
+            "forget rows are short of their target (within 1 percent), else after `unlearn_steps` steps."
         },
     )
     unlearn_stop_tolerance: float = field(
