@@ -200,26 +200,35 @@ def mislabelled(seed: int, quick: bool, out: str) -> Scenario:
     )
 
 
-# --------------------------------------------------------------------------- (b) privacy, BBC + MiniLM
+# --------------------------------------------------------------------------- BBC News + MiniLM data
 
 
-def privacy(seed: int, quick: bool, out: str) -> Scenario:
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding
+def _bbc_minilm(seed: int, quick: bool) -> tuple[str, Any, int, tuple[Dataset, Dataset, Dataset]]:
+    """MiniLM's path and tokenizer, the train size, and BBC News test / validation / train (with ids), tokenised to
+    64 tokens; the split is seeded by ``seed``."""
+    from transformers import AutoTokenizer
 
     from hf_iau.offline_data import bbc_news, minilm_path
 
     path = minilm_path()
     tok = AutoTokenizer.from_pretrained(path)
-    max_len = 64
     data = bbc_news()
     n_train = 120 if quick else 200
     te, va, tr = _split3(len(data), 300, 150, n_train, seed)
 
     def enc(ds: Dataset) -> Dataset:
-        return ds.map(lambda b: tok(b["text"], truncation=True, max_length=max_len), batched=True, remove_columns=["text"])
+        return ds.map(lambda b: tok(b["text"], truncation=True, max_length=64), batched=True, remove_columns=["text"])
 
-    test, validation = enc(data.select(te)), enc(data.select(va))
-    train = _with_ids(enc(data.select(tr)))
+    return path, tok, n_train, (enc(data.select(te)), enc(data.select(va)), _with_ids(enc(data.select(tr))))
+
+
+# --------------------------------------------------------------------------- (b) privacy, BBC + MiniLM
+
+
+def privacy(seed: int, quick: bool, out: str) -> Scenario:
+    from transformers import AutoModelForSequenceClassification, DataCollatorWithPadding
+
+    path, tok, n_train, (test, validation, train) = _bbc_minilm(seed, quick)
     rng = np.random.default_rng([seed, 7])
     n_forget = max(8, int(round(0.08 * n_train)))
     fset = set(rng.choice(len(train), size=n_forget, replace=False).tolist())
@@ -235,7 +244,7 @@ def privacy(seed: int, quick: bool, out: str) -> Scenario:
     model, secs, passes = _train(init, args, train, collator, tok)
     return Scenario(
         "privacy", seed, quick, model, args, train, forget, retain, validation, test, init, collator, tok, secs, passes,
-        description=f"BBC News, pretrained all-MiniLM-L6-v2 fine-tuned on {n_train} articles (first {max_len} tokens), "
+        description=f"BBC News, pretrained all-MiniLM-L6-v2 fine-tuned on {n_train} articles (first 64 tokens), "
         f"{epochs} epochs; forget = a random {len(forget)} training articles",
     )
 
@@ -570,27 +579,14 @@ def outlier_vision(seed: int, quick: bool, out: str) -> Scenario:
 
 def lora_text(seed: int, quick: bool, out: str) -> Scenario:
     from peft import LoraConfig
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding
+    from transformers import AutoModelForSequenceClassification, DataCollatorWithPadding
 
-    from hf_iau.offline_data import bbc_news, minilm_path
-
-    path = minilm_path()
-    tok = AutoTokenizer.from_pretrained(path)
-    max_len = 64
-    data = bbc_news()
-    n_train = 120 if quick else 200
-    te, va, tr = _split3(len(data), 300, 150, n_train, seed)
-
-    def enc(ds: Dataset) -> Dataset:
-        return ds.map(lambda b: tok(b["text"], truncation=True, max_length=max_len), batched=True, remove_columns=["text"])
-
-    test, validation = enc(data.select(te)), enc(data.select(va))
-    train = _with_ids(enc(data.select(tr)))
+    path, tok, n_train, (test, validation, train) = _bbc_minilm(seed, quick)
     rng = np.random.default_rng([seed, 37])
     rows = sorted(rng.choice(len(train), size=len(train) // 10, replace=False).tolist())
     rs = set(rows)
     labels = [int((y + rng.integers(1, 5)) % 5) if i in rs else int(y) for i, y in enumerate(train["label"])]
-    train = train.remove_columns("label").add_column("label", labels).cast_column("label", data.features["label"])
+    train = train.remove_columns("label").add_column("label", labels).cast_column("label", test.features["label"])
     forget = train.select(rows)
     retain = train.select([i for i in range(len(train)) if i not in rs])
     lora = LoraConfig(task_type="SEQ_CLS", r=8, lora_alpha=16, target_modules=["query", "value"], lora_dropout=0.0)
@@ -605,7 +601,7 @@ def lora_text(seed: int, quick: bool, out: str) -> Scenario:
     return Scenario(
         "lora_text", seed, quick, model, args, train, forget, retain, validation, test, init, collator, tok, secs, passes,
         description=f"BBC News, pretrained all-MiniLM-L6-v2 + LoRA (r 8 on query/value, classifier head trained), "
-        f"{n_train} articles (first {max_len} tokens), {epochs} epochs; {len(rows)} articles given a wrong label; "
+        f"{n_train} articles (first 64 tokens), {epochs} epochs; {len(rows)} articles given a wrong label; "
         "forget = those rows; only the adapter and head are unlearned",
         info={"lora": True},
     )
