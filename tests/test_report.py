@@ -119,9 +119,10 @@ def test_lm_report_matches_hand_computation(lm_setup, tmp_path):
     np.testing.assert_allclose(report.scores["original"]["loss"]["forget"], -np.array(per_example), rtol=1e-5)
     assert m["original/mia_loss_auc"] == pytest.approx(
         hand_auc(report.scores["original"]["loss"]["forget"], report.scores["original"]["loss"]["test"]))
-    # zlib scores: loss / compressed length of the text the loss covers (every word but the first, which
-    # is never predicted; the old convention compressed the whole text, prompt included: issue 13)
-    zl = [len(zlib.compress(" ".join(t.split()[1:]).encode())) for t in forget["text"]]
+    # zlib scores (open-unlearning's convention, the default): loss / compressed length of every labelled
+    # token's text (raw-text rows: the whole text)
+    assert report.info["token_convention"] == "open_unlearning"
+    zl = [len(zlib.compress(t.encode())) for t in forget["text"]]
     np.testing.assert_allclose(report.scores["original"]["zlib"]["forget"], -np.array(per_example) / zl, rtol=1e-5)
 
     # fidelity: gap = mean |Δ| over forget accuracy, test accuracy, loss-attack AUC
@@ -132,7 +133,9 @@ def test_lm_report_matches_hand_computation(lm_setup, tmp_path):
     assert m["gap_to_retrain"] == m["unlearned/gap_to_retrain"]
     assert m["original/kl_to_retrained_forget"] > m["original/kl_to_retrained_test"] > 0
     assert 0 < m["original/js_to_retrained_forget"] < math.log(2)
-    assert report.info["warnings"] == []
+    # the only warnings: splits too small to read (8 forget, 10 test rows < 50)
+    assert [w.split(" split")[0] for w in report.info["warnings"]] == ["forget", "test"]
+    assert "(< 50)" in report.info["warnings"][0]
 
     md = report.to_markdown()
     assert "| metric | original | unlearned | retrained |" in md
@@ -373,7 +376,7 @@ def test_qa_report_llm_metrics_against_references(qa_setup, tmp_path):
                                  truth_ratio_data=tr_data, output_dir=tmp_path)
     m, info = report.metrics, report.info
     assert info["skipped_rows"] == {"forget": 1, "retain": 0, "test": 0}
-    assert info["min_k_fraction"] == 0.4 and info["mia_convention"] == "hf_iau"
+    assert info["min_k_fraction"] == 0.4 and info["token_convention"] == "open_unlearning"
     assert len(report.scores["unlearned"]["min_k"]["forget"]) == 8  # the empty row is not scored
     assert np.isfinite(report.scores["unlearned"]["loss"]["forget"]).all()
 
@@ -404,6 +407,8 @@ def test_qa_report_llm_metrics_against_references(qa_setup, tmp_path):
     prob = np.mean([math.exp(-hand_answer_loss(retrained, r)) for r in retain])
     assert m["retrained/retain_probability"] == pytest.approx(prob, rel=1e-6)
     assert info["utility_keys"] == ["retain_probability", "retain_rouge_l_recall"]
+    assert info["model_utility"] == "reduced (2 parts: retain_probability, retain_rouge_l_recall)"
+    assert "reduced (2 parts" in report.to_markdown() and "up to 8 new tokens" in info["conventions"]["ROUGE"]
     u = [m["retrained/retain_probability"], m["retrained/retain_rouge_l_recall"]]
     assert m["retrained/model_utility"] == pytest.approx(2 / (1 / u[0] + 1 / u[1]), rel=1e-12)
     assert 0 <= m["unlearned/forget_exact_memorisation"] <= 1 and 0 <= m["unlearned/forget_extraction_strength"] <= 1
@@ -423,9 +428,10 @@ def test_qa_report_open_unlearning_convention_and_loss_forget_quality(qa_setup):
     from hf_iau.metrics import lm_example_stats
 
     tok, raw, (forget, retain, test), collate, original, retrained = qa_setup
-    report = evaluate_unlearning(original, None, retrained, forget=forget, retain=retain, test=test,
-                                 data_collator=collate, batch_size=3, tokenizer=tok, rouge_max_new_tokens=0,
-                                 mia_convention="open_unlearning")
+    with pytest.warns(FutureWarning, match="token_convention"):  # the old option name works one more release
+        report = evaluate_unlearning(original, None, retrained, forget=forget, retain=retain, test=test,
+                                     data_collator=collate, batch_size=3, tokenizer=tok, rouge_max_new_tokens=0,
+                                     mia_convention="open_unlearning")
     m, s = report.metrics, report.scores["unlearned"]
     ou = lm_example_stats(original, forget, tokenizer=tok, convention="open_unlearning")
     np.testing.assert_allclose(s["min_k"]["forget"], ou["min_k"], rtol=1e-6)
@@ -440,9 +446,9 @@ def test_qa_report_open_unlearning_convention_and_loss_forget_quality(qa_setup):
     loss_r = [hand_answer_loss(retrained, r) for r in forget]
     assert m["unlearned/forget_quality"] == pytest.approx(ks_2samp(loss_u, loss_r).pvalue, rel=1e-6)
     assert m["unlearned/forget_quality"] < 0.05  # the original memorised the forget answers
-    with pytest.raises(ValueError, match="mia_convention"):
+    with pytest.raises(ValueError, match="token_convention"):
         evaluate_unlearning(original, forget=forget, retain=retain, test=test, data_collator=collate,
-                            mia_convention="tofu")
+                            token_convention="tofu")
     with pytest.raises(ValueError, match="truth_ratio_data"):
         evaluate_unlearning(original, forget=forget, retain=retain, test=test, data_collator=collate,
                             truth_ratio_data={"forget": (forget.select([0]), [forget])})
