@@ -452,3 +452,55 @@ def test_qa_report_open_unlearning_convention_and_loss_forget_quality(qa_setup):
     with pytest.raises(ValueError, match="truth_ratio_data"):
         evaluate_unlearning(original, forget=forget, retain=retain, test=test, data_collator=collate,
                             truth_ratio_data={"forget": (forget.select([0]), [forget])})
+
+
+def test_qa_report_nine_part_utility_rouge_from_tokens_verdict_and_summary(qa_setup, tmp_path):
+    """TOFU's 9-part utility (retain, real authors, world facts × probability, ROUGE, truth ratio) by hand; ROUGE
+    of rows without text columns comes from the prompt-masked tokens; the verdict and summary hold forget quality."""
+    from scipy.stats import hmean
+
+    from hf_iau.metrics import greedy_continuations, rouge_l_recall
+    from hf_iau.qa import qa_to_lm_examples
+
+    tok, raw, (forget, retain, test), collate, original, retrained = qa_setup
+    forget_tokens = forget.remove_columns(["question", "answer"])  # as the CLI's QA recipe hands it over
+    r_raw = raw[1]
+    tr_data = {"retain": (qa_to_lm_examples(r_raw, tok, answer_column="paraphrase"),
+                          [qa_to_lm_examples(r_raw, tok, answer_column=c) for c in ("wrong_0", "wrong_1")])}
+    sets = {name: raw[2].select(range(lo, lo + 4)).map(lambda r: {"perturbed_answer": [r["wrong_0"], r["wrong_1"]]})
+            for name, lo in (("real_authors", 0), ("world_facts", 4))}
+    report = evaluate_unlearning(original, original, retrained, forget=forget_tokens, retain=retain, test=test,
+                                 data_collator=collate, batch_size=4, tokenizer=tok, rouge_max_new_tokens=8,
+                                 truth_ratio_data=tr_data, utility_data=sets, wall_times={"unlearned": 1.0, "retrained": 8.0},
+                                 output_dir=tmp_path)
+    m, info = report.metrics, report.info
+    assert info["model_utility"] == "TOFU (9 parts)" and len(info["utility_keys"]) == 9
+    assert m["retrained/model_utility"] == pytest.approx(hmean([m[f"retrained/{k}"] for k in info["utility_keys"]]), rel=1e-12)
+    # real authors: option probability and truth ratio of the answer against the perturbed answers, same question
+    ra = sets["real_authors"]
+    lc = [hand_answer_loss(retrained, r) for r in qa_to_lm_examples(ra, tok)]
+    lw = [[hand_answer_loss(retrained, r) for r in qa_to_lm_examples(ra, tok, answer_column=c)] for c in ("wrong_0", "wrong_1")]
+    pc, pw = np.exp(-np.array(lc)), np.exp(-np.array(lw))
+    assert m["retrained/real_authors_probability"] == pytest.approx(np.mean(pc / (pc + pw.sum(0))), rel=1e-6)
+    ratio = np.exp(-np.array(lw).mean(0)) / pc
+    assert m["retrained/real_authors_truth_ratio"] == pytest.approx(np.mean(np.maximum(0, 1 - ratio)), rel=1e-6)
+    # ROUGE from tokens: the prompt is the unlabelled prefix, the reference the labelled answer decoded
+    prompts = [r["input_ids"][: r["labels"].index(next(y for y in r["labels"] if y != -100))] for r in forget]
+    refs = [tok.decode([y for y in r["labels"] if y != -100], skip_special_tokens=True) for r in forget]
+    gen = greedy_continuations(original, tok, prompts, max_new_tokens=8)
+    assert m["original/forget_rouge_l_recall"] == pytest.approx(np.mean(rouge_l_recall(gen, refs)), abs=1e-12)
+    assert "prompt-masked tokens" in info["conventions"]["ROUGE"]
+    # the verdict: forgetting (KS D, p, n), utility, privacy, cost; the summary holds forget quality
+    v = info["verdict"]
+    assert v.startswith("forgetting: distinguishable from the retrained model (KS D")
+    assert f"n {len(forget)}" in v and "utility: " in v and "PrivLeak" in v and "cost: 12.5% of the retrain's time" in v
+    s = report.summary()
+    assert s["unlearned"]["forget_quality"] == m["unlearned/forget_quality"] < 0.05
+    assert s["unlearned"]["forget_ks_distance"] == m["unlearned/forget_ks_distance"] > 0.5
+    assert s["retrained"]["forget_ks_distance"] == 0.0 and s["verdict"] == v
+    md = (tmp_path / "report.md").read_text()
+    assert f"**Verdict:** {v}" in md and "**Conventions**" in md and "losss" not in md
+    assert "forget quality: two-sample KS test of the forget set's per-example truth ratio" not in md  # by loss here
+    assert "per-example loss values" in md and "PrivLeak: MUSE" in md and "| forget KS distance |" in md
+    saved = json.loads((tmp_path / "report.json").read_text())
+    assert saved["info"]["conventions"]["tokens"].startswith("open_unlearning")
