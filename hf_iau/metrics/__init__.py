@@ -63,6 +63,7 @@ from .mia import (
     zlib_scores,
     zlib_token_ids,
 )
+from .robustness import paraphrased, quantize_weights, relearn, relearn_split, robustness_probes
 from .utility import accuracy, mean_loss, perplexity
 
 EVALUATE_MODULES = ("accuracy", "mia_auc", "kl_js_divergence", "canary_exposure")
@@ -109,10 +110,15 @@ __all__ = [
     "model_canary_exposure",
     "model_utility",
     "option_probability",
+    "paraphrased",
     "perplexity",
     "privleak",
+    "quantize_weights",
     "reference_scores",
+    "relearn",
+    "relearn_split",
     "resolve_convention",
+    "robustness_probes",
     "roc_auc",
     "rouge_l_f1",
     "rouge_l_recall",
