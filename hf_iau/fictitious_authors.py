@@ -196,6 +196,17 @@ def forget_authors(n_authors: int, fraction: float, seed: int = 0) -> list[int]:
     return sorted(np.random.default_rng([seed, 0xF06]).permutation(n_authors)[:k].tolist())
 
 
+def tuning_authors(n_authors: int, fraction: float, seed: int = 0) -> list[int]:
+    """As many authors as the ``fraction`` split, outside every forget split (the same permutation, after
+    forget10's prefix): a trained-on set to tune baselines on, disjoint from what is graded."""
+    if not 0 < fraction <= 0.1:
+        raise ValueError(f"fraction={fraction!r} must lie in (0, 0.1]: tuning authors come after forget10's.")
+    k, start = max(1, round(fraction * n_authors)), max(1, round(0.1 * n_authors))
+    if start + k > n_authors:
+        raise ValueError(f"n_authors={n_authors} leaves no tuning authors after forget10; raise n_authors.")
+    return sorted(np.random.default_rng([seed, 0xF06]).permutation(n_authors)[start : start + k].tolist())
+
+
 def forget_retain(dataset: Dataset, split: str | float = "forget10", seed: int = 0) -> DatasetDict:
     """``forget`` (the rows of the split's authors) and ``retain`` (every other row) of ``dataset``."""
     fraction = FORGET_SPLITS.get(split) if isinstance(split, str) else float(split)

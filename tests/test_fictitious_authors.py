@@ -75,3 +75,13 @@ def test_no_import_circle_between_the_data_modules():
     tree = ast.parse(src.read_text())
     imports = [n for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
     assert not [n.module for n in imports if n.level > 0 or (n.module or "").startswith("hf_iau")]
+
+
+def test_tuning_authors_are_trained_on_but_never_forgotten():
+    from hf_iau.fictitious_authors import tuning_authors
+
+    tune = set(tuning_authors(400, 0.1, seed=2))
+    assert len(tune) == 40 and not tune & set(forget_authors(400, 0.1, seed=2))
+    assert len(tuning_authors(400, 0.01, seed=2)) == 4 and set(tuning_authors(400, 0.01, seed=2)) <= tune
+    with pytest.raises(ValueError, match="0.1]"):
+        tuning_authors(400, 0.2)

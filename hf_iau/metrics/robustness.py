@@ -75,12 +75,15 @@ def relearn(
     seed: int = 0,
 ) -> torch.nn.Module:
     """A copy of ``model`` fine-tuned for ``steps`` AdamW steps (constant ``learning_rate``) on ``examples``
-    (model inputs with ``labels``) with ``transformers.Trainer``; ``model`` itself is not changed."""
+    (model inputs with ``labels``) with ``transformers.Trainer``, every parameter trainable (an attacker
+    fine-tunes the whole released model, whatever the method froze); ``model`` itself is not changed."""
     from transformers import Trainer, TrainingArguments
 
     if steps < 1:
         raise ValueError(f"steps={steps} must be >= 1.")
     twin = copy.deepcopy(model)
+    for p in twin.parameters():
+        p.requires_grad_(True)
     with tempfile.TemporaryDirectory() as tmp:
         args = TrainingArguments(
             output_dir=tmp, max_steps=steps, per_device_train_batch_size=batch_size, learning_rate=learning_rate,
