@@ -458,7 +458,7 @@ def probe_lines(rs: list[dict[str, Any]], methods: list[str]) -> list[str]:
         rows.append(f"| {m} | {cell('as_is')} | {cell('int8')} | {cell('int4')} | {cell('relearn_baseline')} → "
                     f"{cell('relearned')} | {cell('paraphrased')} |")
     if not rows:
-        return ["Robustness probes: not run (`--probes`)."]
+        return ["Robustness probes: not run (`--probes`).", ""]
     return ["Robustness probes: forget ROUGE-L recall of greedy answers on the first `probe_rows` forget rows "
             "(higher = more comes back); relearning: a few full-parameter steps on 10% of them, measured on the rest.", "",
             "| model | as is | int8 weights | 4-bit weights | relearning (held-out 90%: before → after) | paraphrased questions |",
