@@ -365,19 +365,21 @@ def run_split(b: Bench, seed: int, split: str, methods: list[str], with_probes: 
     forget, retain = b.qa(raw_f), b.qa(raw_r)
     pick = np.random.default_rng([seed, 5]).choice(len(raw_r), min(size["retain_eval"], len(raw_r)), replace=False)
     retain_eval = raw_r.select(sorted(pick.tolist()))
-    golds, gold_secs, gold_passes = [], [], 0.0
+    golds, gold_secs, gold_passes, gold0 = [], [], 0.0, None
     for j in range(size["retain_seeds"]):
         gold, secs, gold_passes = cached_train(b, f"retain_{split}_s{seed}_r{j}", retain, 1000 * seed + j)
         golds.append(b.evaluate(gold, raw_f, retain_eval))
         gold_secs.append(secs)
+        gold0 = gold0 or gold
     rsecs = float(np.mean(gold_secs))
     rec: dict[str, Any] = {"split": split, "seed": seed, "n_forget": len(raw_f), "forget_authors": len(set(raw_f["author"])),
                            "n_retain": len(raw_r), "retain_seeds": size["retain_seeds"], "retain_train_seconds": rsecs,
                            "retain_train_passes": gold_passes, "floor": floor(golds), "methods": {}}
     rec["retain_model"] = {**grade(golds[0], golds[1:]), "passes_pct": 100.0, "time_pct": 100.0}
     rec["original"] = {**grade(b.evaluate(original, raw_f, retain_eval), golds), "passes_pct": 0.0, "time_pct": 0.0}
-    if with_probes:
+    if with_probes:  # the retain model's probes: what relearning / paraphrases give without any memory
         rec["original"]["probes"] = probes(b, original, raw_f, seed)
+        rec["retain_model"]["probes"] = probes(b, gold0, raw_f, seed)
     log(f"  {split}: floor D {rec['floor']['ks_distance_mean']:.3f}; original D {rec['original']['ks_distance']:.3f} "
         f"p {rec['original']['ks_p_value_r0']:.1e}")
     budget = None
@@ -446,8 +448,8 @@ def split_lines(rs: list[dict[str, Any]], methods: list[str]) -> list[str]:
 
 def probe_lines(rs: list[dict[str, Any]], methods: list[str]) -> list[str]:
     rows = []
-    for m in ["original", *methods]:
-        vals = [(r[m] if m == "original" else r["methods"].get(m, {})).get("probes") for r in rs]
+    for m in ["original", "retain_model", *methods]:
+        vals = [(r[m] if m in ("original", "retain_model") else r["methods"].get(m, {})).get("probes") for r in rs]
         vals = [v for v in vals if v]
         if not vals:
             continue
