@@ -449,24 +449,7 @@ def evaluate_unlearning(
                       "the next release.", FutureWarning, stacklevel=2)
         token_convention = mia_convention
     token_convention = resolve_convention(token_convention, "token_convention")
-    unknown_sets = set(utility_data or {}) - set(UTILITY_SETS)
-    if unknown_sets:
-        raise ValueError(f"utility_data: unknown set(s) {sorted(unknown_sets)}; use {', '.join(UTILITY_SETS)}")
-    for split, pair in (truth_ratio_data or {}).items():
-        if split not in SPLITS:
-            raise ValueError(f"truth_ratio_data: unknown split {split!r}; use one of {', '.join(SPLITS)}")
-        n_rows = len({"forget": forget, "retain": retain, "test": test}[split])
-        para, perturbed = pair
-        sizes = [len(para)] + [len(d) for d in perturbed]
-        if not perturbed or any(n != n_rows for n in sizes):
-            raise ValueError(
-                f"truth_ratio_data[{split!r}] must be (paraphrased, [perturbed, ...]) with one row per {split} row "
-                f"({n_rows}); got sizes {sizes}"
-            )
-    unknown = set(mia) - set(ATTACKS)
-    if unknown:
-        raise ValueError(f"unknown MIA attack(s) {sorted(unknown)}; available: {', '.join(ATTACKS)}")
-    collator = data_collator or default_data_collator
+    _check_inputs(mia, utility_data, truth_ratio_data, {"forget": len(forget), "retain": len(retain), "test": len(test)})
     given = {"original": original, "unlearned": unlearned, "retrained": retrained}
     models = {name: given[name] for name in MODEL_ORDER if given[name] is not None}
     kind = loss_kind(unlearned)
@@ -474,50 +457,16 @@ def evaluate_unlearning(
         if loss_kind(model) != kind:
             raise ValueError(f"{name} model is a {loss_kind(model)} model, unlearned is {kind}")
 
-    rng = np.random.default_rng(seed)
-    info: dict[str, Any] = {
-        "task": kind,
-        "seed": seed,
-        "n_forget_total": len(forget),
-        "n_retain_total": len(retain),
-        "n_test_total": len(test),
-    }
+    info: dict[str, Any] = {"task": kind, "seed": seed, "n_forget_total": len(forget), "n_retain_total": len(retain),
+                            "n_test_total": len(test)}
     if id_column in forget.column_names:
         info["forget_fingerprint"] = fingerprint_ids(forget[id_column])
-    picked: dict[str, list[int] | None] = {"forget": _sample_indices(len(forget), max_examples, rng)}
-    picked["test"] = _sample_indices(len(test), max_examples, rng)
-    forget_s, test_s = _select(forget, picked["forget"]), _select(test, picked["test"])
-    n_retain = retain_sample_size if retain_sample_size is not None else max(len(forget_s), len(test_s))
-    if max_examples is not None:
-        n_retain = min(n_retain, max_examples)
-    picked["retain"] = _sample_indices(len(retain), n_retain, rng)
-    retain_s = _select(retain, picked["retain"])
-    raw = {"forget": forget_s, "retain": retain_s, "test": test_s}
+    picked, raw = _pick_rows(forget, retain, test, max_examples, retain_sample_size, seed)
     columns = set.intersection(*(_input_columns(m) for m in models.values()))
-    data = {s: _model_inputs_only(d, columns) for s, d in zip(SPLITS, (forget_s, retain_s, test_s))}
-    info.update(n_forget=len(forget_s), n_retain=len(retain_s), n_test=len(test_s))
-
-    # which attacks apply
-    skipped: dict[str, str] = {}
-    attacks: list[str] = []
-    ref_model = reference_model
-    for a in mia:
-        if a in attacks:
-            continue
-        if kind == "generic" and batch_size != 1:
-            skipped[a] = "model without per-example loss (use batch_size=1)"
-        elif a in ("zlib", "min_k", "min_k_plus_plus") and kind != "causal_lm":
-            skipped[a] = "causal LMs only"
-        elif a == "zlib" and tokenizer is None:
-            skipped[a] = "needs `tokenizer`"
-        elif a == "shadow" and kind != "classification":
-            skipped[a] = "classifiers only"
-        elif a == "shadow" and (len(retain_s) < 2 or len(test_s) < 4):
-            skipped[a] = "needs at least 2 retain and 4 test examples"
-        elif a == "reference" and ref_model is None and not _is_peft(unlearned):
-            skipped[a] = "needs `reference_model`"
-        else:
-            attacks.append(a)
+    data = {s: _model_inputs_only(raw[s], columns) for s in SPLITS}
+    info.update(n_forget=len(raw["forget"]), n_retain=len(raw["retain"]), n_test=len(raw["test"]))
+    attacks, skipped = _pick_attacks(mia, kind, batch_size=batch_size, tokenizer=tokenizer, n_retain=len(raw["retain"]),
+                                     n_test=len(raw["test"]), has_reference=reference_model is not None or _is_peft(unlearned))
     info["attacks"] = attacks
     if skipped:
         info["skipped_attacks"] = skipped
@@ -525,103 +474,32 @@ def evaluate_unlearning(
         info["min_k_fraction"] = min_k_fraction
     if kind == "causal_lm":
         info["token_convention"] = token_convention
-
     reference = None
     if "reference" in attacks:
-        if ref_model is not None:
-            info["reference_model"] = "given"
+        reference, info["reference_model"] = _reference_fn(reference_model, unlearned, kind)
+    runs = _run_all(models, reference_model, data, kind=kind, data_collator=data_collator or default_data_collator,
+                    batch_size=batch_size, attacks=attacks, tokenizer=tokenizer, reference=reference, k=min_k_fraction,
+                    convention=token_convention)
 
-            def reference(batch: dict[str, Any]) -> torch.Tensor:
-                return batch_losses(ref_model, _to(batch, _device(ref_model)), kind).per_example
-        else:
-            info["reference_model"] = "unlearned model with its adapter disabled"
-
-            def reference(batch: dict[str, Any]) -> torch.Tensor:
-                with unlearned.disable_adapter():
-                    return batch_losses(unlearned, _to(batch, _device(unlearned)), kind).per_example
-
-    modes = {name: m.training for name, m in models.items()}
-    if ref_model is not None:
-        modes["__reference__"] = ref_model.training
-        ref_model.eval()
-    for m in models.values():
-        m.eval()
-    try:
-        runs = {
-            split: _run_split(
-                models, data[split], kind=kind, data_collator=collator, batch_size=batch_size,
-                attacks=set(attacks) if split != "retain" else set(attacks) & {"shadow"},
-                tokenizer=tokenizer, reference=reference if split != "retain" else None,
-                k=min_k_fraction, convention=token_convention,
-            )
-            for split in SPLITS
-        }
-    finally:
-        for name, m in models.items():
-            m.train(modes[name])
-        if ref_model is not None:
-            ref_model.train(modes["__reference__"])
-
-    metrics: dict[str, float] = {}
-    scores: dict[str, dict[str, dict[str, np.ndarray]]] = {}
-    per_model: dict[str, dict[str, float]] = {}
     # rows with no labelled token (causal LM): skipped by every per-example metric, counted
     valid: dict[str, np.ndarray] = {}
     if kind == "causal_lm":
         first = next(iter(models))
-        for split in SPLITS:
-            count = runs[split][0][first].get("count")
-            if count is not None:
-                valid[split] = count > 0
+        valid = {s: runs[s][0][first].get("count") > 0 for s in SPLITS if runs[s][0][first].get("count") is not None}
         info["skipped_rows"] = {split: int((~v).sum()) for split, v in valid.items()}
 
     def keep(split: str, values: np.ndarray | None) -> np.ndarray | None:
         return values[valid[split]] if values is not None and split in valid else values
 
+    per_model: dict[str, dict[str, float]] = {}
+    scores: dict[str, dict[str, dict[str, np.ndarray]]] = {}
     for name in models:
-        m: dict[str, float] = {}
-        for split in SPLITS:
-            c = runs[split][0][name]
-            loss, count = c.get("loss"), c.get("count")
-            if loss is None:
-                continue
-            m[f"{split}_loss"] = mean_loss(loss, count)
-            if c.get("correct") is not None:
-                m[f"{split}_accuracy"] = accuracy(c.get("correct"), count)
-            if kind == "causal_lm":
-                m[f"{split}_perplexity"] = perplexity(loss, count)
-                m[f"{split}_probability"] = nanmean(answer_probability(keep(split, loss)))
-                for key in ("exact_memorisation", "extraction_strength"):
-                    m[f"{split}_{key}"] = nanmean(keep(split, c.get(key)))
-            if c.n_positions:
-                m[f"kl_to_retrained_{split}"] = c.kl_sum / c.n_positions
-                m[f"js_to_retrained_{split}"] = c.js_sum / c.n_positions
-        fc, tc = runs["forget"][0][name], runs["test"][0][name]
-        s: dict[str, dict[str, np.ndarray]] = {}
+        per_model[name] = {k: v for s in SPLITS for k, v in _split_metrics(runs[s][0][name], s, kind, keep).items()}
+        scores[name] = {}
         for a in attacks:
-            if a == "loss":
-                pair = loss_scores(fc.get("loss")), loss_scores(tc.get("loss"))
-            elif a == "zlib":
-                pair = zlib_scores(fc.get("loss"), runs["forget"][1]), zlib_scores(tc.get("loss"), runs["test"][1])
-            elif a in ("min_k", "min_k_plus_plus"):
-                pair = fc.get(a), tc.get(a)
-            elif a == "reference":
-                pair = (reference_scores(fc.get("loss"), runs["forget"][2]),
-                        reference_scores(tc.get("loss"), runs["test"][2]))
-            else:  # shadow
-                members = runs["retain"][0][name].get("shadow_features")
-                test_feats = tc.get("shadow_features")
-                order = np.random.default_rng(seed).permutation(len(test_feats))
-                fit, held = order[: len(order) // 2], order[len(order) // 2 :]
-                scored = shadow_attack_scores(
-                    members, test_feats[fit], np.concatenate([fc.get("shadow_features"), test_feats[held]]), seed=seed
-                )
-                pair = scored[: len(fc.get("loss"))], scored[len(fc.get("loss")) :]
-            pair = keep("forget", pair[0]), keep("test", pair[1])
-            s[a] = {"forget": pair[0], "test": pair[1]}
-            m[f"mia_{a}_auc"] = roc_auc(pair[0], pair[1])
-        scores[name] = s
-        per_model[name] = m
+            pair = _attack_pair(a, name, runs, seed)
+            scores[name][a] = {"forget": keep("forget", pair[0]), "test": keep("test", pair[1])}
+            per_model[name][f"mia_{a}_auc"] = roc_auc(scores[name][a]["forget"], scores[name][a]["test"])
     if kind == "causal_lm":
         _llm_metrics(
             per_model, models, runs, raw, picked, keep, info, attacks=attacks, tokenizer=tokenizer,
@@ -629,16 +507,8 @@ def evaluate_unlearning(
             answer_column=answer_column, max_new_tokens=rouge_max_new_tokens, truth_ratio_data=truth_ratio_data,
             utility_data=utility_data, perturbed_column=perturbed_column,
         )
-
-    acc_or_loss = "accuracy" if any(k.endswith("_accuracy") for k in per_model["unlearned"]) else "loss"
-    gap_keys = [f"forget_{acc_or_loss}", f"test_{acc_or_loss}"] + ([f"mia_{attacks[0]}_auc"] if attacks else [])
-    if "retrained" in per_model:
-        info["gap_keys"] = gap_keys
-        for name in ("original", "unlearned"):
-            if name in per_model:
-                per_model[name]["gap_to_retrain"] = gap_to_retrain(per_model[name], per_model["retrained"], gap_keys)
-    for name, m in per_model.items():
-        metrics.update({f"{name}/{k}": float(v) for k, v in m.items()})
+    _gap(per_model, attacks, info)
+    metrics = {f"{name}/{k}": float(v) for name, m in per_model.items() for k, v in m.items()}
     if "unlearned/gap_to_retrain" in metrics:
         metrics["gap_to_retrain"] = metrics["unlearned/gap_to_retrain"]
     info["warnings"] = _warnings(per_model, kind, unlearned) + _size_warnings(info)
@@ -650,6 +520,151 @@ def evaluate_unlearning(
     if output_dir is not None:
         report.save(output_dir)
     return report
+
+
+def _check_inputs(mia: Sequence[str], utility_data, truth_ratio_data, n_rows: dict[str, int]) -> None:
+    """Errors naming the argument: unknown attacks or utility sets, truth-ratio data not aligned with its split."""
+    unknown_sets = set(utility_data or {}) - set(UTILITY_SETS)
+    if unknown_sets:
+        raise ValueError(f"utility_data: unknown set(s) {sorted(unknown_sets)}; use {', '.join(UTILITY_SETS)}")
+    for split, pair in (truth_ratio_data or {}).items():
+        if split not in SPLITS:
+            raise ValueError(f"truth_ratio_data: unknown split {split!r}; use one of {', '.join(SPLITS)}")
+        para, perturbed = pair
+        sizes = [len(para)] + [len(d) for d in perturbed]
+        if not perturbed or any(n != n_rows[split] for n in sizes):
+            raise ValueError(
+                f"truth_ratio_data[{split!r}] must be (paraphrased, [perturbed, ...]) with one row per {split} row "
+                f"({n_rows[split]}); got sizes {sizes}"
+            )
+    unknown = set(mia) - set(ATTACKS)
+    if unknown:
+        raise ValueError(f"unknown MIA attack(s) {sorted(unknown)}; available: {', '.join(ATTACKS)}")
+
+
+def _pick_rows(forget, retain, test, max_examples: int | None, retain_sample_size: int | None, seed: int):
+    """(picked row indices, selected rows) per split: forget and test capped at ``max_examples``, a seeded retain
+    sample of ``retain_sample_size`` rows (default: as many as the larger of the two)."""
+    rng = np.random.default_rng(seed)
+    picked: dict[str, list[int] | None] = {"forget": _sample_indices(len(forget), max_examples, rng)}
+    picked["test"] = _sample_indices(len(test), max_examples, rng)
+    forget_s, test_s = _select(forget, picked["forget"]), _select(test, picked["test"])
+    n_retain = retain_sample_size if retain_sample_size is not None else max(len(forget_s), len(test_s))
+    if max_examples is not None:
+        n_retain = min(n_retain, max_examples)
+    picked["retain"] = _sample_indices(len(retain), n_retain, rng)
+    return picked, {"forget": forget_s, "retain": _select(retain, picked["retain"]), "test": test_s}
+
+
+def _pick_attacks(mia: Sequence[str], kind: str, *, batch_size: int, tokenizer, n_retain: int, n_test: int,
+                  has_reference: bool) -> tuple[list[str], dict[str, str]]:
+    """(attacks that apply, {skipped attack: why})."""
+    skipped: dict[str, str] = {}
+    attacks: list[str] = []
+    for a in mia:
+        if a in attacks:
+            continue
+        if kind == "generic" and batch_size != 1:
+            skipped[a] = "model without per-example loss (use batch_size=1)"
+        elif a in ("zlib", "min_k", "min_k_plus_plus") and kind != "causal_lm":
+            skipped[a] = "causal LMs only"
+        elif a == "zlib" and tokenizer is None:
+            skipped[a] = "needs `tokenizer`"
+        elif a == "shadow" and kind != "classification":
+            skipped[a] = "classifiers only"
+        elif a == "shadow" and (n_retain < 2 or n_test < 4):
+            skipped[a] = "needs at least 2 retain and 4 test examples"
+        elif a == "reference" and not has_reference:
+            skipped[a] = "needs `reference_model`"
+        else:
+            attacks.append(a)
+    return attacks, skipped
+
+
+def _reference_fn(ref_model, unlearned, kind: str) -> tuple[Callable[[dict[str, Any]], torch.Tensor], str]:
+    """(per-example reference loss of a batch, what the reference is): the given model, else the peft
+    ``unlearned`` model with its adapter disabled."""
+    if ref_model is not None:
+        return (lambda batch: batch_losses(ref_model, _to(batch, _device(ref_model)), kind).per_example), "given"
+
+    def reference(batch: dict[str, Any]) -> torch.Tensor:
+        with unlearned.disable_adapter():
+            return batch_losses(unlearned, _to(batch, _device(unlearned)), kind).per_example
+
+    return reference, "unlearned model with its adapter disabled"
+
+
+def _run_all(models, ref_model, data, *, attacks: list[str], reference, **kwargs: Any) -> dict[str, Any]:
+    """:func:`_run_split` of every split with every model (and the reference model) in eval mode, modes restored."""
+    modes = {name: m.training for name, m in models.items()}
+    if ref_model is not None:
+        modes["__reference__"] = ref_model.training
+        ref_model.eval()
+    for m in models.values():
+        m.eval()
+    try:
+        return {
+            split: _run_split(models, data[split], attacks=set(attacks) if split != "retain" else set(attacks) & {"shadow"},
+                              reference=reference if split != "retain" else None, **kwargs)
+            for split in SPLITS
+        }
+    finally:
+        for name, m in models.items():
+            m.train(modes[name])
+        if ref_model is not None:
+            ref_model.train(modes["__reference__"])
+
+
+def _split_metrics(c: _Collected, split: str, kind: str, keep: Callable) -> dict[str, float]:
+    """Loss, accuracy, perplexity, answer probability, EM, ES and KL/JS to the retrained model of one split."""
+    m: dict[str, float] = {}
+    loss, count = c.get("loss"), c.get("count")
+    if loss is None:
+        return m
+    m[f"{split}_loss"] = mean_loss(loss, count)
+    if c.get("correct") is not None:
+        m[f"{split}_accuracy"] = accuracy(c.get("correct"), count)
+    if kind == "causal_lm":
+        m[f"{split}_perplexity"] = perplexity(loss, count)
+        m[f"{split}_probability"] = nanmean(answer_probability(keep(split, loss)))
+        for key in ("exact_memorisation", "extraction_strength"):
+            m[f"{split}_{key}"] = nanmean(keep(split, c.get(key)))
+    if c.n_positions:
+        m[f"kl_to_retrained_{split}"] = c.kl_sum / c.n_positions
+        m[f"js_to_retrained_{split}"] = c.js_sum / c.n_positions
+    return m
+
+
+def _attack_pair(a: str, name: str, runs: dict[str, Any], seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(forget scores, test scores) of attack ``a`` on model ``name`` (higher = member)."""
+    fc, tc = runs["forget"][0][name], runs["test"][0][name]
+    if a == "loss":
+        return loss_scores(fc.get("loss")), loss_scores(tc.get("loss"))
+    if a == "zlib":
+        return zlib_scores(fc.get("loss"), runs["forget"][1]), zlib_scores(tc.get("loss"), runs["test"][1])
+    if a in ("min_k", "min_k_plus_plus"):
+        return fc.get(a), tc.get(a)
+    if a == "reference":
+        return reference_scores(fc.get("loss"), runs["forget"][2]), reference_scores(tc.get("loss"), runs["test"][2])
+    members = runs["retain"][0][name].get("shadow_features")  # shadow
+    test_feats = tc.get("shadow_features")
+    order = np.random.default_rng(seed).permutation(len(test_feats))
+    fit, held = order[: len(order) // 2], order[len(order) // 2 :]
+    scored = shadow_attack_scores(members, test_feats[fit], np.concatenate([fc.get("shadow_features"), test_feats[held]]),
+                                  seed=seed)
+    return scored[: len(fc.get("loss"))], scored[len(fc.get("loss")) :]
+
+
+def _gap(per_model: dict[str, dict[str, float]], attacks: list[str], info: dict[str, Any]) -> None:
+    """``gap_to_retrain`` of the original and unlearned models: mean |Δ| of forget/test accuracy (else loss) and
+    the first attack's AUC against the retrained model's."""
+    acc_or_loss = "accuracy" if any(k.endswith("_accuracy") for k in per_model["unlearned"]) else "loss"
+    gap_keys = [f"forget_{acc_or_loss}", f"test_{acc_or_loss}"] + ([f"mia_{attacks[0]}_auc"] if attacks else [])
+    if "retrained" in per_model:
+        info["gap_keys"] = gap_keys
+        for name in ("original", "unlearned"):
+            if name in per_model:
+                per_model[name]["gap_to_retrain"] = gap_to_retrain(per_model[name], per_model["retrained"], gap_keys)
 
 
 def _qa_prompts(raw, tokenizer, question_column: str, answer_column: str) -> tuple[list[list[int]], list[str], str]:
