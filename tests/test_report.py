@@ -504,3 +504,24 @@ def test_qa_report_nine_part_utility_rouge_from_tokens_verdict_and_summary(qa_se
     assert "per-example loss values" in md and "PrivLeak: MUSE" in md and "| forget KS distance |" in md
     saved = json.loads((tmp_path / "report.json").read_text())
     assert saved["info"]["conventions"]["tokens"].startswith("open_unlearning")
+
+
+def test_plot_axes_say_which_side_is_member_and_mark_the_retrained_value(lm_setup, tmp_path, monkeypatch):
+    from matplotlib.figure import Figure
+
+    tok, collator, forget, retain, test, original, retrained = lm_setup
+    report = evaluate_unlearning(original, None, retrained, forget=forget, retain=retain, test=test,
+                                 data_collator=collator, batch_size=8, tokenizer=tok, mia=("loss", "min_k"))
+    figs = []
+    monkeypatch.setattr(Figure, "savefig", lambda self, *a, **k: figs.append(self))
+    report.plot(tmp_path / "r.png")
+    axes = figs[0].axes
+    hist = [ax for ax in axes if ax.get_xlabel()]
+    assert len(hist) == 4 and all("higher → more likely member" in ax.get_xlabel() for ax in hist)
+    assert all(ax.get_ylabel() == "examples" for ax in hist)
+    assert "(retrained " in hist[0].get_title()
+    legend = [t.get_text() for t in hist[0].get_legend().get_texts()]
+    assert legend == ["forget (members)", "test (non-members)"]
+    bars = axes[-1]
+    assert "retrained (target)" in [t.get_text() for t in bars.get_legend().get_texts()]
+    assert "target" in bars.get_ylabel()
