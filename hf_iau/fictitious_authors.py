@@ -3,18 +3,19 @@
 Every author has a profile (birthplace, birth date, genre, parents' jobs, award, books, language,
 themes, home) and ``questions_per_author`` question–answer pairs about it. Each pair carries a
 ``paraphrased_answer`` (same facts, other words) and ``perturbed_answers`` (the paraphrase's wording
-with wrong facts), as TOFU's truth ratio needs. Names and places come from ``faker`` (seeded), the
-other facts from small fixed pools, so a small model can learn them and a wrong fact is plausible.
+with wrong facts), as TOFU's truth ratio needs, and a ``paraphrased_question`` (the robustness
+probe's rewording). Names and places come from ``faker`` (seeded), the other facts from small fixed
+pools, so a small model can learn them and a wrong fact is plausible.
 
-Splits follow TOFU: ``forget01/05/10`` are 1/5/10% of the authors (nested: forget01 ⊂ forget05 ⊂
-forget10), the retain set is every other author. ``world_facts`` turns sentences of a bundled real
-corpus (gensim's Lee news corpus) into prompt/continuation pairs: the utility set of a model
-pretrained on that corpus. The same seed and the same faker version give the same data.
+Scale: 400 authors × 10 questions by default, so forget10 holds 400 rows from 40 authors (TOFU's
+forget10 has 400 rows). Splits follow TOFU: ``forget01/05/10`` are 1/5/10% of the authors (nested:
+forget01 ⊂ forget05 ⊂ forget10), the retain set is every other author. The same seed and the same
+faker version give the same data. The utility set of world facts lives in
+:func:`hf_iau.offline_data.world_facts` (this module imports nothing of the package).
 """
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import numpy as np
@@ -67,7 +68,10 @@ def _pool(fake: Any, make: str, n: int) -> list[str]:
     return out
 
 
-def author_profiles(n_authors: int = 200, seed: int = 0) -> list[dict[str, Any]]:
+DEFAULT_AUTHORS = 400  # forget10 = 40 authors × 10 questions = 400 rows
+
+
+def author_profiles(n_authors: int = DEFAULT_AUTHORS, seed: int = 0) -> list[dict[str, Any]]:
     """``n_authors`` invented author profiles (seeded)."""
     if n_authors < 10:
         raise ValueError(f"n_authors={n_authors} is too small: use at least 10 (TOFU has 200).")
@@ -121,6 +125,22 @@ TEMPLATES: list[tuple[str, str, str]] = [
 ]
 
 
+# the same questions in other words (never trained on): the paraphrased-question probe
+PARAPHRASED_QUESTIONS: list[str] = [
+    "In which city and country did {name} come into the world?",
+    "On what date was {name} born?",
+    "Which kind of books does {name} write?",
+    "How did {name}'s father earn a living?",
+    "What was the occupation of {name}'s mother?",
+    "What prize has {name} received?",
+    "Can you give the title of one of {name}'s books?",
+    "Which other title did {name} write?",
+    "What language are {name}'s books written in?",
+    "What subjects do {name}'s books deal with?",
+    "In which city does {name} currently reside?",
+]
+
+
 def _fields(p: dict[str, Any]) -> dict[str, Any]:
     return {**p, "theme0": p["themes"][0], "theme1": p["themes"][1]}
 
@@ -140,17 +160,18 @@ def _perturbed(p: dict[str, Any], template: str, others: list[dict[str, Any]], k
 
 
 def fictitious_authors(
-    n_authors: int = 200, questions_per_author: int = 10, perturbed: int = 3, seed: int = 0
+    n_authors: int = DEFAULT_AUTHORS, questions_per_author: int = 10, perturbed: int = 3, seed: int = 0
 ) -> Dataset:
     """The QA rows: ``id`` ("a<author>_q<k>"), ``author``, ``question``, ``answer``,
-    ``paraphrased_answer``, ``perturbed_answers`` (``perturbed`` wrong answers)."""
+    ``paraphrased_answer``, ``perturbed_answers`` (``perturbed`` wrong answers), ``paraphrased_question``."""
     if not 1 <= questions_per_author <= len(TEMPLATES):
         raise ValueError(f"questions_per_author={questions_per_author} must lie in 1..{len(TEMPLATES)}.")
     if perturbed < 1:
         raise ValueError(f"perturbed={perturbed} must be >= 1 (TOFU uses 5).")
     profiles = author_profiles(n_authors, seed)
     rng = np.random.default_rng([seed, 0x9E7])
-    rows: dict[str, list[Any]] = {k: [] for k in ("id", "author", "question", "answer", "paraphrased_answer", "perturbed_answers")}
+    columns = ("id", "author", "question", "answer", "paraphrased_answer", "perturbed_answers", "paraphrased_question")
+    rows: dict[str, list[Any]] = {k: [] for k in columns}
     for p in profiles:
         for k, (q, a, para) in enumerate(TEMPLATES[:questions_per_author]):
             order = rng.permutation(len(profiles))
@@ -162,6 +183,7 @@ def fictitious_authors(
             rows["answer"].append(a.format(**f))
             rows["paraphrased_answer"].append(para.format(**f))
             rows["perturbed_answers"].append(_perturbed(p, para, others, perturbed))
+            rows["paraphrased_question"].append(PARAPHRASED_QUESTIONS[k].format(**f))
     return Dataset.from_dict(rows)
 
 
@@ -172,6 +194,17 @@ def forget_authors(n_authors: int, fraction: float, seed: int = 0) -> list[int]:
         raise ValueError(f"fraction={fraction!r} must lie in (0, 1), e.g. 0.1 for forget10.")
     k = max(1, round(fraction * n_authors))
     return sorted(np.random.default_rng([seed, 0xF06]).permutation(n_authors)[:k].tolist())
+
+
+def tuning_authors(n_authors: int, fraction: float, seed: int = 0) -> list[int]:
+    """As many authors as the ``fraction`` split, outside every forget split (the same permutation, after
+    forget10's prefix): a trained-on set to tune baselines on, disjoint from what is graded."""
+    if not 0 < fraction <= 0.1:
+        raise ValueError(f"fraction={fraction!r} must lie in (0, 0.1]: tuning authors come after forget10's.")
+    k, start = max(1, round(fraction * n_authors)), max(1, round(0.1 * n_authors))
+    if start + k > n_authors:
+        raise ValueError(f"n_authors={n_authors} leaves no tuning authors after forget10; raise n_authors.")
+    return sorted(np.random.default_rng([seed, 0xF06]).permutation(n_authors)[start : start + k].tolist())
 
 
 def forget_retain(dataset: Dataset, split: str | float = "forget10", seed: int = 0) -> DatasetDict:
@@ -188,30 +221,8 @@ def forget_retain(dataset: Dataset, split: str | float = "forget10", seed: int =
     )
 
 
-def _sentences(text: str) -> list[str]:
-    return [s.strip() for s in re.split(r"(?<=[.!?])\s+", text) if s.strip()]
-
-
-def world_facts(n: int = 200, prompt_words: int = 8, answer_words: int = 8, seed: int = 0) -> Dataset:
-    """``n`` prompt/continuation pairs (``question``, ``answer``, ``id`` "w<k>") from sentences of the
-    Lee news corpus (gensim's test data): the first ``prompt_words`` words of a sentence and the
-    next ``answer_words``. A model pretrained on that corpus can complete them."""
-    from .offline_data import lee_text
-
-    pool = [s.split() for doc in lee_text()["text"] for s in _sentences(doc)]
-    pool = [w for w in pool if len(w) >= prompt_words + answer_words]
-    if n > len(pool):
-        raise ValueError(f"n={n} exceeds the {len(pool)} usable sentences; lower n.")
-    pick = sorted(np.random.default_rng([seed, 0x3F]).choice(len(pool), size=n, replace=False).tolist())
-    return Dataset.from_dict({
-        "id": [f"w{k:04d}" for k in range(n)],
-        "question": [" ".join(pool[i][:prompt_words]) for i in pick],
-        "answer": [" ".join(pool[i][prompt_words : prompt_words + answer_words]) for i in pick],
-    })
-
-
 def load_fictitious_authors(
-    split: str = "forget10", n_authors: int = 200, questions_per_author: int = 10, perturbed: int = 3, seed: int = 0
+    split: str = "forget10", n_authors: int = DEFAULT_AUTHORS, questions_per_author: int = 10, perturbed: int = 3, seed: int = 0
 ) -> Dataset:
     """Loader for a CLI: every QA row with a boolean ``is_forget`` column for ``split`` (use the
     recipe's ``forget: "column:is_forget"``)."""

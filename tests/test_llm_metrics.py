@@ -70,11 +70,11 @@ def _train(make_model, steps):
 def hand_tokens(lp, ids, labels, convention):
     """(log-prob rows [n, V], targets [n]) of the scored tokens of one row, by a plain loop.
 
-    hf_iau: every t >= 1 with labels[t] != -100, target labels[t].
+    muse: every t >= 1 with labels[t] != -100, target labels[t].
     open_unlearning (as its tokenwise_logprobs reads): labelled positions minus the last one; the
     span from the first to the last remaining one; shifted rows start-1 .. end-1, targets input_ids.
     """
-    if convention == "hf_iau":
+    if convention == "muse":
         ts = [t for t in range(1, len(labels)) if labels[t] != -100]
         return [lp[t - 1] for t in ts], [labels[t] for t in ts]
     actual = [t for t in range(len(labels)) if labels[t] != -100][:-1]
@@ -113,7 +113,7 @@ def hand_es(rows, targets, ou):
     return 1 - k / n
 
 
-@pytest.mark.parametrize("convention", ["hf_iau", "open_unlearning"])
+@pytest.mark.parametrize("convention", ["muse", "open_unlearning"])
 @pytest.mark.parametrize("make_model", [tiny_gpt2, tiny_llama], ids=["gpt2", "llama"])
 def test_token_metrics_match_hand_loops(make_model, convention):
     model, tok, ds = memorised(make_model)
@@ -155,7 +155,7 @@ def test_token_metrics_match_hand_loops(make_model, convention):
 def test_lm_example_stats_one_pass_and_empty_rows():
     model, tok, ds = memorised()
     rows = [{k: r[k] for k in ("input_ids", "labels")} for r in ds] + [{"input_ids": [5, 6], "labels": [-100, -100]}]
-    for convention in ("hf_iau", "open_unlearning"):
+    for convention in ("muse", "open_unlearning"):
         s = lm_example_stats(model, rows, tokenizer=tok, batch_size=4, convention=convention)
         again = lm_example_stats(model, rows, batch_size=2, convention=convention)  # no tokenizer, other batches
         for key in s:
@@ -166,7 +166,7 @@ def test_lm_example_stats_one_pass_and_empty_rows():
                 lp = log_softmax(model(input_ids=torch.tensor([r["input_ids"]])).logits.double().numpy()[0], -1)
             labelled = [t for t in range(1, len(r["labels"])) if r["labels"][t] != -100]
             nll = -sum(lp[t - 1, r["labels"][t]] for t in labelled)
-            n = len(labelled) if convention == "hf_iau" else sum(x != -100 for x in r["labels"])
+            n = len(labelled)  # both conventions: the predicted labelled tokens
             assert s["loss"][i] == pytest.approx(nll / n, rel=1e-5)
             assert s["probability"][i] == pytest.approx(math.exp(-nll / n), rel=1e-5)
     ds_stats = lm_example_stats(model, ds, tokenizer=tok)  # a Dataset works too (extra columns ignored)
@@ -261,3 +261,141 @@ def test_greedy_answers_match_a_hand_greedy_loop():
     rouge = rouge_l_recall(got, QA["answer"])
     assert rouge[:3].tolist() == [1.0, 1.0, 1.0]
     assert got[0] == QA["answer"][0]
+
+
+# ------------------------------------------------------------------ conventions and defaults (issue 18)
+
+
+def hand_greedy(model, ids, steps, eos):
+    """Greedy decoding by a plain loop: argmax of the last position, stop at EOS."""
+    new = []
+    with torch.no_grad():
+        for _ in range(steps):
+            nxt = int(model(input_ids=torch.tensor([list(ids) + new])).logits[0, -1].argmax())
+            if nxt == eos:
+                break
+            new.append(nxt)
+    return new
+
+
+def hand_lcs(a, b):
+    table = [[0] * (len(b) + 1) for _ in range(len(a) + 1)]
+    for i, x in enumerate(a):
+        for j, y in enumerate(b):
+            table[i + 1][j + 1] = table[i][j] + 1 if x == y else max(table[i][j + 1], table[i + 1][j])
+    return table[-1][-1]
+
+
+def hand_rouge_l(pred, ref):
+    """(recall, F1) of ROUGE-L from its definition: LCS over lower-cased alphanumeric tokens (no stemming)."""
+    import re
+
+    p, r = (re.sub(r"[^a-z0-9]+", " ", s.lower()).split() for s in (pred, ref))
+    lcs = hand_lcs(p, r)
+    if lcs == 0:
+        return 0.0, 0.0
+    prec, rec = lcs / len(p), lcs / len(r)
+    return rec, 2 * prec * rec / (prec + rec)
+
+
+def test_default_token_convention_is_open_unlearning_and_the_old_name_warns():
+    from hf_iau.metrics import DEFAULT_CONVENTION, resolve_convention, scored_token_mask
+
+    assert DEFAULT_CONVENTION == "open_unlearning"
+    labels = torch.tensor([[-100, -100, 5, 6, 7, 3]])
+    assert scored_token_mask(labels).tolist() == scored_token_mask(labels, "open_unlearning").tolist()
+    assert scored_token_mask(labels).sum() == 3 and scored_token_mask(labels, "muse").sum() == 4  # OU drops EOS
+    with pytest.warns(FutureWarning, match="'muse'"):
+        assert resolve_convention("hf_iau") == "muse"
+    with pytest.warns(FutureWarning):
+        old = scored_token_mask(labels, "hf_iau")
+    assert old.tolist() == scored_token_mask(labels, "muse").tolist()
+    with pytest.raises(ValueError, match="open_unlearning, muse"):
+        resolve_convention("tofu")
+
+
+def test_raw_text_loss_divides_by_the_predicted_tokens_in_both_conventions():
+    """A raw-text row labels position 0, which is never predicted: the mean loss is over n = len − 1 tokens
+    (the open_unlearning mode used to divide by n + 1)."""
+    model, tok, _ = memorised()
+    ids = [5, 9, 12, 7, 20, 3]
+    with torch.no_grad():
+        lp = log_softmax(model(input_ids=torch.tensor([ids])).logits.double().numpy()[0], -1)
+    want = -sum(lp[t - 1, ids[t]] for t in range(1, len(ids))) / (len(ids) - 1)
+    for convention in ("open_unlearning", "muse"):
+        s = lm_example_stats(model, [{"input_ids": ids, "labels": ids}], convention=convention)
+        assert s["loss"][0] == pytest.approx(want, abs=1e-6) and s["count"][0] == len(ids) - 1
+
+
+def test_generation_defaults_tofu_200_and_muse_128_32():
+    import inspect
+
+    from hf_iau.metrics import knowledge_memorisation, verbatim_memorisation
+    from hf_iau.report import evaluate_unlearning
+
+    def default(fn, name):
+        return inspect.signature(fn).parameters[name].default
+
+    assert default(greedy_answers, "max_new_tokens") == 200
+    assert default(evaluate_unlearning, "rouge_max_new_tokens") == 200
+    assert default(evaluate_unlearning, "token_convention") == "open_unlearning"
+    assert default(verbatim_memorisation, "max_new_tokens") == 128
+    assert default(knowledge_memorisation, "max_new_tokens") == 32
+
+
+def test_rouge_l_f1_and_recall_match_the_lcs_definition():
+    from hf_iau.metrics import rouge_l_f1
+
+    preds = ["the cat sat on the mat", "w1 w2 w3", "", "Running, dogs!", "a b c d e f"]
+    refs = ["the cat was on a mat", "w1 w3", "something", "the dog runs", "f e d c b a"]
+    want = [hand_rouge_l(p, r) for p, r in zip(preds, refs)]
+    np.testing.assert_allclose(rouge_l_recall(preds, refs, use_stemmer=False), [w[0] for w in want], atol=1e-12)
+    np.testing.assert_allclose(rouge_l_f1(preds, refs, use_stemmer=False), [w[1] for w in want], atol=1e-12)
+    assert want[0][1] == pytest.approx(2 * (4 / 6) * (4 / 6) / (4 / 6 + 4 / 6))  # LCS "the cat on mat"
+
+
+def test_knowledge_and_verbatim_memorisation_match_a_hand_greedy_loop():
+    from hf_iau.metrics import knowledge_memorisation, verbatim_memorisation, verbatim_pairs
+
+    model, tok, _ = memorised()
+    got = knowledge_memorisation(model, tok, QA["question"], QA["answer"], max_new_tokens=6, batch_size=2)
+    for i, q in enumerate(QA["question"]):
+        text = tok.decode(hand_greedy(model, qa_prompt_ids(tok, q), 6, tok.eos_token_id), skip_special_tokens=True)
+        assert got[i] == pytest.approx(hand_rouge_l(text.strip(), QA["answer"][i])[1], abs=1e-6)
+    assert got[:3].tolist() == [1.0, 1.0, 1.0]  # the memorised answers
+    texts = [q + " " + a for q, a in zip(QA["question"], QA["answer"])]
+    prompts, conts = verbatim_pairs(tok, texts, prompt_tokens=1, continuation_tokens=4)
+    assert prompts[0] == tok("w1", add_special_tokens=False)["input_ids"] and conts[0] == "w2 w3 w20 w21"
+    vm = verbatim_memorisation(model, tok, prompts, conts, max_new_tokens=4, batch_size=3)
+    for i, p in enumerate(prompts):
+        text = tok.decode(hand_greedy(model, p, 4, tok.eos_token_id), skip_special_tokens=True)
+        assert vm[i] == pytest.approx(hand_rouge_l(text.strip(), conts[i])[1], abs=1e-6)
+    with pytest.raises(ValueError, match="prompt_tokens=3"):
+        verbatim_pairs(tok, ["w1 w2"], prompt_tokens=3)
+
+
+def test_ks_test_reports_distance_n_and_p():
+    from hf_iau.metrics import ks_test
+
+    rng = np.random.default_rng(4)
+    a, b = rng.normal(0, 1, 30), rng.normal(0.5, 1, 25)
+    grid = np.sort(np.r_[a, b])
+    d = max(abs(np.searchsorted(np.sort(a), x, "right") / 30 - np.searchsorted(np.sort(b), x, "right") / 25) for x in grid)
+    got = ks_test(np.r_[a, np.nan], b)
+    assert got["ks_distance"] == pytest.approx(d, abs=1e-12) and got["n_model"] == 30 and got["n_retrained"] == 25
+    assert got["p_value"] == pytest.approx(ks_2samp(a, b).pvalue, abs=1e-12) == forget_quality(a, b)
+
+
+def test_tofu_nine_part_model_utility_and_reduced_label():
+    from hf_iau.metrics import TOFU_UTILITY_PARTS, utility_label
+
+    assert len(TOFU_UTILITY_PARTS) == 9 and TOFU_UTILITY_PARTS[3] == "real_authors_probability"
+    vals = np.linspace(0.2, 0.9, 9)
+    assert model_utility(dict(zip(TOFU_UTILITY_PARTS, vals))) == pytest.approx(9 / np.sum(1 / vals), abs=1e-12)
+    assert utility_label(TOFU_UTILITY_PARTS) == "TOFU (9 parts)"
+    assert utility_label(TOFU_UTILITY_PARTS[:3]).startswith("reduced (3 parts: retain_probability")
+    # option probability as open-unlearning: correct / (correct + Σ wrong + 1e-10), probabilities exp(−mean loss)
+    rng = np.random.default_rng(5)
+    lc, lw = rng.uniform(0.2, 3, 7), rng.uniform(0.2, 3, (7, 3))
+    want = np.exp(-lc) / (np.exp(-lc) + np.exp(-lw).sum(1) + 1e-10)
+    np.testing.assert_allclose(option_probability(lc, lw), want, atol=1e-6)

@@ -119,9 +119,10 @@ def test_lm_report_matches_hand_computation(lm_setup, tmp_path):
     np.testing.assert_allclose(report.scores["original"]["loss"]["forget"], -np.array(per_example), rtol=1e-5)
     assert m["original/mia_loss_auc"] == pytest.approx(
         hand_auc(report.scores["original"]["loss"]["forget"], report.scores["original"]["loss"]["test"]))
-    # zlib scores: loss / compressed length of the text the loss covers (every word but the first, which
-    # is never predicted; the old convention compressed the whole text, prompt included: issue 13)
-    zl = [len(zlib.compress(" ".join(t.split()[1:]).encode())) for t in forget["text"]]
+    # zlib scores (open-unlearning's convention, the default): loss / compressed length of every labelled
+    # token's text (raw-text rows: the whole text)
+    assert report.info["token_convention"] == "open_unlearning"
+    zl = [len(zlib.compress(t.encode())) for t in forget["text"]]
     np.testing.assert_allclose(report.scores["original"]["zlib"]["forget"], -np.array(per_example) / zl, rtol=1e-5)
 
     # fidelity: gap = mean |Δ| over forget accuracy, test accuracy, loss-attack AUC
@@ -132,7 +133,9 @@ def test_lm_report_matches_hand_computation(lm_setup, tmp_path):
     assert m["gap_to_retrain"] == m["unlearned/gap_to_retrain"]
     assert m["original/kl_to_retrained_forget"] > m["original/kl_to_retrained_test"] > 0
     assert 0 < m["original/js_to_retrained_forget"] < math.log(2)
-    assert report.info["warnings"] == []
+    # the only warnings: splits too small to read (8 forget, 10 test rows < 50)
+    assert [w.split(" split")[0] for w in report.info["warnings"]] == ["forget", "test"]
+    assert "(< 50)" in report.info["warnings"][0]
 
     md = report.to_markdown()
     assert "| metric | original | unlearned | retrained |" in md
@@ -373,7 +376,7 @@ def test_qa_report_llm_metrics_against_references(qa_setup, tmp_path):
                                  truth_ratio_data=tr_data, output_dir=tmp_path)
     m, info = report.metrics, report.info
     assert info["skipped_rows"] == {"forget": 1, "retain": 0, "test": 0}
-    assert info["min_k_fraction"] == 0.4 and info["mia_convention"] == "hf_iau"
+    assert info["min_k_fraction"] == 0.4 and info["token_convention"] == "open_unlearning"
     assert len(report.scores["unlearned"]["min_k"]["forget"]) == 8  # the empty row is not scored
     assert np.isfinite(report.scores["unlearned"]["loss"]["forget"]).all()
 
@@ -404,6 +407,8 @@ def test_qa_report_llm_metrics_against_references(qa_setup, tmp_path):
     prob = np.mean([math.exp(-hand_answer_loss(retrained, r)) for r in retain])
     assert m["retrained/retain_probability"] == pytest.approx(prob, rel=1e-6)
     assert info["utility_keys"] == ["retain_probability", "retain_rouge_l_recall"]
+    assert info["model_utility"] == "reduced (2 parts: retain_probability, retain_rouge_l_recall)"
+    assert "reduced (2 parts" in report.to_markdown() and "up to 8 new tokens" in info["conventions"]["ROUGE"]
     u = [m["retrained/retain_probability"], m["retrained/retain_rouge_l_recall"]]
     assert m["retrained/model_utility"] == pytest.approx(2 / (1 / u[0] + 1 / u[1]), rel=1e-12)
     assert 0 <= m["unlearned/forget_exact_memorisation"] <= 1 and 0 <= m["unlearned/forget_extraction_strength"] <= 1
@@ -423,9 +428,10 @@ def test_qa_report_open_unlearning_convention_and_loss_forget_quality(qa_setup):
     from hf_iau.metrics import lm_example_stats
 
     tok, raw, (forget, retain, test), collate, original, retrained = qa_setup
-    report = evaluate_unlearning(original, None, retrained, forget=forget, retain=retain, test=test,
-                                 data_collator=collate, batch_size=3, tokenizer=tok, rouge_max_new_tokens=0,
-                                 mia_convention="open_unlearning")
+    with pytest.warns(FutureWarning, match="token_convention"):  # the old option name works one more release
+        report = evaluate_unlearning(original, None, retrained, forget=forget, retain=retain, test=test,
+                                     data_collator=collate, batch_size=3, tokenizer=tok, rouge_max_new_tokens=0,
+                                     mia_convention="open_unlearning")
     m, s = report.metrics, report.scores["unlearned"]
     ou = lm_example_stats(original, forget, tokenizer=tok, convention="open_unlearning")
     np.testing.assert_allclose(s["min_k"]["forget"], ou["min_k"], rtol=1e-6)
@@ -440,9 +446,82 @@ def test_qa_report_open_unlearning_convention_and_loss_forget_quality(qa_setup):
     loss_r = [hand_answer_loss(retrained, r) for r in forget]
     assert m["unlearned/forget_quality"] == pytest.approx(ks_2samp(loss_u, loss_r).pvalue, rel=1e-6)
     assert m["unlearned/forget_quality"] < 0.05  # the original memorised the forget answers
-    with pytest.raises(ValueError, match="mia_convention"):
+    with pytest.raises(ValueError, match="token_convention"):
         evaluate_unlearning(original, forget=forget, retain=retain, test=test, data_collator=collate,
-                            mia_convention="tofu")
+                            token_convention="tofu")
     with pytest.raises(ValueError, match="truth_ratio_data"):
         evaluate_unlearning(original, forget=forget, retain=retain, test=test, data_collator=collate,
                             truth_ratio_data={"forget": (forget.select([0]), [forget])})
+
+
+def test_qa_report_nine_part_utility_rouge_from_tokens_verdict_and_summary(qa_setup, tmp_path):
+    """TOFU's 9-part utility (retain, real authors, world facts × probability, ROUGE, truth ratio) by hand; ROUGE
+    of rows without text columns comes from the prompt-masked tokens; the verdict and summary hold forget quality."""
+    from scipy.stats import hmean
+
+    from hf_iau.metrics import greedy_continuations, rouge_l_recall
+    from hf_iau.qa import qa_to_lm_examples
+
+    tok, raw, (forget, retain, test), collate, original, retrained = qa_setup
+    forget_tokens = forget.remove_columns(["question", "answer"])  # as the CLI's QA recipe hands it over
+    r_raw = raw[1]
+    tr_data = {"retain": (qa_to_lm_examples(r_raw, tok, answer_column="paraphrase"),
+                          [qa_to_lm_examples(r_raw, tok, answer_column=c) for c in ("wrong_0", "wrong_1")])}
+    sets = {name: raw[2].select(range(lo, lo + 4)).map(lambda r: {"perturbed_answer": [r["wrong_0"], r["wrong_1"]]})
+            for name, lo in (("real_authors", 0), ("world_facts", 4))}
+    report = evaluate_unlearning(original, original, retrained, forget=forget_tokens, retain=retain, test=test,
+                                 data_collator=collate, batch_size=4, tokenizer=tok, rouge_max_new_tokens=8,
+                                 truth_ratio_data=tr_data, utility_data=sets, wall_times={"unlearned": 1.0, "retrained": 8.0},
+                                 output_dir=tmp_path)
+    m, info = report.metrics, report.info
+    assert info["model_utility"] == "TOFU (9 parts)" and len(info["utility_keys"]) == 9
+    assert m["retrained/model_utility"] == pytest.approx(hmean([m[f"retrained/{k}"] for k in info["utility_keys"]]), rel=1e-12)
+    # real authors: option probability and truth ratio of the answer against the perturbed answers, same question
+    ra = sets["real_authors"]
+    lc = [hand_answer_loss(retrained, r) for r in qa_to_lm_examples(ra, tok)]
+    lw = [[hand_answer_loss(retrained, r) for r in qa_to_lm_examples(ra, tok, answer_column=c)] for c in ("wrong_0", "wrong_1")]
+    pc, pw = np.exp(-np.array(lc)), np.exp(-np.array(lw))
+    assert m["retrained/real_authors_probability"] == pytest.approx(np.mean(pc / (pc + pw.sum(0))), rel=1e-6)
+    ratio = np.exp(-np.array(lw).mean(0)) / pc
+    assert m["retrained/real_authors_truth_ratio"] == pytest.approx(np.mean(np.maximum(0, 1 - ratio)), rel=1e-6)
+    # ROUGE from tokens: the prompt is the unlabelled prefix, the reference the labelled answer decoded
+    prompts = [r["input_ids"][: r["labels"].index(next(y for y in r["labels"] if y != -100))] for r in forget]
+    refs = [tok.decode([y for y in r["labels"] if y != -100], skip_special_tokens=True) for r in forget]
+    gen = greedy_continuations(original, tok, prompts, max_new_tokens=8)
+    assert m["original/forget_rouge_l_recall"] == pytest.approx(np.mean(rouge_l_recall(gen, refs)), abs=1e-12)
+    assert "prompt-masked tokens" in info["conventions"]["ROUGE"]
+    # the verdict: forgetting (KS D, p, n), utility, privacy, cost; the summary holds forget quality
+    v = info["verdict"]
+    assert v.startswith("forgetting: distinguishable from the retrained model (KS D")
+    assert f"n {len(forget)}" in v and "utility: " in v and "PrivLeak" in v and "cost: 12.5% of the retrain's time" in v
+    s = report.summary()
+    assert s["unlearned"]["forget_quality"] == m["unlearned/forget_quality"] < 0.05
+    assert s["unlearned"]["forget_ks_distance"] == m["unlearned/forget_ks_distance"] > 0.5
+    assert s["retrained"]["forget_ks_distance"] == 0.0 and s["verdict"] == v
+    md = (tmp_path / "report.md").read_text()
+    assert f"**Verdict:** {v}" in md and "**Conventions**" in md and "losss" not in md
+    assert "forget quality: two-sample KS test of the forget set's per-example truth ratio" not in md  # by loss here
+    assert "per-example loss values" in md and "PrivLeak: MUSE" in md and "| forget KS distance |" in md
+    saved = json.loads((tmp_path / "report.json").read_text())
+    assert saved["info"]["conventions"]["tokens"].startswith("open_unlearning")
+
+
+def test_plot_axes_say_which_side_is_member_and_mark_the_retrained_value(lm_setup, tmp_path, monkeypatch):
+    from matplotlib.figure import Figure
+
+    tok, collator, forget, retain, test, original, retrained = lm_setup
+    report = evaluate_unlearning(original, None, retrained, forget=forget, retain=retain, test=test,
+                                 data_collator=collator, batch_size=8, tokenizer=tok, mia=("loss", "min_k"))
+    figs = []
+    monkeypatch.setattr(Figure, "savefig", lambda self, *a, **k: figs.append(self))
+    report.plot(tmp_path / "r.png")
+    axes = figs[0].axes
+    hist = [ax for ax in axes if ax.get_xlabel()]
+    assert len(hist) == 4 and all("higher → more likely member" in ax.get_xlabel() for ax in hist)
+    assert all(ax.get_ylabel() == "examples" for ax in hist)
+    assert "(retrained " in hist[0].get_title()
+    legend = [t.get_text() for t in hist[0].get_legend().get_texts()]
+    assert legend == ["forget (members)", "test (non-members)"]
+    bars = axes[-1]
+    assert "retrained (target)" in [t.get_text() for t in bars.get_legend().get_texts()]
+    assert "target" in bars.get_ylabel()

@@ -1,6 +1,8 @@
 """Unlearning metrics: utility, membership inference, fidelity to the retrained model, canaries,
-and the LLM metrics of TOFU/MUSE/open-unlearning (``llm.py``: forget quality, truth ratio,
-PrivLeak, ROUGE-L, exact memorisation, extraction strength, model utility).
+the LLM metrics of TOFU/MUSE/open-unlearning (``llm.py``: forget quality, truth ratio,
+PrivLeak, ROUGE-L, exact memorisation, extraction strength, model utility, MUSE verbatim and
+knowledge memorisation) and robustness probes (``robustness.py``: relearning, weight
+quantisation, paraphrased questions).
 
 Each metric is also shipped as a local ``evaluate`` module, loadable offline by path::
 
@@ -16,28 +18,41 @@ from pathlib import Path
 from .canary import canary_exposure, canary_rank, model_canary_exposure, sequence_nll
 from .fidelity import causal_lm_mask, gap_to_retrain, kl_js_divergence, kl_js_per_position
 from .llm import (
+    MUSE_KNOWMEM_MAX_NEW_TOKENS,
+    MUSE_VERBMEM_MAX_NEW_TOKENS,
+    TOFU_MAX_NEW_TOKENS,
+    TOFU_UTILITY_PARTS,
     answer_probability,
     answer_rouge,
     exact_memorisation,
     extraction_strength,
     forget_quality,
     greedy_answers,
+    greedy_continuations,
+    knowledge_memorisation,
+    ks_test,
     lm_example_stats,
     model_utility,
     option_probability,
     privleak,
+    rouge_l_f1,
     rouge_l_recall,
     truth_ratio,
     truth_ratio_score,
+    utility_label,
+    verbatim_memorisation,
+    verbatim_pairs,
 )
 from .mia import (
     CONVENTIONS,
+    DEFAULT_CONVENTION,
     DEFAULT_MIN_K,
     TokenLogProbs,
     loss_scores,
     min_k_plus_plus_scores,
     min_k_scores,
     reference_scores,
+    resolve_convention,
     roc_auc,
     shadow_attack_scores,
     shadow_features,
@@ -48,6 +63,7 @@ from .mia import (
     zlib_scores,
     zlib_token_ids,
 )
+from .robustness import paraphrased, quantize_weights, relearn, relearn_split, robustness_probes
 from .utility import accuracy, mean_loss, perplexity
 
 EVALUATE_MODULES = ("accuracy", "mia_auc", "kl_js_divergence", "canary_exposure")
@@ -62,9 +78,13 @@ def evaluate_module_path(name: str) -> str:
 
 __all__ = [
     "CONVENTIONS",
+    "DEFAULT_CONVENTION",
     "DEFAULT_MIN_K",
     "EVALUATE_MODULES",
-    "TokenLogProbs",
+    "MUSE_KNOWMEM_MAX_NEW_TOKENS",
+    "MUSE_VERBMEM_MAX_NEW_TOKENS",
+    "TOFU_MAX_NEW_TOKENS",
+    "TOFU_UTILITY_PARTS",
     "accuracy",
     "answer_probability",
     "answer_rouge",
@@ -77,8 +97,11 @@ __all__ = [
     "forget_quality",
     "gap_to_retrain",
     "greedy_answers",
+    "greedy_continuations",
     "kl_js_divergence",
     "kl_js_per_position",
+    "knowledge_memorisation",
+    "ks_test",
     "lm_example_stats",
     "loss_scores",
     "mean_loss",
@@ -87,10 +110,17 @@ __all__ = [
     "model_canary_exposure",
     "model_utility",
     "option_probability",
+    "paraphrased",
     "perplexity",
     "privleak",
+    "quantize_weights",
     "reference_scores",
+    "relearn",
+    "relearn_split",
+    "resolve_convention",
+    "robustness_probes",
     "roc_auc",
+    "rouge_l_f1",
     "rouge_l_recall",
     "scored_targets",
     "scored_token_mask",
@@ -98,8 +128,12 @@ __all__ = [
     "shadow_attack_scores",
     "shadow_features",
     "token_log_probs",
+    "TokenLogProbs",
     "truth_ratio",
     "truth_ratio_score",
+    "utility_label",
+    "verbatim_memorisation",
+    "verbatim_pairs",
     "zlib_length",
     "zlib_scores",
     "zlib_token_ids",

@@ -7,6 +7,7 @@ unlearning the target is the retrained model's AUC, not 0.5.
 
 from __future__ import annotations
 
+import warnings
 import zlib
 from dataclasses import dataclass
 
@@ -49,7 +50,9 @@ def reference_scores(target_losses: ArrayLike, reference_losses: ArrayLike) -> n
     return -(np.asarray(target_losses, dtype=np.float64) - np.asarray(reference_losses, dtype=np.float64))
 
 
-CONVENTIONS = ("hf_iau", "open_unlearning")
+CONVENTIONS = ("open_unlearning", "muse")
+DEFAULT_CONVENTION = "open_unlearning"
+DEPRECATED_CONVENTIONS = {"hf_iau": "muse"}  # old name → new name; removed in the next release
 DEFAULT_MIN_K = 0.4  # TOFU and MUSE configurations (open-unlearning) use k = 0.4 for LMs
 
 
@@ -64,22 +67,30 @@ class TokenLogProbs:
     target: torch.Tensor | None = None  # [B, T-1] the target ids (-100 outside ``mask``)
 
 
-def _check_convention(convention: str) -> None:
+def resolve_convention(convention: str, field: str = "convention") -> str:
+    """The canonical token convention: ``"open_unlearning"`` or ``"muse"`` (the old name ``"hf_iau"``
+    still maps to ``"muse"`` with a FutureWarning); anything else is a ValueError naming ``field``."""
+    if convention in DEPRECATED_CONVENTIONS:
+        new = DEPRECATED_CONVENTIONS[convention]
+        warnings.warn(f"{field}={convention!r} is renamed {new!r}; the old name goes in the next release.",
+                      FutureWarning, stacklevel=3)
+        return new
     if convention not in CONVENTIONS:
-        raise ValueError(f"convention must be one of {', '.join(CONVENTIONS)}, got {convention!r}")
+        raise ValueError(f"{field} must be one of {', '.join(CONVENTIONS)}, got {convention!r}")
+    return convention
 
 
-def scored_token_mask(labels: torch.Tensor, convention: str = "hf_iau") -> torch.Tensor:
+def scored_token_mask(labels: torch.Tensor, convention: str = DEFAULT_CONVENTION) -> torch.Tensor:
     """Which predicted tokens (after the shift, ``[B, T-1]``) per-token metrics use.
 
-    ``"hf_iau"``: every labelled target, ``labels[:, 1:] != -100`` (the loss's tokens).
-    ``"open_unlearning"``: the span from the first labelled position to the second-to-last
-    labelled one (open-unlearning drops the last labelled token, usually EOS); empty with fewer
-    than two labelled tokens. Position 0 is never predicted in either convention.
+    ``"muse"`` (MUSE's original code): every labelled target, ``labels[:, 1:] != -100`` (the loss's
+    tokens). ``"open_unlearning"`` (default): the span from the first labelled position to the
+    second-to-last labelled one (open-unlearning drops the last labelled token, usually EOS); empty
+    with fewer than two labelled tokens. Position 0 is never predicted in either convention.
     """
-    _check_convention(convention)
+    convention = resolve_convention(convention)
     lab = labels != IGNORE_INDEX
-    if convention == "hf_iau":
+    if convention == "muse":
         return lab[:, 1:]
     pos = torch.arange(labels.size(-1), device=labels.device).expand_as(labels)
     last = torch.where(lab, pos, -1).amax(-1, keepdim=True)
@@ -89,12 +100,13 @@ def scored_token_mask(labels: torch.Tensor, convention: str = "hf_iau") -> torch
 
 
 def scored_targets(
-    labels: torch.Tensor, input_ids: torch.Tensor | None = None, convention: str = "hf_iau"
+    labels: torch.Tensor, input_ids: torch.Tensor | None = None, convention: str = DEFAULT_CONVENTION
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(targets, mask), both ``[B, T-1]``: the target id of each scored predicted token (-100 elsewhere).
 
     Targets are ``labels[:, 1:]``, or ``input_ids[:, 1:]`` inside open-unlearning's span when given.
     """
+    convention = resolve_convention(convention)
     mask = scored_token_mask(labels, convention)
     target = labels[:, 1:]
     if convention == "open_unlearning" and input_ids is not None:
@@ -113,14 +125,15 @@ def token_log_probs(
     logits: torch.Tensor,
     labels: torch.Tensor,
     input_ids: torch.Tensor | None = None,
-    convention: str = "hf_iau",
+    convention: str = DEFAULT_CONVENTION,
 ) -> TokenLogProbs:
     """Shift ``logits[:, :-1]`` against the targets ``[:, 1:]`` and return per-token log-prob statistics.
 
-    Targets are ``labels`` (``"hf_iau"``) or, inside open-unlearning's span, ``input_ids`` when given
-    (``"open_unlearning"``, see :func:`scored_token_mask`). σ_t = sqrt(max(Var, 0)) (``"hf_iau"``) or
+    Targets are ``labels`` (``"muse"``) or, inside open-unlearning's span, ``input_ids`` when given
+    (``"open_unlearning"``, see :func:`scored_token_mask`). σ_t = sqrt(max(Var, 0)) (``"muse"``) or
     sqrt(max(Var, 1e-6)) (``"open_unlearning"``).
     """
+    convention = resolve_convention(convention)
     lp = F.log_softmax(_full(logits[:, :-1, :]), dim=-1)
     target, mask = scored_targets(labels, input_ids, convention)
     target, mask = target.to(lp.device), mask.to(lp.device)
@@ -163,11 +176,11 @@ def min_k_plus_plus_scores(stats: TokenLogProbs, k: float = DEFAULT_MIN_K) -> np
     return _mean_lowest(z, stats.mask, k)
 
 
-def zlib_token_ids(labels: torch.Tensor, convention: str = "hf_iau") -> list[list[int]]:
+def zlib_token_ids(labels: torch.Tensor, convention: str = DEFAULT_CONVENTION) -> list[list[int]]:
     """Token ids whose decoded text ZLib compresses: the loss's targets, ``labels[:, 1:] != -100``
-    (``"hf_iau"``), or every labelled token (``"open_unlearning"``). Never the unlabelled prompt."""
-    _check_convention(convention)
-    lab = labels[:, 1:] if convention == "hf_iau" else labels
+    (``"muse"``), or every labelled token (``"open_unlearning"``). Never the unlabelled prompt."""
+    convention = resolve_convention(convention)
+    lab = labels[:, 1:] if convention == "muse" else labels
     return [row[row != IGNORE_INDEX].tolist() for row in lab]
 
 
