@@ -63,6 +63,7 @@ from .mia import (
     zlib_scores,
     zlib_token_ids,
 )
+from .retrain_distribution import example_margins, klom_scores, label_margin, score_summary, z_scores
 from .robustness import paraphrased, quantize_weights, relearn, relearn_split, robustness_probes
 from .utility import accuracy, mean_loss, perplexity
 
@@ -77,6 +78,11 @@ def evaluate_module_path(name: str) -> str:
 
 
 __all__ = [
+    "example_margins",
+    "klom_scores",
+    "label_margin",
+    "score_summary",
+    "z_scores",
     "CONVENTIONS",
     "DEFAULT_CONVENTION",
     "DEFAULT_MIN_K",
