@@ -44,7 +44,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .curvature import CHUNK, Curvature, ExampleGradients, shard_like
+from .curvature import Curvature, ExampleGradients, shard_like
 from .losses import IGNORE_INDEX, batch_losses
 
 if TYPE_CHECKING:
@@ -216,20 +216,6 @@ def cross_entropy(logits: torch.Tensor, labels: torch.Tensor, causal: bool) -> t
     return (tok.view(lb.shape) * mask).sum(-1) / mask.sum(-1).clamp_min(1)
 
 
-def losses_at_scales(z0: torch.Tensor, dz: torch.Tensor, labels: torch.Tensor, scales: Sequence[float],
-                     causal: bool) -> torch.Tensor:
-    """[B, len(scales)]: CE(z0 + s·dz, y) for every scale s, batched over scales (in chunks of ``CHUNK`` logits)."""
-    s = torch.as_tensor(np.asarray(scales, dtype=np.float64), device=z0.device)
-    b, per = z0.shape[0], max(1, CHUNK // max(z0.numel(), 1))
-    cols = []
-    for start in range(0, len(s), per):
-        k = s[start : start + per]
-        z = z0.unsqueeze(0) + k.view(-1, *([1] * z0.dim())) * dz.unsqueeze(0)  # [k, B, ...]
-        y = labels.repeat(len(k), *([1] * (labels.dim() - 1)))
-        cols.append(cross_entropy(z.reshape(len(k) * b, *z0.shape[1:]), y, causal).view(len(k), b).T)
-    return torch.cat(cols, 1)
-
-
 @torch.no_grad()
 def shifted_losses(
     params: Sequence[torch.nn.Parameter], direction: Sequence[torch.Tensor], batches: Iterable[dict],
@@ -253,7 +239,7 @@ def shifted_losses(
             z0, y = at(0.0, batch)
             z0 = z0.double()
             dz = (at(eps, batch)[0].double() - at(-eps, batch)[0].double()) / (2 * eps) if eps > 0 else torch.zeros_like(z0)
-            rows.append(losses_at_scales(z0, dz, y, scales, causal).cpu().numpy())
+            rows.append(torch.stack([cross_entropy(z0 + float(s) * dz, y, causal) for s in scales], -1).cpu().numpy())
     finally:
         for p, s in zip(params, saved):
             p.copy_(s)
@@ -328,4 +314,4 @@ def _total(x: torch.Tensor) -> float:
 
 
 __all__ = ["TargetEstimate", "at_scale", "calibrate", "calibrated_targets", "cross_entropy", "estimate_targets",
-           "group_gradient", "losses_at_scales", "shifted_losses"]
+           "group_gradient", "shifted_losses"]

@@ -299,3 +299,64 @@ def test_targets_are_the_same_on_two_processes(tmp_path):
     assert outs[2]["scale"] == pytest.approx(outs[1]["scale"], rel=1e-5)
     assert np.allclose(outs[1]["targets"], outs[2]["targets"], rtol=1e-5, atol=1e-5)
     assert outs[1]["passes"] == outs[2]["passes"] == 2 * 11 + 7
+
+
+FSDP_WORKER = r'''
+import json, os, sys
+sys.path.insert(0, {tests!r})
+import torch, tiny
+from peft import LoraConfig, get_peft_model
+from hf_iau import IAUConfig, IAUTrainer
+from hf_iau.counterfactual import estimate_targets
+from hf_iau.engine import Engine
+from hf_iau.sharding import shard_per_block
+
+out, shard = sys.argv[1], sys.argv[2] == "1"
+if shard:
+    torch.distributed.init_process_group("gloo")
+res = {{}}
+for case in ("full", "lora"):
+    model = tiny.tiny_gpt2(seed=0)
+    if case == "lora":
+        torch.manual_seed(1)
+        model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["c_attn", "c_proj"],
+                                                 init_lora_weights=False))
+    model = shard_per_block(model) if shard else model
+    data = tiny.lm_dataset(n=64, seed=3).remove_columns("id")
+    args = IAUConfig(output_dir=out, use_cpu=True, report_to="none", per_device_eval_batch_size=3, seed=0,
+                     disable_tqdm=True, save_strategy="no")
+    engine = Engine(IAUTrainer(model=model, args=args))
+    engine.model.eval()
+    held = engine.per_example(data.select(range(48, 64)), range(16))["loss"]
+    est = estimate_targets(engine, data.select(range(7)), data.select(range(7, 48)), list(range(0, 41, 3)), held)
+    res[case] = {{"targets": est.targets.tolist(), "scale": est.diagnostics["scale"]}}
+if int(os.environ.get("RANK", "0")) == 0:
+    with open(out + "/targets.json", "w") as fh:
+        json.dump(res, fh)
+'''
+
+
+def test_targets_of_an_fsdp2_sharded_model_on_two_processes_equal_one_process(tmp_path):
+    """FSDP2 (fully_shard per block, uneven shards: 7 forget rows, batch 3): the hooked per-example squares are
+    summed over processes and re-sharded like each parameter; targets equal the unsharded 1-process ones (1e-5)."""
+    import json
+    import os
+    import subprocess
+
+    from tiny import torchrun
+
+    script = tmp_path / "worker.py"
+    script.write_text(FSDP_WORKER.format(tests=str(Path(__file__).parent)))
+    (tmp_path / "one").mkdir()
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    proc = subprocess.run([sys.executable, str(script), str(tmp_path / "one"), "0"], env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    (tmp_path / "two").mkdir()
+    torchrun([str(script), str(tmp_path / "two"), "1"])
+    one = json.loads((tmp_path / "one" / "targets.json").read_text())
+    two = json.loads((tmp_path / "two" / "targets.json").read_text())
+    for case in ("full", "lora"):
+        assert one[case]["scale"] > 0
+        assert two[case]["scale"] == pytest.approx(one[case]["scale"], rel=1e-5)
+        assert np.allclose(one[case]["targets"], two[case]["targets"], rtol=1e-5, atol=1e-5)
