@@ -296,6 +296,7 @@ def calibrated_targets(losses: Sequence[float], estimates: Sequence[float], samp
     mapped = np.where(np.isfinite(mapped), mapped, ell)
     targets = np.maximum(mapped, ell)
     info = {
+        "estimate_rank": float(np.mean([(s < x).mean() for x in e])),  # mean share of the sample's estimates below
         "above_sample_fraction": float((e > s[-1]).mean()),  # extrapolated upward (no cap)
         "below_sample_fraction": float((e < s[0]).mean()),
         "at_current_loss_fraction": float((mapped <= ell).mean()),
