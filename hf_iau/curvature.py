@@ -277,6 +277,9 @@ class ExampleGradients:
             return self._give_up(k, "a layer input without a leading batch dimension")
         total = torch.zeros(p.shape, dtype=dtype, device=device)
         sq = torch.zeros(p.shape, dtype=dtype, device=device)
+        if items and all(isinstance(m, torch.nn.Embedding) for m, _, _, _ in items):
+            _embedding_squares(items, scale, dtype, sq, total)
+            items = []
         step = max(1, CHUNK // max(p.numel(), 1))
         for start in range(0, self.rows if items else 0, step):
             rows = slice(start, start + step)
@@ -313,6 +316,24 @@ def _supported(module: torch.nn.Module) -> bool:
     if isinstance(module, torch.nn.Conv2d):
         return module.groups == 1 and module.padding_mode == "zeros" and not isinstance(module.padding, str)
     return False
+
+
+def _embedding_squares(items: list, scale: float, dtype: torch.dtype, sq: torch.Tensor, total: torch.Tensor) -> None:
+    """Embedding rows only (no dense [B, V, D]): each example's gradient row for token v is the sum of δ over
+    its positions holding v; the (example, v) pairs are found with one ``unique``."""
+    module = items[0][0]
+    v, d = module.num_embeddings, sq.shape[-1]
+    keys, rows = [], []
+    for m, _, a, g in items:
+        ids, g = a.reshape(a.shape[0], -1), g.reshape(g.shape[0], -1, d).to(dtype)
+        if m.padding_idx is not None:
+            g = g * (ids != m.padding_idx).unsqueeze(-1).to(dtype)
+        keys.append((torch.arange(ids.shape[0], device=ids.device).unsqueeze(1) * v + ids).flatten())
+        rows.append(g.reshape(-1, d))
+    uniq, inverse = torch.unique(torch.cat(keys), return_inverse=True)
+    per = torch.zeros(len(uniq), d, dtype=dtype, device=sq.device).index_add_(0, inverse, torch.cat(rows)) / scale
+    sq.index_add_(0, uniq % v, per.pow(2))
+    total.index_add_(0, uniq % v, per)
 
 
 def _example_grad(module: torch.nn.Module, role: str, a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
