@@ -13,9 +13,10 @@ saturates: a fitted example has a tiny gradient however much it depends on its g
 
     z_i(θ_{−F}) ≈ z_i + c·J_i·P·G_F,      ℓ̂_i = CE(z_i + c·J_i·P·G_F, y_i),
 
-with P = (F̂ + δ·mean F̂)⁻¹, F̂ the diagonal empirical Fisher Σ_D g² (``hf_iau.curvature``: saved at
-training time, or from per-example gradients of the forget set and a random retained sample S scaled
-to the retained set), δ = ``DAMPING``. J·P·G is a central finite difference of the logits.
+with P = (F̂ + δ·mean F̂)⁻¹ (``hf_iau.curvature.preconditioner``, δ = ``DAMPING``), F̂ the diagonal
+empirical Fisher Σ_D g² (``hf_iau.curvature``: saved at training time, or from per-example gradients of
+the forget set and a random retained sample S scaled to the retained set). J·P·G is a central finite
+difference of the logits.
 
 The scale c stands for 1/n and the rest of the curvature and is CALIBRATED on held-out data with the
 same estimator: S, once removed, is never-seen data. S is cut into groups the size of F (at least a
@@ -44,7 +45,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .curvature import Curvature, ExampleGradients, shard_like
+from .curvature import Curvature, ExampleGradients, full_total, preconditioner, shard_like
 from .losses import IGNORE_INDEX, batch_losses
 
 if TYPE_CHECKING:
@@ -55,9 +56,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 Logits = Callable[[dict], tuple[torch.Tensor, torch.Tensor]]  # batch -> (logits, labels)
 SCALES = np.concatenate([[0.0], np.geomspace(1e-9, 1e9, 73)])  # grid searched for c (0 = the unshifted loss)
-# Damping δ of the diagonal curvature, × its mean. Chosen on the TUNE scenario poison_vision (random forget rows:
-# mean target 0.22 vs held-out 0.21 at 0.1; 1.5 at 1e-3), see benchmarks/results/removal.md.
-DAMPING = 0.1
 
 
 @dataclass
@@ -175,13 +173,6 @@ def fisher_from_rows(engine: "Engine", forget: "Dataset", f_rows: list[int], ret
     return fisher, g_f, 1.0 - covered / max(sum(sizes), 1)
 
 
-def preconditioner(fisher: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-    """P = 1 / (F̂ + δ·mean F̂) elementwise (δ = ``DAMPING``; the mean over every element of every tensor)."""
-    total = sum(_total(f.double().sum()) for f in fisher)
-    damp = max(DAMPING * total / max(sum(f.numel() for f in fisher), 1), 1e-30)
-    return [1.0 / (f + damp) for f in fisher]
-
-
 def precondition(g: Sequence[torch.Tensor], inv: Sequence[torch.Tensor]) -> list[torch.Tensor]:
     return [a * b for a, b in zip(g, inv)]
 
@@ -223,8 +214,8 @@ def shifted_losses(
 ) -> np.ndarray:
     """[examples, len(scales)]: CE(z + s·J·d, y) for every example and scale s, J·d a central difference of the
     logits along ``direction`` (θ is restored exactly)."""
-    d_norm = math.sqrt(sum(_total(d.double().pow(2).sum()) for d in direction))
-    t_norm = math.sqrt(sum(_total(p.detach().double().pow(2).sum()) for p in params))
+    d_norm = math.sqrt(sum(full_total(d.double().pow(2).sum()) for d in direction))
+    t_norm = math.sqrt(sum(full_total(p.detach().double().pow(2).sum()) for p in params))
     eps = rel_step * max(t_norm, 1.0) / d_norm if d_norm > 0 and math.isfinite(d_norm) else 0.0
     saved = [p.detach().clone() for p in params]
 
@@ -307,11 +298,6 @@ def calibrated_targets(losses: Sequence[float], estimates: Sequence[float], samp
         logger.warning("%.0f%% of the forget set is estimated above every removed sample row: their targets are "
                        "extrapolated beyond the held-out losses (not capped)", 100 * info["above_sample_fraction"])
     return targets, info
-
-
-def _total(x: torch.Tensor) -> float:
-    """A scalar's value; for a DTensor (a sharded parameter's sum), the total over all shards."""
-    return float(x.full_tensor()) if hasattr(x, "full_tensor") else float(x)
 
 
 __all__ = ["TargetEstimate", "at_scale", "calibrate", "calibrated_targets", "cross_entropy", "estimate_targets",

@@ -123,6 +123,8 @@ def test_saved_curvature_is_bound_to_the_weights(tmp_path: Path) -> None:
     diag = loaded.diagonal(model)
     assert [tuple(d.shape) for d in diag] == [tuple(p.shape) for p in model.parameters() if p.requires_grad]
     torch.testing.assert_close(diag[0], curv.fisher[next(iter(curv.fisher))])
+    mean = sum(float(f.double().sum()) for f in diag) / sum(f.numel() for f in diag)
+    torch.testing.assert_close(loaded.preconditioner(model)[0], 1.0 / (diag[0] + 0.1 * mean))  # P = (F̂ + δ·mean F̂)⁻¹
     with torch.no_grad():
         model.classifier.bias.add_(1e-3)  # an unlearning update changed the weights
     before = (tmp_path / FILE).read_bytes()
