@@ -16,8 +16,8 @@ g_iᵀ·P·G_G (G_G = Σ_{j∈G} g_j; a common scale does not change a correlati
 
 damped by δ × the mean eigenvalue (diagonal) of each, δ ∈ DAMPINGS (the library uses 0.1).
 
-Part 2 (cost, a ratio measured side by side): Σ_i (∇ℓ_i)² from batched hooks vs one backward per example,
-on a GPT-2 2L/128d.
+Part 2 (cost, ratios measured side by side, GPT-2 2L/128d): Σ_i (∇ℓ_i)² from batched hooks vs one backward per
+example; one ``estimate_targets`` by sample size |S|, F̂ from rows or saved at training time.
 
     python benchmarks/curvature.py [--quick]
 """
@@ -257,6 +257,50 @@ def cost_part(quick: bool) -> tuple[dict, list[str]]:
     return {"loop_over_hooks": times["loop"] / times["hooks"]}, md
 
 
+def estimate_cost_part(quick: bool) -> tuple[dict, list[str]]:
+    """Wall time of estimate_targets by sample size |S|, with the curvature from rows or saved, in units of one
+    batched gradient pass over the forget set (interleaved, medians)."""
+    import tempfile
+
+    from datasets import Dataset
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from hf_iau import IAUConfig, IAUTrainer
+    from hf_iau.counterfactual import estimate_targets, fisher_from_rows, group_gradient
+    from hf_iau.curvature import Curvature
+    from hf_iau.engine import Engine
+
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=512, n_positions=64, n_embd=128, n_layer=2, n_head=2,
+                                       bos_token_id=0, eos_token_id=0)).eval()
+    rng = np.random.default_rng(0)
+
+    def rows(n: int) -> Dataset:
+        ids = rng.integers(1, 512, (n, 64)).tolist()
+        return Dataset.from_dict({"input_ids": ids, "attention_mask": [[1] * 64] * n, "labels": ids})
+
+    forget, retain, held = rows(64), rows(1000), rows(64)
+    args = IAUConfig(output_dir=tempfile.mkdtemp(), use_cpu=True, report_to=[], disable_tqdm=True,
+                     save_strategy="no", per_device_eval_batch_size=16)
+    engine = Engine(IAUTrainer(model, args=args))
+    held_losses = engine.per_example(held, range(64))["loss"]
+    sizes = (32, 64, 256) if quick else (32, 64, 128, 256)
+    samples = {n: sorted(rng.choice(1000, n, replace=False).tolist()) for n in sizes}
+    fisher, _, _ = fisher_from_rows(engine, forget, list(range(64)), retain, samples[sizes[-1]])
+    saved = Curvature(dict(zip([n for n, p in model.named_parameters() if p.requires_grad], fisher)), "-")
+    fns = {"G_F": lambda: group_gradient(engine, forget, range(64))}
+    for n in sizes:
+        fns[f"rows {n}"] = lambda n=n: estimate_targets(engine, forget, retain, samples[n], held_losses)
+        fns[f"saved {n}"] = lambda n=n: estimate_targets(engine, forget, retain, samples[n], held_losses, saved)
+    times = interleaved(fns, repeats=2 if quick else 3, warmup=0)
+    unit = times.pop("G_F")
+    md = ["", "## Cost of one estimate (GPT-2 2L/128d, |F| = 64 rows × 64 tokens, batch 16, CPU)", "",
+          "Median wall time in units of one batched gradient pass over the forget set (interleaved runs).", "",
+          "| sample rows | F̂ from rows | F̂ saved at training |", "|---|---|---|",
+          *[f"| {n} | {times[f'rows {n}'] / unit:.1f} | {times[f'saved {n}'] / unit:.1f} |" for n in sizes]]
+    return {k: v / unit for k, v in times.items()}, md
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true")
@@ -264,12 +308,14 @@ def main() -> None:
     torch.set_num_threads(1)
     acc, md = accuracy_part(args.quick)
     cost, md_cost = cost_part(args.quick)
+    est, md_est = estimate_cost_part(args.quick)
     notes = [
         "", "kronfluence (EK-FAC) was not installed: `pip install --dry-run kronfluence` in the project venv would "
         "replace torch 2.13.0+cpu with torch 2.14.1 and ~2.5 GB of CUDA wheels; EK-FAC is written here instead "
         "(`kron_solvers`, ~20 lines).",
     ]
-    write_results("curvature", {"correlation": acc, "cost": cost}, md + md_cost + notes, args.quick)
+    write_results("curvature", {"correlation": acc, "cost": cost, "estimate_cost": est}, md + md_cost + md_est + notes,
+                  args.quick)
 
 
 if __name__ == "__main__":
