@@ -33,7 +33,6 @@ calibrates the overall scale on held-out data).
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 from typing import Any, Sequence
