@@ -19,8 +19,8 @@ the forget set and a random retained sample S scaled to the retained set). JÂ·PÂ
 difference of the logits.
 
 The scale c stands for 1/n and the rest of the curvature and is CALIBRATED on held-out data with the
-same estimator: S, once removed, is never-seen data. S is cut into groups the size of F (at least a
-batch), each group removed as F is, and c is where the mean estimate over S reaches the mean held-out
+same estimator: S, once removed, is never-seen data. S is cut into groups the size of F (at most
+``MAX_GROUPS`` of them), each group removed as F is, and c is where the mean estimate over S reaches the mean held-out
 loss (``calibrate``). Each forget estimate is then read through the monotone map that sends the
 sample's estimates onto the held-out losses (``calibrated_targets``: the held-out quantile at the
 estimate's interpolated rank among S's estimates; beyond S's range the estimate continues in its own
@@ -56,6 +56,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 Logits = Callable[[dict], tuple[torch.Tensor, torch.Tensor]]  # batch -> (logits, labels)
 SCALES = np.concatenate([[0.0], np.geomspace(1e-9, 1e9, 73)])  # grid searched for c (0 = the unshifted loss)
+MAX_GROUPS = 64  # the sample is removed in groups the size of F, at most this many (a tiny F: larger groups)
 
 
 @dataclass
@@ -88,7 +89,7 @@ def estimate_targets(
         passes = len(s_rows) + len(f_rows)
     inv = preconditioner(fisher)
     del fisher
-    size = min(len(s_rows), max(len(f_rows), engine.batch_size))
+    size = min(len(s_rows), max(len(f_rows), math.ceil(len(s_rows) / MAX_GROUPS)))
     sample = np.concatenate([
         example_curves(engine, retain, group, precondition(group_gradient(engine, retain, group), inv), SCALES)
         for group in (s_rows[i : i + size] for i in range(0, len(s_rows), size))

@@ -191,7 +191,7 @@ def test_estimate_targets_runs_in_batches_through_accelerator_backward(tmp_path,
     monkeypatch.setattr(torch.autograd, "grad", lambda *a, **k: (_ for _ in ()).throw(AssertionError("autograd.grad")))
     forget, retain = ds.select(range(6)), ds.select(range(6, 40))
     est = estimate_targets(engine, forget, retain, sample_rows=list(range(0, 34, 2)), held_out_losses=[4.0, 4.2, 4.5])
-    # F̂ pass: S (17 rows) + F (6 rows); G per group of max(|F|, batch) = 6 rows (6, 6, 5): batches of 4
+    # F̂ pass: S (17 rows) + F (6 rows); G per group of |F| = 6 rows (6, 6, 5): batches of 4
     assert len(calls) == (5 + 2) + (2 + 2 + 2)
     assert est.gradient_passes == 2 * 17 + 6 and est.forward_passes == 3 * (17 + 6)
     assert est.targets.shape == (6,) and np.isfinite(est.targets).all()
@@ -219,6 +219,7 @@ def test_a_saved_curvature_replaces_the_per_example_pass(tmp_path):
     assert np.allclose(reused.targets, fresh.targets, rtol=1e-6, atol=1e-9)
     assert reused.gradient_passes == len(sample) + 5 < fresh.gradient_passes
     assert reused.diagnostics["saved_curvature"] == 1.0
+    assert fresh.diagnostics["group_size"] == 5  # S removed in groups the size of F (not of a batch, 8)
 
 
 def test_bad_inputs_are_refused_naming_the_field(tmp_path):
