@@ -143,6 +143,14 @@ class IAUConfig(TrainingArguments):
             "step, reference parity). The first two need held-out data (`eval_dataset` or `held_out_dataset=`)."
         },
     )
+    unlearn_target_sample_size: int = field(
+        default=256,
+        metadata={
+            "help": "Retained rows whose estimated removal calibrates the counterfactual targets against the held-out "
+            "losses (a seeded sample; min with the retain size). 256 measured stable over sample seeds where 32 and "
+            "64 were not (benchmarks/results/curvature.md)."
+        },
+    )
     unlearn_stop: Literal["fixed", "targets"] = field(
         default="targets",
         metadata={
@@ -305,6 +313,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "unlearn_retain_weight": (lambda v: _finite(v) and v >= 0, "use a finite value >= 0."),
     "unlearn_retain_sample_size": (lambda v: v is None or _int(v, 1), "use None (whole retain set) or an integer >= 1."),
     "unlearn_targets": (lambda v: v in _choices("unlearn_targets"), "use one of {choices}."),
+    "unlearn_target_sample_size": (lambda v: _int(v, 1), "use an integer >= 1 (256 measured stable)."),
     "unlearn_stop": (lambda v: v in _choices("unlearn_stop"), "use one of {choices}."),
     "unlearn_stop_tolerance": (lambda v: _finite(v) and 0 <= v < 1, "use a fraction in [0, 1)."),
     "unlearn_held_out_sample_size": (lambda v: _int(v, 1), "use an integer >= 1."),

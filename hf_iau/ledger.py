@@ -47,12 +47,16 @@ def sha256_file(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
+NOT_WEIGHTS = {"curvature.safetensors"}  # saved beside the weights (hf_iau.curvature), bound to their hash, not weights
+
+
 def weight_files(folder: str | os.PathLike) -> list[Path]:
-    """The ``*.safetensors`` files directly in ``folder`` (sorted by name)."""
+    """The ``*.safetensors`` weight files directly in ``folder`` (sorted by name)."""
     folder = Path(folder)
     if not folder.is_dir():
         return []
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.name.endswith(".safetensors"))
+    return sorted(p for p in folder.iterdir()
+                  if p.is_file() and p.name.endswith(".safetensors") and p.name not in NOT_WEIGHTS)
 
 
 def weight_hashes(folder: str | os.PathLike) -> dict[str, str]:

@@ -100,6 +100,7 @@ class Request:
         self.request_id = request_label(self.fingerprint, self.seed, self.request_index)
         self.budget, self.allow_noop = budget, allow_noop
         self.held_out_loss: float | None = None  # set by a method that measures the held-out level
+        self.curvature = getattr(trainer, "curvature", None)  # F̂ saved at training time (hf_iau.curvature), or None
         self.grad_passes = self.fwd_passes = 0.0
         self.was_training = self.model.training
         self.original: list[torch.Tensor] = []

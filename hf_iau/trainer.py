@@ -21,6 +21,7 @@ from transformers import (
 from .config import IAUConfig
 from .losses import loss_kind
 from . import saving
+from .curvature import Curvature, CurvatureCallback, CurvatureError
 from .restriction import GradientRestriction
 from .request import DeletionRecord, DeletionRequest
 from .result import UnlearningResult
@@ -112,6 +113,11 @@ class IAUTrainer(Trainer):
         self.unlearning_history: list[dict[str, Any]] = []
         self.parent_checkpoint: str | None = None  # folder this model came from, when not `model_id`
         self.unlearning_report: Any = None  # an evaluate_unlearning report, shown in the card
+        # influence paid for at training time: train() accumulates the curvature from its own gradients, save_model
+        # writes it beside the weights (bound to their sha256), and a model loaded from such a folder reuses it
+        self.curvature_callback = CurvatureCallback()
+        self.add_callback(self.curvature_callback)
+        self.curvature: Curvature | None = self._saved_curvature()
         if self.gradient_restriction is not None:
             self.gradient_restriction.check_setup(self)  # fp16, DeepSpeed, FSDP, multi-process exact GR: clear errors
         if is_sharded(self.model):
@@ -148,7 +154,22 @@ class IAUTrainer(Trainer):
     def train(self, resume_from_checkpoint: str | bool | None = None, *args: Any, **kwargs: Any) -> Any:
         """``Trainer.train``; a missing ``resume_from_checkpoint`` is a ValueError before anything runs."""
         check_resume_checkpoint(resume_from_checkpoint, self.args.output_dir)
-        return super().train(resume_from_checkpoint, *args, **kwargs)
+        out = super().train(resume_from_checkpoint, *args, **kwargs)
+        measured = self.curvature_callback.curvature(self.model)
+        self.curvature = measured if measured is not None else self.curvature
+        return out
+
+    def _saved_curvature(self) -> Curvature | None:
+        """The curvature saved beside the weights this model was loaded from; None (recomputed per request, with a
+        warning when the file was stale) otherwise."""
+        folder = self.model_id if isinstance(self.model_id, str) and Path(self.model_id).is_dir() else None
+        if folder is None:
+            return None
+        try:
+            return Curvature.load(folder, self.model)
+        except CurvatureError as err:
+            warnings.warn(f"{err} Requests recompute it from their rows.", stacklevel=3)
+            return None
 
     # --- unlearning ---------------------------------------------------------------------------
     def unlearn(
@@ -237,6 +258,8 @@ class IAUTrainer(Trainer):
             }
         )
         self.log({f"unlearn/{k}": v for k, v in result.metrics.items()})
+        if self.curvature is not None:  # an unlearning update is small: F̂ stays valid to first order
+            self.curvature = self.curvature.bind(self.model, f"unlearning request {request_id[:16]}")
         return result
 
     def _model_columns(self, ds: Dataset) -> Dataset:
@@ -260,6 +283,8 @@ class IAUTrainer(Trainer):
         """Model card and deletion ledger for the unlearning requests (filled in by hf_iau.hub)."""
         from .hub import write_unlearning_artifacts
 
+        if self.curvature is not None:
+            self.curvature.save(output_dir)
         write_unlearning_artifacts(self, output_dir)
 
     def push_to_hub(

@@ -17,9 +17,8 @@ from tiny import tiny_gpt2  # noqa: E402
 from hf_iau.counterfactual import (  # noqa: E402
     at_scale,
     calibrate,
-    counterfactual_losses,
+    calibrated_targets,
     cross_entropy,
-    group_gradient,
     shifted_losses,
 )
 from hf_iau.losses import batch_losses  # noqa: E402
@@ -62,22 +61,14 @@ def as_module(theta: torch.Tensor, d: int) -> torch.nn.Linear:
     return m
 
 
-def batches_of(x: torch.Tensor, y: torch.Tensor, idx: list[int], size: int):
-    return lambda: [{"x": x[idx[i : i + size]], "y": y[idx[i : i + size]]} for i in range(0, len(idx), size)]
+def batches_of(x: torch.Tensor, y: torch.Tensor, idx: list[int], size: int) -> list[dict]:
+    return [{"x": x[idx[i : i + size]], "y": y[idx[i : i + size]]} for i in range(0, len(idx), size)]
 
 
-def test_group_gradient_is_the_sum_of_example_gradients_whatever_the_batching():
-    x, y = data()
-    model = as_module(fit(x, y, torch.ones(len(y), dtype=torch.float64)), 3)
-    params = list(model.parameters())
-    per_example = lambda b: F.cross_entropy(model(b["x"]), b["y"], reduction="none")  # noqa: E731
-    idx = [3, 17, 40, 41, 99]
-    g1, l1 = group_gradient(params, batches_of(x, y, idx, 2)(), per_example)
-    g2, l2 = group_gradient(params, batches_of(x, y, idx, 5)(), per_example)
-    exact = torch.autograd.grad(per_example({"x": x[idx], "y": y[idx]}).sum(), params)
-    for a, b, e in zip(g1, g2, exact):
-        assert torch.allclose(a.double(), e, atol=1e-6) and torch.allclose(b.double(), e, atol=1e-6)
-    assert np.allclose(l1, l2) and len(l1) == 5
+def group_gradient(params: list, batches: list[dict], per_example) -> tuple[list[torch.Tensor], list[float]]:
+    """Σ_i ∇ℓ_i and the losses ℓ_i (the exact reference)."""
+    loss = torch.cat([per_example(b) for b in batches])
+    return list(torch.autograd.grad(loss.sum(), params)), loss.detach().tolist()
 
 
 def test_influence_estimate_matches_exact_leave_set_out_retraining():
@@ -93,7 +84,7 @@ def test_influence_estimate_matches_exact_leave_set_out_retraining():
     model = as_module(theta, d)
     params = list(model.parameters())
     per_example = lambda b: F.cross_entropy(model(b["x"]), b["y"], reduction="none")  # noqa: E731
-    g_f, losses = group_gradient(params, batches_of(x, y, forget, 4)(), per_example)
+    g_f, losses = group_gradient(params, batches_of(x, y, forget, 4), per_example)
     h = torch.autograd.functional.hessian(lambda t: objective(t, x, y, ones), theta)
     step = torch.linalg.solve(h, torch.cat([g.double().flatten() for g in g_f])) / n  # (1/n) H⁻¹ G_F
     direction = [step[: 2 * d].view(2, d), step[2 * d :]]
@@ -123,7 +114,7 @@ def test_damped_identity_estimate_orders_groups_like_retraining():
     rand = list(range(100, 108))
     shifts, truths = {}, {}
     for name, idx in (("group", group), ("random", rand)):
-        g, _ = group_gradient(params, batches_of(x, y, idx, 8)(), per_example)
+        g, _ = group_gradient(params, batches_of(x, y, idx, 8), per_example)
         curve = shifted_losses(params, g, batches_of(x, y, idx, 8), logits_of, [0.0, 0.5], False)
         shifts[name] = float((curve[:, 1] - curve[:, 0]).mean())
         keep = ones.clone()
@@ -159,45 +150,120 @@ def test_calibration_interpolates_on_the_grid():
     assert np.allclose(at_scale(curves, scales, 0.5), 0.15)
 
 
-def test_targets_are_clipped_between_the_current_loss_and_the_ceiling():
-    assert counterfactual_losses([0.1, 0.1, 3.0, 0.2], [0.05, 0.7, 9.0, float("nan")], ceiling=2.0) == [
-        0.1, 0.7, 3.0, 0.2]
-    assert counterfactual_losses([0.1], [9.0], ceiling=None) == [9.0]
+def test_calibrated_targets_map_the_sample_onto_held_out_losses_without_a_cap():
+    sample = np.array([0.5, 1.0, 2.0, 3.0])
+    held_out = np.array([1.0, 2.0, 3.0, 4.0])
+    q = np.quantile(held_out, (np.arange(4) + 0.5) / 4)
+    t, info = calibrated_targets(np.zeros(4), sample, sample, held_out)
+    assert np.allclose(t, q)  # the sample itself lands on the held-out quantiles
+    t, info = calibrated_targets([0.1, 0.1, 0.1, 0.95, 0.2], [1.5, 5.0, 0.0, 0.0, float("nan")], sample, held_out)
+    assert t[0] == pytest.approx((q[1] + q[2]) / 2)  # between two sample estimates: interpolated, not a step
+    assert t[1] == pytest.approx(q[3] + 2.0)  # above every sample estimate: slope 1 beyond, no ceiling
+    assert t[2] == pytest.approx(q[0] - 0.5) and t[2] < held_out.min()  # the retained data still supports it
+    assert t[3] == pytest.approx(0.95)  # never below the current loss
+    assert t[4] == pytest.approx(0.2)  # no estimate: the current loss
+    assert info["above_sample_fraction"] == pytest.approx(1 / 5) and info["below_sample_fraction"] == pytest.approx(2 / 5)
+
+
+def _engine(tmp_path, model, **kw):
+    from transformers import default_data_collator
+
+    from hf_iau import IAUTrainer
+    from hf_iau.engine import Engine
+    from tiny import parity_args
+
+    trainer = IAUTrainer(model=model, args=parity_args(tmp_path, **kw), data_collator=default_data_collator)
+    engine = Engine(trainer)
+    engine.model.eval()
+    return engine
+
+
+def test_estimate_targets_runs_in_batches_through_accelerator_backward(tmp_path, monkeypatch):
+    """One backward per batch (never per example), none outside accelerator.backward; targets ≥ current losses."""
+    from hf_iau.counterfactual import estimate_targets
+    from tiny import lm_dataset
+
+    ds = lm_dataset(40).remove_columns("id")
+    engine = _engine(tmp_path, tiny_gpt2(0), per_device_eval_batch_size=4)
+    calls = []
+    original = engine.accelerator.backward
+    monkeypatch.setattr(engine.accelerator, "backward", lambda loss, **kw: (calls.append(1), original(loss, **kw)))
+    monkeypatch.setattr(torch.autograd, "grad", lambda *a, **k: (_ for _ in ()).throw(AssertionError("autograd.grad")))
+    forget, retain = ds.select(range(6)), ds.select(range(6, 40))
+    est = estimate_targets(engine, forget, retain, sample_rows=list(range(0, 34, 2)), held_out_losses=[4.0, 4.2, 4.5])
+    # F̂ pass: S (17 rows) + F (6 rows); G per group of |F| = 6 rows (6, 6, 5): batches of 4
+    assert len(calls) == (5 + 2) + (2 + 2 + 2)
+    assert est.gradient_passes == 2 * 17 + 6 and est.forward_passes == 3 * (17 + 6)
+    assert est.targets.shape == (6,) and np.isfinite(est.targets).all()
+    current = engine.per_example(forget, range(6))["loss"]
+    assert np.all(est.targets >= current - 1e-5)  # (float32 forward passes)
+    assert est.diagnostics["scale"] > 0 and est.diagnostics["identity_curvature_fraction"] == 0.0
+    assert est.diagnostics["group_size"] == 6
+
+
+def test_a_saved_curvature_replaces_the_per_example_pass(tmp_path):
+    """Given the same F̂ as a saved Curvature, the targets are the same, for |F| + |S| gradient passes."""
+    from hf_iau.counterfactual import estimate_targets, fisher_from_rows
+    from hf_iau.curvature import Curvature, weights_sha256
+    from tiny import text_cls_dataset, tiny_bert
+
+    ds = text_cls_dataset(30).remove_columns("id")
+    engine = _engine(tmp_path, tiny_bert(0), per_device_eval_batch_size=8)
+    forget, retain, sample = ds.select(range(5)), ds.select(range(5, 30)), list(range(0, 25, 3))
+    held = [1.3, 1.1, 1.6, 0.9]
+    fresh = estimate_targets(engine, forget, retain, sample, held)
+    fisher, _, _ = fisher_from_rows(engine, forget, list(range(5)), retain, sample)
+    names = [n for n, p in engine.model.named_parameters() if p.requires_grad]
+    saved = Curvature(dict(zip(names, fisher)), weights_sha256(engine.model))
+    reused = estimate_targets(engine, forget, retain, sample, held, curvature=saved)
+    assert np.allclose(reused.targets, fresh.targets, rtol=1e-6, atol=1e-9)
+    assert reused.gradient_passes == len(sample) + 5 < fresh.gradient_passes
+    assert reused.diagnostics["saved_curvature"] == 1.0
+    assert fresh.diagnostics["group_size"] == 5  # S removed in groups the size of F (not of a batch, 8)
+
+
+def test_bad_inputs_are_refused_naming_the_field(tmp_path):
+    from hf_iau.counterfactual import estimate_targets
+    from tiny import text_cls_dataset, tiny_bert
+
+    ds = text_cls_dataset(10).remove_columns("id")
+    engine = _engine(tmp_path, tiny_bert(0))
+    with pytest.raises(ValueError, match="sample_rows"):
+        estimate_targets(engine, ds.select(range(3)), ds.select(range(3, 10)), [0, 7], [1.0])
+    with pytest.raises(ValueError, match="held_out_losses"):
+        estimate_targets(engine, ds.select(range(3)), ds.select(range(3, 10)), [0, 1], [])
 
 
 WORKER = r'''
 import json, sys
 sys.path.insert(0, {tests!r})
+import numpy as np
 import torch
 from tiny import text_cls_dataset
 from transformers import BertForSequenceClassification, default_data_collator
-from hf_iau import IAUConfig, IAUTrainer, forget_retain_split
-from hf_iau.unlearning import IAUUnlearner
+from hf_iau import IAUConfig, IAUTrainer
+from hf_iau.counterfactual import estimate_targets
+from hf_iau.engine import Engine
 
-seen = {{}}
-original = IAUUnlearner._resolve_mode
-def spy(self, local):
-    out = original(self, local)
-    seen["targets"] = [self.targets[i] for i in range(self.n_forget)]
-    seen["scale"] = self.counterfactual["scale"]
-    return out
-IAUUnlearner._resolve_mode = spy
 args = IAUConfig(output_dir=sys.argv[1], use_cpu=True, report_to=[], disable_tqdm=True, save_strategy="no",
-                 unlearn_steps=1, retain_sample_size=9, ddp_find_unused_parameters=False, seed=0)
-train = text_cls_dataset(40, seed=0)
-model = BertForSequenceClassification.from_pretrained(sys.argv[2])
-trainer = IAUTrainer(model, args=args, train_dataset=train, eval_dataset=text_cls_dataset(16, seed=1),
+                 per_device_eval_batch_size=4, ddp_find_unused_parameters=False, seed=0)
+train = text_cls_dataset(40, seed=0).remove_columns("id")
+trainer = IAUTrainer(BertForSequenceClassification.from_pretrained(sys.argv[2]), args=args,
                      data_collator=default_data_collator)
-split = forget_retain_split(train, forget=[0, 3, 5, 8, 13, 21, 30], id_column="id")
-trainer.unlearn(split["forget"], split["retain"])
+engine = Engine(trainer)
+engine.model.eval()
+held = engine.per_example(text_cls_dataset(16, seed=1).remove_columns("id"), range(16))["loss"]
+forget, retain = train.select([0, 3, 5, 8, 13, 21, 30]), train.select([i for i in range(40) if i not in (0, 3, 5, 8, 13, 21, 30)])
+est = estimate_targets(engine, forget, retain, list(range(0, 33, 3)), held)
 if trainer.args.process_index == 0:
     with open(sys.argv[1] + "/targets.json", "w") as fh:
-        json.dump({{"world": trainer.args.world_size, "targets": seen["targets"], "scale": seen["scale"]}}, fh)
+        json.dump({{"world": trainer.args.world_size, "targets": est.targets.tolist(), "scale": est.diagnostics["scale"],
+                   "passes": est.gradient_passes}}, fh)
 '''
 
 
 def test_targets_are_the_same_on_two_processes(tmp_path):
-    """The estimate shards the forget set and the sample and sums over processes: 2 processes = 1 process."""
+    """Every set is sharded and every sum taken over processes: 2 processes give the 1-process targets (1e-5)."""
     import json
     import os
     import shutil
@@ -231,5 +297,67 @@ def test_targets_are_the_same_on_two_processes(tmp_path):
         outs[n] = json.loads((out / "targets.json").read_text())
     assert outs[2]["world"] == 2 and outs[1]["world"] == 1
     assert outs[1]["scale"] > 0  # the influence path ran (not just the current losses)
-    assert outs[2]["scale"] == pytest.approx(outs[1]["scale"], rel=1e-3)
-    assert np.allclose(outs[1]["targets"], outs[2]["targets"], rtol=1e-3, atol=1e-5)
+    assert outs[2]["scale"] == pytest.approx(outs[1]["scale"], rel=1e-5)
+    assert np.allclose(outs[1]["targets"], outs[2]["targets"], rtol=1e-5, atol=1e-5)
+    assert outs[1]["passes"] == outs[2]["passes"] == 2 * 11 + 7
+
+
+FSDP_WORKER = r'''
+import json, os, sys
+sys.path.insert(0, {tests!r})
+import torch, tiny
+from peft import LoraConfig, get_peft_model
+from hf_iau import IAUConfig, IAUTrainer
+from hf_iau.counterfactual import estimate_targets
+from hf_iau.engine import Engine
+from hf_iau.sharding import shard_per_block
+
+out, shard = sys.argv[1], sys.argv[2] == "1"
+if shard:
+    torch.distributed.init_process_group("gloo")
+res = {{}}
+for case in ("full", "lora"):
+    model = tiny.tiny_gpt2(seed=0)
+    if case == "lora":
+        torch.manual_seed(1)
+        model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["c_attn", "c_proj"],
+                                                 init_lora_weights=False))
+    model = shard_per_block(model) if shard else model
+    data = tiny.lm_dataset(n=64, seed=3).remove_columns("id")
+    args = IAUConfig(output_dir=out, use_cpu=True, report_to="none", per_device_eval_batch_size=3, seed=0,
+                     disable_tqdm=True, save_strategy="no")
+    engine = Engine(IAUTrainer(model=model, args=args))
+    engine.model.eval()
+    held = engine.per_example(data.select(range(48, 64)), range(16))["loss"]
+    est = estimate_targets(engine, data.select(range(7)), data.select(range(7, 48)), list(range(0, 41, 3)), held)
+    res[case] = {{"targets": est.targets.tolist(), "scale": est.diagnostics["scale"]}}
+if int(os.environ.get("RANK", "0")) == 0:
+    with open(out + "/targets.json", "w") as fh:
+        json.dump(res, fh)
+'''
+
+
+def test_targets_of_an_fsdp2_sharded_model_on_two_processes_equal_one_process(tmp_path):
+    """FSDP2 (fully_shard per block, uneven shards: 7 forget rows, batch 3): the hooked per-example squares are
+    summed over processes and re-sharded like each parameter; targets equal the unsharded 1-process ones (1e-5)."""
+    import json
+    import os
+    import subprocess
+
+    from tiny import torchrun
+
+    script = tmp_path / "worker.py"
+    script.write_text(FSDP_WORKER.format(tests=str(Path(__file__).parent)))
+    (tmp_path / "one").mkdir()
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    proc = subprocess.run([sys.executable, str(script), str(tmp_path / "one"), "0"], env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    (tmp_path / "two").mkdir()
+    torchrun([str(script), str(tmp_path / "two"), "1"])
+    one = json.loads((tmp_path / "one" / "targets.json").read_text())
+    two = json.loads((tmp_path / "two" / "targets.json").read_text())
+    for case in ("full", "lora"):
+        assert one[case]["scale"] > 0
+        assert two[case]["scale"] == pytest.approx(one[case]["scale"], rel=1e-5)
+        assert np.allclose(one[case]["targets"], two[case]["targets"], rtol=1e-5, atol=1e-5)

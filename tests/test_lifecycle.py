@@ -136,3 +136,43 @@ def test_options_never_write_the_trainer_args(tmp_path):
     with pytest.raises(ValueError, match="iau.unlearn_steps=0 is invalid"):
         trainer.unlearn(split["forget"], split["retain"], unlearn_steps=0)
     assert torch.is_tensor(next(trainer.model.parameters()))
+
+
+def test_curvature_paid_at_training_time_is_saved_reused_and_refused_when_stale(tmp_path):
+    """train() measures F̂ from its own gradients, save_model writes it bound to the weights' sha256, a trainer
+    loaded from the folder reuses it (the estimate then costs |S| + |F| passes, not 2|S| + |F|), and a file made for
+    other weights is refused with a warning, never used."""
+    from hf_iau import IAUConfig
+    from hf_iau.curvature import FILE
+
+    ds = text_cls_dataset(32)
+    held_out = text_cls_dataset(12, seed=5)
+    args = parity_args(tmp_path / "a", num_train_epochs=3, learning_rate=5e-3, per_device_train_batch_size=8)
+    trainer = IAUTrainer(tiny_bert(), args=args, train_dataset=ds, data_collator=default_data_collator)
+    assert trainer.curvature is None
+    trainer.train()
+    assert trainer.curvature is not None
+    trainer.save_model()
+    assert (tmp_path / "a" / FILE).is_file()
+
+    def request(folder, out):
+        args = IAUConfig(output_dir=str(out), use_cpu=True, report_to=[], disable_tqdm=True, save_strategy="no",
+                         unlearn_steps=1, unlearn_stop="fixed")
+        again = IAUTrainer(str(folder), args=args, train_dataset=ds, eval_dataset=held_out,
+                           data_collator=default_data_collator)
+        m = again.unlearn(ds.select([0, 1, 2]), allow_noop=True).metrics
+        return again, m
+
+    again, m = request(tmp_path / "a", tmp_path / "b")
+    assert again.curvature is not None and m["target_saved_curvature"] == 1.0
+    n_s = min(again.args.unlearn_target_sample_size, 29)
+    assert m["example_gradient_passes"] == (n_s + 3) + (3 + 29)  # estimate with saved F̂, then one step
+    again.save_model()  # the curvature is carried to the new weights (bound to their hash)
+    assert IAUTrainer(str(tmp_path / "b"), args=parity_args(tmp_path / "c")).curvature is not None
+
+    import shutil
+
+    shutil.copy(tmp_path / "a" / FILE, tmp_path / "b" / FILE)  # made for the parent's weights: stale here
+    with pytest.warns(UserWarning, match="changed after it was saved"):
+        stale = IAUTrainer(str(tmp_path / "b"), args=parity_args(tmp_path / "d"))
+    assert stale.curvature is None

@@ -38,7 +38,8 @@ from . import register_method
 if TYPE_CHECKING:
     from ..trainer import IAUTrainer
 
-HELD_OUT_STREAM = 2**31 - 1  # rng stream of the held-out sample (retain samples use the step number)
+HELD_OUT_STREAM = 2**31 - 1  # rng streams of the held-out sample and of the targets' retained sample
+TARGET_SAMPLE_STREAM = 2**31 - 2  # (the steps' retain samples use the step number)
 REACHED = 0.01  # a row is at its target once its loss is within 1% of it
 _OPTION_NAMES = set(UNLEARNING_FIELDS) - {"gr_alpha", "gr_mode", "gr_norm", "seed", "unlearn_seed", "unlearn_batch_size"}
 
@@ -142,12 +143,18 @@ class IAURun:
             targets.targets = np.empty(self.n_forget)
             targets.targets[order] = levels
             return targets
-        size = min(self.opts["unlearn_retain_sample_size"] or 64, len(req.retain))
-        estimate = estimate_targets(req.engine, req.forget, req.retain, req.retain_sample(size, 0), held)
+        size = min(self.opts["unlearn_target_sample_size"], len(req.retain))
+        rows = req.retain_sample(size, TARGET_SAMPLE_STREAM)
+        estimate = estimate_targets(req.engine, req.forget, req.retain, rows, held, curvature=req.curvature)
         req.grad_passes += estimate.gradient_passes
         req.fwd_passes += estimate.forward_passes
         self.info.update({f"target_{k}": float(v) for k, v in estimate.diagnostics.items()})
-        targets.targets = np.asarray(estimate.targets, dtype=np.float64)
+        # a never-seen row is at most as surprising as the most surprising held-out row: the linear estimate's
+        # extrapolation beyond it (losses of 20–110 on poisoned digits whose retrained loss is ~9) is not trusted
+        cap = float(np.max(held))
+        raw = np.asarray(estimate.targets, dtype=np.float64)
+        self.info["target_capped_fraction"] = float(np.mean(raw > cap))
+        targets.targets = np.minimum(raw, cap)
         return targets
 
     def held_out_losses(self) -> np.ndarray:
