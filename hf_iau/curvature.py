@@ -33,6 +33,7 @@ calibrates the overall scale on held-out data).
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 from typing import Any, Sequence
@@ -118,8 +119,10 @@ class Curvature:
         path = os.path.join(folder, FILE)
         tmp = path + ".tmp"
         meta = {**self.meta, "format": FORMAT, "weights_sha256": self.weights_sha256}
+        # one key holding sorted JSON: safetensors writes several metadata keys in hash-map order (bytes would differ
+        # between identical runs)
         save_file({k: v.detach().float().contiguous().cpu() for k, v in self.fisher.items()}, tmp,
-                  metadata={k: str(v) for k, v in meta.items()})
+                  metadata={"hf_iau": json.dumps({k: str(v) for k, v in meta.items()}, sort_keys=True)})
         os.replace(tmp, path)
         return path
 
@@ -133,7 +136,7 @@ class Curvature:
         if not os.path.isfile(path):
             return None
         with safe_open(path, framework="pt") as fh:
-            meta = dict(fh.metadata() or {})
+            meta = json.loads((fh.metadata() or {}).get("hf_iau", "{}"))
             fisher = {k: fh.get_tensor(k) for k in fh.keys()}
         if meta.get("format") != FORMAT:
             raise CurvatureError(f"{path}: format {meta.get('format')!r} is not {FORMAT!r}; delete the file to recompute.")

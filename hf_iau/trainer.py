@@ -259,7 +259,7 @@ class IAUTrainer(Trainer):
         )
         self.log({f"unlearn/{k}": v for k, v in result.metrics.items()})
         if self.curvature is not None:  # an unlearning update is small: F̂ stays valid to first order
-            self.curvature = self.curvature.bind(self.model, f"unlearning request {request_id[:16]}")
+            self.curvature = self.curvature.bind(self.model, f"unlearning request {inputs.get('request_index')}")
         return result
 
     def _model_columns(self, ds: Dataset) -> Dataset:
