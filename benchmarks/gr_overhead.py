@@ -132,7 +132,7 @@ def fidelity(quick: bool, seeds: list[int]) -> list[dict]:
             after = scenario_gap(s, un.model.eval(), gold)
             # diagnosis: the same request with the saturation rule forced to 'flip' (what 'auto' picks without GR)
             fl = s.trainer(model=copy.deepcopy(original), **gr)
-            res_f = run_method("iau", fl, s.forget, s.retain, forget_saturation="flip")
+            res_f = run_method("iau", fl, s.forget, s.retain, unlearn_targets="flip")
             after_f = scenario_gap(s, fl.model.eval(), gold)
             rows.append({"variant": name, "seed": seed, "gr": gr, "train_seconds": train_s,
                          "gap_before": before["gap_to_retrain"], "forget_accuracy_before": before["forget_accuracy"],
@@ -201,9 +201,9 @@ def main() -> None:
            "(`run_method(\"iau\")`, no option); gap to retrain = mean |Δ| of forget accuracy, test accuracy and "
            "loss-MIA AUC vs the model retrained on the retain set WITH THE SAME VARIANT (as benchmarks/removal.py "
            f"measures it); lower is better. Seeds {seeds}; one row per seed. Train time × no-GR run of the same seed.", "",
-           "Default IAU resolves `forget_saturation='auto'` itself; the mode it picked (and the forget-vs-retain "
+           "Default IAU resolves `unlearn_targets='counterfactual'` itself; the mode it picked (and the forget-vs-retain "
            "loss AUC it decided on, 'flip' above 0.75) is shown. The last three columns are a DIAGNOSIS, not "
-           "default IAU: the same request with `forget_saturation='flip'` forced.", "",
+           "default IAU: the same request with `unlearn_targets='flip'` forced.", "",
            "| training | seed | train time × no GR | forget acc before | gap before | **gap after default IAU** | mode (AUC) | IAU steps | forget acc after | test acc after | test acc retrained | gap after IAU, flip forced | test acc, flip | steps, flip |",
            "|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
     base = {r["seed"]: r["train_seconds"] for r in rows if r["variant"] == "no GR"}

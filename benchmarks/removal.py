@@ -56,8 +56,8 @@ from hf_iau.metrics.retrain_distribution import example_margins, klom_scores, sc
 from hf_iau.report import evaluate_unlearning  # noqa: E402
 
 REFERENCE = dict(
-    unlearn_optimizer="adam", unlearn_learning_rate=1e-3, unlearn_steps=1, forget_weight=1.0, retain_weight=1.0,
-    retain_sample_size=None, forget_saturation="none", unlearn_stop="fixed",
+    unlearn_optimizer="adam", unlearn_learning_rate=1e-3, unlearn_steps=1, unlearn_forget_weight=1.0,
+    unlearn_retain_weight=1.0, unlearn_retain_sample_size=None, unlearn_targets="none", unlearn_stop="fixed",
 )
 # name -> (registered method, options, runs at IAU's budget)
 METHODS: dict[str, tuple[str, dict[str, Any], bool]] = {

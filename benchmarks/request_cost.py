@@ -15,7 +15,7 @@ labels; the gold model of every configuration is retrained on its retain set in 
    after (``common.scenario_gap``, as methods_cost.py).
 2. Scaling with |D_f| (fixed |D|) and with |D| (fixed |D_f|), each point its own training set with
    exactly |D_f| wrong labels (5% or less), its own original and retrained model: default IAU (retain
-   sample 32) vs ``retain_sample_size=None`` (whole retain set per step), one run each, back to back;
+   sample 32) vs ``unlearn_retain_sample_size=None`` (whole retain set per step), one run each, back to back;
    gap to retrain before and after.
 3. Ten sequential requests with default IAU, each forgetting a disjoint chunk of the mislabelled
    points; gap to the model retrained without all of them.
@@ -37,9 +37,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import scenarios as sc  # noqa: E402
 from common import RESULTS, fmt, scenario_gap, write_results  # noqa: E402
 
-PARITY = {"unlearn_optimizer": "adam", "unlearn_steps": 1, "forget_weight": 1.0, "retain_weight": 1.0,
-          "retain_sample_size": None, "forget_saturation": "none", "unlearn_stop": "fixed"}
-WHOLE = {"retain_sample_size": None}
+PARITY = {"unlearn_optimizer": "adam", "unlearn_steps": 1, "unlearn_forget_weight": 1.0, "unlearn_retain_weight": 1.0,
+          "unlearn_retain_sample_size": None, "unlearn_targets": "none", "unlearn_stop": "fixed"}
+WHOLE = {"unlearn_retain_sample_size": None}
 EPOCHS = 15
 
 
@@ -188,8 +188,8 @@ def main() -> None:
            "of them given a wrong label), its own original model (15 epochs) and its own retrained model (same recipe on "
            "D \\ D_f, timed: 'retrain s'). Forget accuracy is on the wrong labels."]
     md += table(dscale, ("train_size", "|D|"), f"## Scaling with |D| (|D_f| = {k_d} wrong labels, the whole forget set)")
-    md += ["", "Default IAU = retain sample 32 per step, `forget_saturation='auto'`, `unlearn_stop='auto'`, ≤ 20 steps; "
-           "whole retain = the same with `retain_sample_size=None`. One run each, back to back (timings noisy: shared cores)."]
+    md += ["", "Default IAU = retain sample 32 per step, `unlearn_targets='counterfactual'`, `unlearn_stop='targets'`, ≤ 20 steps; "
+           "whole retain = the same with `unlearn_retain_sample_size=None`. One run each, back to back (timings noisy: shared cores)."]
 
     # ------------------------------------------------------------------ 3. ten sequential requests
     fo = list(range(len(s.forget)))

@@ -21,7 +21,7 @@ with the data splits and a recipe that retrains the gold model. Scenarios:
 * ``qa_lm`` — a tiny GPT-2 from scratch on synthetic fictitious-fact QA pairs ("question: where was
   <invented name> born? answer: <city>"; loss on the answer only); forget = 10% of the people.
 
-DECLARED BEFORE TUNING (issue 12): the default (``forget_saturation="auto"``, counterfactual
+DECLARED BEFORE TUNING (issue 12): the default (``unlearn_targets="counterfactual"``, counterfactual
 targets) may be tuned on TUNE only; HELD_OUT scenarios were never used to choose anything and are
 reported in their own block.
 
@@ -45,6 +45,7 @@ import torch
 from datasets import Dataset
 
 from hf_iau import IAUConfig, IAUTrainer
+from hf_iau.config import RULES, check_fields
 
 TUNE = ("mislabelled", "poison_vision", "topic_lm")
 HELD_OUT = ("privacy", "canary", "class_vision", "poison_text", "qa_lm")
@@ -83,7 +84,7 @@ class Scenario:
         args = copy.deepcopy(self.args)
         for k, v in overrides.items():
             setattr(args, k, v)
-        args._validate_iau()
+        check_fields({k: getattr(args, k) for k in RULES}, "IAUConfig")
         return IAUTrainer(
             model=model if model is not None else copy.deepcopy(self.original),
             args=args,

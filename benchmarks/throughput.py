@@ -58,10 +58,10 @@ def main() -> None:
 
     args = IAUConfig(output_dir=tempfile.mkdtemp(), use_cpu=True, report_to=[], disable_tqdm=True, save_strategy="no",
                      logging_strategy="no", max_steps=steps, per_device_train_batch_size=bs, unlearn_batch_size=bs,
-                     retain_sample_size=sample, learning_rate=1e-4, dataloader_num_workers=0,
+                     unlearn_retain_sample_size=sample, learning_rate=1e-4, dataloader_num_workers=0,
                      # fixed step count: the self-limiting default may stop early, and the gradient phase
                      # is measured as the time of step 2 (steps=2 minus steps=1)
-                     forget_saturation="none", unlearn_stop="fixed")
+                     unlearn_targets="none", unlearn_stop="fixed")
     clock = Clock()
     trainer = IAUTrainer(model, args=args, train_dataset=ds, data_collator=default_data_collator, callbacks=[clock])
     forget, retain = ds.select(range(n_forget)), ds.select(range(n_forget, n_train))
