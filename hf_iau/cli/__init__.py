@@ -29,7 +29,8 @@ from .arguments import (
     recipe_path,
 )
 from .commands import cmd_demo, cmd_evaluate, cmd_ledger, cmd_train, cmd_unlearn, evaluate_models, setup
-from .data import Prepared, check_splits, load_raw, prepare_data, resolve_forget_ids, train_tokenizer
+from ..tokenization import train_tokenizer
+from .data import Prepared, check_splits, load_raw, prepare_data, resolve_forget_ids
 from .printing import summary_table, usage
 
 
