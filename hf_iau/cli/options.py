@@ -107,15 +107,13 @@ def format_help(command: str, show_all: bool = False) -> str:
     lines = [f"usage: hf-iau {command} [--config RECIPE] [--quick] [--option value ...]", "", TITLES[command], "", "recipe:"]
     for flag, text in RECIPE_OPTIONS:
         lines += _entry(flag, text)
-    hidden = 0
     for title, fs in groups(command, show_all):
-        if not fs:
-            hidden = len(groups(command, show_all=True)[-1][1]) if title == "other Trainer options" else 0
-            continue
-        lines += ["", f"{title}:"]
+        if fs:
+            lines += ["", f"{title}:"]
         for f in fs:
             lines += _entry(f"--{f.name} (default: {_default(f)})", str(f.metadata.get("help", "")))
-    if hidden:
+    if not show_all:
+        hidden = len(groups(command, show_all=True)[-1][1])
         lines += ["", f"{hidden} other Trainer options: `hf-iau {command} --help_all`."]
     return "\n".join(lines)
 
