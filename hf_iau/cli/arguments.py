@@ -13,7 +13,7 @@ import os
 import sys
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, NoReturn, Sequence
 
 COMMANDS = ("train", "unlearn", "evaluate", "demo", "ledger")
 TASKS = ("auto", "image-classification", "sequence-classification", "causal-lm")
@@ -174,7 +174,7 @@ def make_parser(command: str = "train"):
     return parser
 
 
-def _fail(message: str) -> None:
+def _fail(message: str) -> NoReturn:
     """A usage error: one line on stderr, exit status 2 (argparse's)."""
     print(message, file=sys.stderr)
     raise SystemExit(2)
