@@ -66,6 +66,11 @@ def test_train_unlearn_evaluate_image(tmp_path: Path, capsys) -> None:
     assert not list((root / "original").glob("*.bin"))  # safetensors + JSON only, nothing pickled
     info = json.loads((root / "original" / "hf_iau_run.json").read_text())
     assert info["train_rows"] == 60 and info["gr_alpha"] == 0.005
+    assert info["processes"] == 1 and info["global_steps"] == 8  # 2 epochs × ceil(60 / 16)
+    out = capsys.readouterr().out
+    # the summary's final loss is the last logged loss (step 5 of 8, logging_steps 5), not Trainer's mean
+    assert info["final_train_loss"] != info["train_loss"]
+    assert f"final train loss {info['final_train_loss']:.4f}" in out and f"mean over training {info['train_loss']:.4f}" in out
     assert main(["unlearn", "--config", cfg]) == 0
     out = capsys.readouterr().out
     assert "hf-iau unlearn" in out and "fingerprint" in out
@@ -73,6 +78,8 @@ def test_train_unlearn_evaluate_image(tmp_path: Path, capsys) -> None:
     assert run["forget_rows"] == 5 and len(run["forget_fingerprint"]) == 64
     assert main(["evaluate", "--config", cfg]) == 0  # retrains the gold model (missing)
     out = capsys.readouterr().out
+    assert "[1/3]" in out and "[2/3] no retrained model" in out and "[3/3] evaluating" in out  # not silent
+    assert "verdict" in out and "forgetting" in out and "utility" in out and "privacy" in out and "cost" in out
     assert (root / "retrained" / "model.safetensors").exists()
     for name in ("report.json", "report.md", "report.png"):
         assert (root / "report" / name).exists()
@@ -126,3 +133,117 @@ def test_ledger_command_without_args_fails_cleanly(capsys) -> None:
     with pytest.raises(SystemExit) as exc:
         main(["ledger"])
     assert exc.value.code != 0
+
+
+# --- help, errors, recipe names, launcher ---------------------------------------------------------
+def _help(command: str, capsys, *extra: str) -> str:
+    with pytest.raises(SystemExit) as exc:
+        main([command, "--help", *extra])
+    assert exc.value.code == 0
+    return capsys.readouterr().out
+
+
+def test_help_is_grouped_per_command(capsys) -> None:
+    unlearn = _help("unlearn", capsys)
+    assert unlearn.index("unlearning (IAUConfig):") < unlearn.index("data:") < unlearn.index("Trainer options (most used):")
+    assert "--unlearn_steps" in unlearn and "--method" in unlearn and "--per_device_eval_batch_size" in unlearn
+    for training_only in ("--num_train_epochs", "--gr_alpha", "--warmup_steps", "--train_on", "--save_strategy"):
+        assert training_only not in unlearn
+    assert len(unlearn.splitlines()) < 300  # was 944 lines in one list
+    train = _help("train", capsys)
+    assert "--gr_alpha" in train and "--num_train_epochs" in train and "--unlearn_steps" not in train
+    assert "--dataloader_prefetch_factor" not in train and "--help_all" in train
+    assert "--dataloader_prefetch_factor" in _help("train", capsys, "--help_all")
+
+
+def _exit_2(argv: list[str], capsys) -> str:
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return err.strip()
+
+
+def test_misspelt_or_misplaced_flag_is_one_line(capsys) -> None:
+    err = _exit_2(["unlearn", "--config", "mnist_vit", "--unlearn_step", "3"], capsys)
+    assert err == "hf-iau unlearn: unknown option --unlearn_step; did you mean --unlearn_steps?"
+    err = _exit_2(["unlearn", "--num_train_epochs", "3"], capsys)
+    assert "--num_train_epochs does not act on `unlearn`" in err and "\n" not in err
+    err = _exit_2(["train", "--gr_alpah", "0.1"], capsys)
+    assert "did you mean --gr_alpha?" in err
+    assert "did you mean" in _exit_2(["train", "--num_train_epoch", "1"], capsys)  # no silent abbreviation
+    assert "unexpected argument" in _exit_2(["train", "stray"], capsys)
+
+
+@pytest.mark.parametrize("command", ["train", "unlearn", "evaluate", "demo"])
+def test_bundled_recipe_names_resolve_in_every_command(command: str) -> None:
+    from hf_iau.cli import parse_args
+
+    data, model, _, args = parse_args(command, ["--config", "fictitious_authors_llama"])
+    assert data.dataset_name == "fictitious_authors" and args.gr_alpha == 0.005
+    _, model, _, args = parse_args(command, ["--config", "fictitious_authors_llama", "--quick"])
+    assert model.model_config["num_hidden_layers"] == 2 and args.num_train_epochs == 10  # the quick: section
+
+
+def test_missing_recipe_lists_the_bundled_ones(capsys) -> None:
+    from hf_iau.cli import parse_args
+
+    with pytest.raises(SystemExit, match="Bundled recipes: .*fictitious_authors_llama.*mnist_vit"):
+        parse_args("unlearn", ["--config", "fictitious_author_llama"])
+    assert "bbc_minilm" in _exit_2(["train", "--config", "no/such/recipe.yaml"], capsys)
+
+
+def test_quick_needs_a_quick_section(tmp_path: Path, capsys) -> None:
+    cfg = _recipe(tmp_path, IMAGE, "noquick")
+    assert "needs a `quick:` section" in _exit_2(["train", "--config", cfg, "--quick"], capsys)
+
+
+def test_launched_without_gpu_is_detected(monkeypatch) -> None:
+    """Under accelerate launch / torchrun on CPU, accelerate needs cpu=True, else each process is rank 0 of 1
+    (tests/test_cli_launch.py runs the launcher itself; IAUConfig cannot be built here: it would join a group)."""
+    import torch
+
+    from hf_iau.cli.arguments import launched_without_accelerator
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    if hasattr(torch, "accelerator"):
+        monkeypatch.setattr(torch.accelerator, "is_available", lambda: False)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert launched_without_accelerator()
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert not launched_without_accelerator()
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    if hasattr(torch, "accelerator"):
+        monkeypatch.setattr(torch.accelerator, "is_available", lambda: True)
+    assert not launched_without_accelerator()
+
+
+def test_verdict_line() -> None:
+    from hf_iau.cli.printing import verdict
+
+    rows = {"original": {"forget_accuracy": 1.0, "test_accuracy": 0.9, "mia_loss_auc": 0.8},
+            "unlearned": {"forget_accuracy": 0.2, "test_accuracy": 0.85, "mia_loss_auc": 0.55, "forget_quality": 0.3},
+            "retrained": {"forget_accuracy": 0.0, "test_accuracy": 0.88, "mia_loss_auc": 0.5, "forget_quality": 1.0}}
+    text = verdict(rows, {"unlearned": 2.0, "retrained": 40.0})
+    assert "80% of the way from the original to the retrained model" in text
+    assert "forget quality 0.300" in text and "indistinguishable" in text
+    assert "-0.030 vs retrained" in text and "MIA AUC forget vs test 0.550" in text
+    assert "5.00% of retraining" in text and "20× faster" in text
+
+
+def test_train_tokenizer_is_public_and_deterministic() -> None:
+    from hf_iau.cli import train_tokenizer as cli_helper
+    from hf_iau.tokenization import train_tokenizer
+
+    assert cli_helper is train_tokenizer
+    texts = ["the cat sat on the mat", "the dog sat on the log", "a cat and a dog"] * 5
+    a, b = train_tokenizer(texts, 300), train_tokenizer(texts, 300)
+    assert a.get_vocab() == b.get_vocab() and len(a) <= 300
+    assert a.eos_token == a.pad_token == a.bos_token == "<|endoftext|>" and a.eos_token_id == 0
+    ids = a("the cat sat on a log ünïcode")["input_ids"]
+    assert a.decode(ids) == "the cat sat on a log ünïcode"  # byte-level: nothing is out of vocabulary
+    assert len(a("the cat sat")["input_ids"]) < len("the cat sat")  # merges learned
+    with pytest.raises(ValueError, match="vocab_size"):
+        train_tokenizer(texts, 0)

@@ -60,3 +60,39 @@ def test_accelerate_config_loads(path: Path) -> None:
     cfg = ClusterConfig.from_yaml_file(str(path))
     assert cfg.num_processes == raw["num_processes"] >= 1
     assert str(cfg.distributed_type).split(".")[-1] == raw["distributed_type"]
+
+
+def _offline(recipe: dict) -> bool:
+    from hf_iau.offline_data import OFFLINE_DATASETS
+
+    model = recipe.get("model_name_or_path")
+    return recipe["dataset_name"] in OFFLINE_DATASETS and (model is None or model.startswith("offline:"))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_recipe_trains_with_gradient_restriction(name: str) -> None:
+    """Every recipe promises IAU with GR (the README): gr_alpha must be set (absent = trained without GR)."""
+    assert load_recipe(RECIPES / name / "config.yaml").get("gr_alpha", 0) > 0
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_offline_recipes_have_a_quick_size(name: str) -> None:
+    path = RECIPES / name / "config.yaml"
+    full, quick = load_recipe(path), load_recipe(path, quick=True) if "quick:" in path.read_text() else None
+    if not _offline(full):
+        return
+    assert quick is not None and quick != full, f"{name}: an offline recipe needs a `quick:` section"
+    assert "quick" not in quick and "quick" not in full
+    _, _, _, args = parse_args("train", ["--config", name, "--quick"])
+    assert args.num_train_epochs == quick["num_train_epochs"] <= full["num_train_epochs"]
+
+
+@pytest.mark.parametrize("name", ["tofu_llama_lora", "cifar10_resnet18"])
+def test_hub_recipes_say_they_need_the_hub(name: str) -> None:
+    from hf_iau.cli import DataArguments, load_raw
+
+    recipe = load_recipe(RECIPES / name / "config.yaml")
+    assert not _offline(recipe)
+    keys = {k: v for k, v in recipe.items() if k in DataArguments.__dataclass_fields__}
+    with pytest.raises(SystemExit, match="needs the Hugging Face Hub.*Offline recipes: mnist_resnet"):
+        load_raw(DataArguments(**keys), seed=0)

@@ -58,7 +58,9 @@ def test_wheel_ships_recipes_and_runs_the_demo(tmp_path: Path) -> None:
     hf_iau = str(site / "bin" / "hf-iau")
     out = _run([hf_iau, "demo", "--help"], elsewhere, env).stdout
     assert "--validation_size" in out and "--fsdp2_shard" in out
-    demo = _run([hf_iau, "demo", "--output_dir", "out", "--max_train_samples", "64", "--max_test_samples", "48",
+    # a bundled recipe by name, its quick: section, then flags that override both
+    demo = _run([hf_iau, "demo", "--config", "mnist_resnet", "--quick", "--output_dir", "out",
+                 "--max_train_samples", "64", "--max_test_samples", "48",
                  "--validation_size", "48", "--num_train_epochs", "1", "--forget", "n:6", "--disable_tqdm", "true"],
                 elsewhere, env).stdout
     assert "[4/4]" in demo and "validation 48 (reference, stopping), test 48 (grading only)" in demo

@@ -6,9 +6,12 @@
     hf-iau demo                                              # all of the above on mnist_resnet, offline
     hf-iau ledger verify <model_dir>                         # check a deletion ledger (hf_iau.ledger)
 
-Modules: ``arguments`` (dataclasses, recipe YAML, bundled recipes), ``data`` (train / validation /
-test splits, forget rows, preprocessing), ``models`` (build, load), ``commands`` (the steps and
-sub-commands), ``printing`` (usage, summary table). Works under ``accelerate launch`` / ``torchrun``.
+``--config`` takes a recipe file or a bundled recipe name (``--config mnist_vit``); ``--quick`` applies
+the recipe's ``quick:`` section. Modules: ``arguments`` (dataclasses, recipe YAML, bundled recipes),
+``options`` (which options each command takes, grouped help), ``data`` (train / validation / test
+splits, forget rows, preprocessing), ``models`` (build, load), ``commands`` (the steps and
+sub-commands), ``printing`` (usage, summary table, verdict). Works under ``accelerate launch`` /
+``torchrun``: every process runs the command, the work is split, the main process writes and prints.
 """
 
 from __future__ import annotations
@@ -29,7 +32,8 @@ from .arguments import (
     recipe_path,
 )
 from .commands import cmd_demo, cmd_evaluate, cmd_ledger, cmd_train, cmd_unlearn, evaluate_models, setup
-from .data import Prepared, check_splits, load_raw, prepare_data, resolve_forget_ids, train_tokenizer
+from ..tokenization import train_tokenizer
+from .data import Prepared, check_splits, load_raw, prepare_data, resolve_forget_ids
 from .printing import summary_table, usage
 
 

@@ -11,7 +11,7 @@ from typing import Any, Sequence
 from .arguments import DataArguments, ModelArguments, RunArguments
 from .data import Prepared, prepare_data
 from .models import build_model, load_tokenizer, load_trained, peft_config_of
-from .printing import print_summary, report_rows, summary_table
+from .printing import print_summary, report_rows, stage, summary_table, train_loss_line, verdict
 
 RUN_FILE = "hf_iau_run.json"
 
@@ -64,9 +64,12 @@ def step_train(model_args: ModelArguments, args, prep: Prepared, dataset, out_di
     start = time.perf_counter()
     out = trainer.train()
     wall = time.perf_counter() - start
-    trainer.save_model(out_dir)
+    trainer.save_model(out_dir)  # every process calls it: the main one writes, the others wait
+    logged = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     info = {
         "kind": kind, "train_wall_time_s": wall, "train_rows": len(dataset), "train_loss": out.training_loss,
+        "final_train_loss": logged[-1] if logged else None, "global_steps": trainer.state.global_step,
+        "processes": args.world_size,
         "gr_alpha": args.gr_alpha, "params": sum(p.numel() for p in trainer.model.parameters()),
         "trainable_params": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
     }
@@ -86,9 +89,9 @@ def step_unlearn(model_args: ModelArguments, run: RunArguments, args, prep: Prep
         from ..methods import run_method
 
         result = run_method(run.method, trainer, prep.forget, prep.retain)
-    trainer.save_model(out_dir)
+    trainer.save_model(out_dir)  # every process calls it: the main one writes, the others wait
     info = {
-        "kind": "unlearned", "method": run.method, "unlearn_wall_time_s": result.metrics.get("wall_time_s"),
+        "kind": "unlearned", "method": run.method, "processes": args.world_size, "unlearn_wall_time_s": result.metrics.get("wall_time_s"),
         "forget_fingerprint": result.forget_fingerprint, "forget_rows": len(prep.forget),
         "retain_rows": len(prep.retain), "validation_rows": len(prep.validation), "metrics": result.metrics,
     }
@@ -135,7 +138,8 @@ def _finish_report(models, prep, run, args, paths, times, title: str, extra: Seq
         return None
     report = evaluate_models(models, prep, run.eval_batch_size, args.seed)
     report.save(paths["report"])
-    body = [_split_line(prep), "", summary_table(report_rows(report), times), "", *extra,
+    rows = report_rows(report)
+    body = [_split_line(prep), "", summary_table(rows, times), "", verdict(rows, times), "", *extra,
             f"report     {paths['report']} (report.json, report.md, report.png)"]
     print_summary(title, body)
     return report
@@ -162,7 +166,8 @@ def cmd_train(data: DataArguments, model: ModelArguments, run: RunArguments, arg
             f"hf-iau train ({run.train_on})",
             [f"model      {info['params']:,} params ({info['trainable_params']:,} trainable), task {prep.task}",
              f"data       {len(dataset)} training rows, validation {len(prep.validation)}, test {len(prep.test)}; GR alpha {args.gr_alpha}",
-             f"time       {info['train_wall_time_s']:.1f} s, final train loss {info['train_loss']:.4f}",
+             f"time       {info['train_wall_time_s']:.1f} s, {info['global_steps']} steps on {info['processes']} process(es)",
+             train_loss_line(info["final_train_loss"], info["train_loss"]),
              f"saved      {target}"],
         )
     return 0
@@ -196,13 +201,19 @@ def cmd_evaluate(data: DataArguments, model: ModelArguments, run: RunArguments, 
     if not os.path.isdir(paths["unlearned"]):
         raise SystemExit(f"hf-iau: no unlearned model at {paths['unlearned']}; run `hf-iau unlearn` first (or pass --unlearned_model).")
     tok = load_tokenizer(paths["original"], args) if not _is_image(data, model) else None
+    stage(args, "[1/3] preparing the data splits")
     prep = prepare_data(data, model, args, tokenizer=tok)
     if not os.path.isdir(paths["retrained"]):
         if not run.retrain_if_missing:
             raise SystemExit(f"hf-iau: no retrained model at {paths['retrained']}; run `hf-iau train --train_on retain`.")
+        stage(args, f"[2/3] no retrained model: retraining the gold model on the {len(prep.retain)} retained rows -> {paths['retrained']}")
         step_train(model, args, prep, prep.retain, paths["retrained"], "retrained")
+    else:
+        stage(args, f"[2/3] retrained model: {paths['retrained']}")
     models = {name: load_trained(paths[name], model, prep, args, trainable=False)
               for name in ("original", "unlearned", "retrained") if os.path.isdir(paths[name])}
+    stage(args, f"[3/3] evaluating {', '.join(models)} on forget {len(prep.forget)}, retain {len(prep.retain)} "
+                f"and test {len(prep.test)} rows (losses, accuracy, membership inference)")
     times = {"unlearned": _read_run(paths["unlearned"]).get("unlearn_wall_time_s"),
              "retrained": _read_run(paths["retrained"]).get("train_wall_time_s")}
     _finish_report(models, prep, run, args, paths, times, "hf-iau evaluate")

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any, Sequence
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from ..tokenization import train_tokenizer
 from .arguments import DataArguments, ModelArguments
 
 
@@ -75,7 +77,10 @@ def load_raw(data: DataArguments, seed: int):
         train, validation, test = split["train"], split["validation"], split["test"]
     else:
         def load(split_name: str):
-            return load_dataset(data.dataset_name, data.dataset_config, split=split_name)
+            try:
+                return load_dataset(data.dataset_name, data.dataset_config, split=split_name)
+            except ConnectionError as err:
+                raise SystemExit(needs_hub("dataset", data.dataset_name, err)) from err
 
         train = _with_ids(load(data.train_split), data.id_source)
         n = len(train)
@@ -100,6 +105,14 @@ def load_raw(data: DataArguments, seed: int):
         test = test.select(range(min(data.max_test_samples, len(test))))
     check_splits(train, validation, test, data.text_column)
     return train, validation, test
+
+
+def needs_hub(what: str, name: str, err: BaseException) -> str:
+    """The error text of a Hub dataset/model that cannot be fetched (offline, or the Hub unreachable)."""
+    return (f"hf-iau: this recipe needs the Hugging Face Hub: the {what} {name!r} is neither cached nor reachable "
+            f"({type(err).__name__}: {str(err).splitlines()[0]}). Run it once where the Hub is reachable (it is then "
+            f"cached), or download it and pass the local folder (--{'dataset_name' if what == 'dataset' else 'model_name_or_path'}). "
+            "Offline recipes: mnist_resnet, mnist_vit, bbc_minilm, wiki_gpt2_canary, fictitious_authors_llama.")
 
 
 def check_splits(train, validation, test, text_column: str = "text") -> None:
@@ -233,23 +246,6 @@ def _texts(ds, data: DataArguments) -> list[str]:
     return list(ds[data.text_column])
 
 
-def train_tokenizer(texts: Sequence[str], vocab_size: int):
-    """A byte-level BPE ``PreTrainedTokenizerFast`` trained on ``texts`` (``<|endoftext|>`` = bos/eos/pad)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    special = "<|endoftext|>"
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=[special], initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(list(texts), trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=special, eos_token=special, pad_token=special)
-
-
 def _tokenize(ds, data: DataArguments, tokenizer, task: str):
     keep = {"id", data.label_column}
     if task == "sequence-classification":
@@ -331,10 +327,13 @@ def prepare_data(data: DataArguments, model: ModelArguments, args, tokenizer=Non
     else:
         if tokenizer is None:
             if model.tokenizer_name_or_path or (model.model_name_or_path and not model.tokenizer_vocab_size):
-                tokenizer = AutoTokenizer.from_pretrained(
-                    resolve_model_path(model.tokenizer_name_or_path or model.model_name_or_path),
-                    trust_remote_code=args.trust_remote_code,
-                )
+                name = resolve_model_path(model.tokenizer_name_or_path or model.model_name_or_path)
+                try:
+                    tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=args.trust_remote_code)
+                except OSError as err:
+                    if Path(name).exists():
+                        raise
+                    raise SystemExit(needs_hub("tokenizer", name, err)) from err
             elif model.tokenizer_vocab_size:
                 tokenizer = train_tokenizer(_texts(train, data), model.tokenizer_vocab_size)
             else:

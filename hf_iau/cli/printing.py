@@ -7,7 +7,8 @@ from typing import Any, Sequence
 
 TABLE_COLUMNS = (
     ("forget acc", "forget_accuracy"), ("retain acc", "retain_accuracy"), ("test acc", "test_accuracy"),
-    ("forget loss", "forget_loss"), ("MIA AUC", "mia_loss_auc"), ("gap→retrain", "gap_to_retrain"),
+    ("forget loss", "forget_loss"), ("forget qual.", "forget_quality"), ("MIA AUC", "mia_loss_auc"),
+    ("gap→retrain", "gap_to_retrain"),
 )
 MODEL_ORDER = ("original", "unlearned", "retrained")
 
@@ -22,7 +23,8 @@ def usage() -> str:
         "  demo      train -> unlearn -> retrain -> evaluate on the mnist_resnet recipe, offline\n"
         "  ledger    `ledger verify <dir>`: check a deletion ledger\n\n"
         "Data roles: train (forget ⊂ train), validation (the unlearning reference and stopping), test (grading only).\n"
-        "`hf-iau <command> --help` lists every argument (data, model, run and IAUConfig fields)."
+        "--config takes a recipe YAML or a bundled recipe name (e.g. mnist_vit); --quick uses its small sizes.\n"
+        "`hf-iau <command> --help` lists that command's options by group (--help_all: every Trainer option)."
     )
 
 
@@ -73,3 +75,48 @@ def print_summary(title: str, body: Sequence[str]) -> None:
     for line in body:
         print(line)
     print("=" * width, flush=True)
+
+
+def stage(args, text: str) -> None:
+    """A progress line of a command, printed by the main process only."""
+    if getattr(args, "process_index", 0) == 0:
+        print(text, flush=True)
+
+
+def train_loss_line(final: float | None, mean: float) -> str:
+    """The train summary's loss line: the last logged loss (``logging_steps``) and the mean over training."""
+    if final is None:
+        return f"loss       mean over training {mean:.4f} (no loss was logged: fewer steps than logging_steps)"
+    return f"loss       final train loss {final:.4f} (last logged step; mean over training {mean:.4f})"
+
+
+def _toward_retrain(u: float | None, o: float | None, r: float | None) -> str:
+    if u is None or o is None or r is None or abs(o - r) < 1e-12:
+        return ""
+    return f", {100 * (o - u) / (o - r):.0f}% of the way from the original to the retrained model"
+
+
+def verdict(rows: dict[str, dict[str, float]], times: dict[str, float | None]) -> str:
+    """One line each on forgetting, utility, privacy and cost of the unlearned model, against the retrained one."""
+    u, o, r = rows.get("unlearned", {}), rows.get("original", {}), rows.get("retrained", {})
+    key = "forget_accuracy" if "forget_accuracy" in u else "forget_loss"
+    name = key.replace("_", " ")
+    lines = ["verdict"]
+    if key in u:
+        text = f"  forgetting  {name} {fmt(u[key])} (original {fmt(o.get(key))}, retrained {fmt(r.get(key))})"
+        lines.append(text + _toward_retrain(u[key], o.get(key), r.get(key)))
+    if "forget_quality" in u:
+        fq = u["forget_quality"]
+        tell = "indistinguishable from the retrained model" if fq >= 0.05 else "distinguishable from the retrained model"
+        lines.append(f"  forget quality {fmt(fq)} (KS p-value vs the retrained model; ≥ 0.05: {tell})")
+    util = "test_accuracy" if "test_accuracy" in u else "test_loss"
+    if util in u:
+        delta = f", {u[util] - r[util]:+.3f} vs retrained" if util in r else ""
+        lines.append(f"  utility     {util.replace('_', ' ')} {fmt(u[util])} (retrained {fmt(r.get(util))}{delta})")
+    if "mia_loss_auc" in u:
+        lines.append(f"  privacy     MIA AUC forget vs test {fmt(u['mia_loss_auc'])} (retrained {fmt(r.get('mia_loss_auc'))}; "
+                     "0.5: the forget rows look unseen)")
+    t, rt = times.get("unlearned"), times.get("retrained")
+    if t is not None and rt:
+        lines.append(f"  cost        {t:.2f} s = {100 * t / rt:.2f}% of retraining ({rt:.2f} s), {rt / t:.0f}× faster")
+    return "\n".join(lines)
