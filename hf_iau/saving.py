@@ -29,14 +29,16 @@ def save_model(trainer: Any, output_dir: str, internal: bool, base_save: Callabl
     if not internal and not trainer.is_fsdp_enabled and is_sharded(trainer.model):
         save_sharded(trainer, output_dir)
         return
-    if internal or trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled or args.world_size > 1:
+    if internal or trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled:
         base_save(output_dir, internal)
         if args.should_save and not internal:
             trainer._write_unlearning_artifacts(output_dir)
         return
-    with atomic_directory(output_dir) as tmp:
-        base_save(str(tmp), True)  # internal: no push from the temporary folder
-        trainer._write_unlearning_artifacts(str(tmp))
+    if args.should_save:  # one writer; under DDP every process holds the same full weights
+        with atomic_directory(output_dir) as tmp:
+            base_save(str(tmp), True)  # internal: no push from the temporary folder
+            trainer._write_unlearning_artifacts(str(tmp))
+    trainer.accelerator.wait_for_everyone()  # the others return once the folder is complete
     if args.push_to_hub:
         trainer.push_to_hub(commit_message="Model save", revision=args.hub_revision)
 

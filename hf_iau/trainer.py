@@ -277,7 +277,8 @@ class IAUTrainer(Trainer):
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         """Trainer's save, with the arguments as JSON instead of the pickled ``training_args.bin``."""
         super()._save(output_dir, state_dict)
-        saving.args_as_json(self.args, output_dir or self.args.output_dir)
+        if self.args.should_save:  # Trainer._save writes nothing on the other processes; neither do we
+            saving.args_as_json(self.args, output_dir or self.args.output_dir)
 
     def _write_unlearning_artifacts(self, output_dir: str) -> None:
         """Model card and deletion ledger for the unlearning requests (filled in by hf_iau.hub)."""

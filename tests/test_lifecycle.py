@@ -176,3 +176,15 @@ def test_curvature_paid_at_training_time_is_saved_reused_and_refused_when_stale(
     with pytest.warns(UserWarning, match="changed after it was saved"):
         stale = IAUTrainer(str(tmp_path / "b"), args=parity_args(tmp_path / "d"))
     assert stale.curvature is None
+
+
+def test_a_process_that_does_not_save_writes_nothing(tmp_path, monkeypatch):
+    """Under DDP only the main process writes (before, every process wrote training_args.json, and a process whose
+    folder did not exist yet died with FileNotFoundError — the README's accelerate launch lost the model)."""
+    from transformers import TrainingArguments
+
+    trainer = IAUTrainer(tiny_bert(), args=parity_args(tmp_path / "out"), data_collator=default_data_collator)
+    monkeypatch.setattr(TrainingArguments, "should_save", property(lambda self: False))
+    trainer._save(str(tmp_path / "not-created"))
+    trainer.save_model(str(tmp_path / "also-not"))
+    assert not (tmp_path / "not-created").exists() and not (tmp_path / "also-not").exists()
