@@ -243,13 +243,13 @@ def check_same_rows(forget: Dataset, train_rows: Dataset, id_column: str) -> Non
         )
 
 
-HELD_OUT_OVERLAP = 0.05  # share of held-out rows found in train/forget above which held-out data is refused
+HELD_OUT_OVERLAP = 0.10  # share of held-out rows found in train/forget from which held-out data is refused
 
 
 def check_held_out(held_out: Dataset, train: Dataset | None, forget: Dataset, id_column: str) -> None:
     """Held-out ("never seen") data must not be training data: rows are compared by content on their common
     columns other than ``id_column`` (splits often number their ids independently). Refused when at least
-    ``HELD_OUT_OVERLAP`` of the held-out rows (and at least 2) are train or forget rows; a few
+    ``HELD_OUT_OVERLAP`` of the held-out rows (and at least 3) are train or forget rows; a few
     duplicates (common in real data) only warn."""
     import warnings
 
@@ -259,7 +259,7 @@ def check_held_out(held_out: Dataset, train: Dataset | None, forget: Dataset, id
         cols = sorted((set(held_out.column_names) & set(other.column_names)) - {id_column})
         seen = set(_content(other, cols))
         shared = sum(1 for h in _content(held_out, cols) if h in seen)
-        if shared >= max(2.0, HELD_OUT_OVERLAP * len(held_out)):
+        if shared >= max(3.0, HELD_OUT_OVERLAP * len(held_out)):
             raise ValueError(
                 f"the held-out data (`eval_dataset` / `held_out_dataset`) shares {shared} of its {len(held_out)} rows "
                 f"with {name}: it stands for never-seen data, so the targets and the stopping rule would be wrong. "

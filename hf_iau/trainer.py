@@ -198,8 +198,10 @@ class IAUTrainer(Trainer):
             warnings.warn("unlearn(reference_dataset=) is deprecated; use held_out_dataset=.", FutureWarning, stacklevel=2)
             held_out_dataset = held_out_dataset if held_out_dataset is not None else reference_dataset
         fn = get_method(method)
-        if held_out_dataset is not None or method == "iau":
+        if method == "iau":
             options["held_out_dataset"] = held_out_dataset
+        elif held_out_dataset is not None:
+            raise ValueError(f"method {method!r} takes no held-out data (IAU's targets use it); drop held_out_dataset=.")
         if allow_noop:
             options["allow_noop"] = True
         return fn(self, forget_dataset, retain_dataset, budget=budget, **options)

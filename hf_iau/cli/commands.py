@@ -77,18 +77,19 @@ def step_train(model_args: ModelArguments, args, prep: Prepared, dataset, out_di
     return {"trainer": trainer, **info}
 
 
-def step_unlearn(model_args: ModelArguments, run: RunArguments, args, prep: Prepared, model, out_dir: str) -> dict[str, Any]:
-    """Unlearn ``prep.forget`` from ``model`` (in place) and save it to ``out_dir``.
+def step_unlearn(model_args: ModelArguments, run: RunArguments, args, prep: Prepared, model, out_dir: str,
+                 parent: str | None = None) -> dict[str, Any]:
+    """Unlearn ``prep.forget`` from ``model`` (in place) and save it to ``out_dir``; ``parent``: the folder the model
+    was saved in (its card and ledger record where the weights came from and how they were trained).
 
-    The reference ("never seen") data is the validation split; the test split is not touched.
+    IAU's held-out ("never seen") data is the validation split; the test split is not touched.
     """
     trainer = _trainer(model, args, prep, train_dataset=prep.train)
-    if run.method == "iau":
-        result = trainer.unlearn(prep.forget, retain_dataset=prep.retain, reference_dataset=prep.validation)
-    else:
-        from ..methods import run_method
-
-        result = run_method(run.method, trainer, prep.forget, prep.retain)
+    trainer.dataset_name = prep.dataset_name
+    if parent is not None:
+        trainer.parent_checkpoint = parent
+    held_out = {"held_out_dataset": prep.validation} if run.method == "iau" else {}
+    result = trainer.unlearn(prep.forget, retain_dataset=prep.retain, method=run.method, **held_out)
     trainer.save_model(out_dir)  # every process calls it: the main one writes, the others wait
     info = {
         "kind": "unlearned", "method": run.method, "processes": args.world_size, "unlearn_wall_time_s": result.metrics.get("wall_time_s"),
@@ -136,10 +137,14 @@ def _split_line(prep: Prepared) -> str:
 def _finish_report(models, prep, run, args, paths, times, title: str, extra: Sequence[str] = ()) -> Any:
     if not _is_main(args):
         return None
+    from ..hub import update_card
+
     report = evaluate_models(models, prep, run.eval_batch_size, args.seed)
     report.save(paths["report"])
+    update_card(paths["unlearned"], report)  # the card now shows the comparison with the retrained model
     rows = report_rows(report)
-    body = [_split_line(prep), "", summary_table(rows, times), "", verdict(rows, times), "", *extra,
+    warnings = [f"warning    {w}" for w in report.info.get("warnings", [])]
+    body = [_split_line(prep), "", summary_table(rows, times), "", verdict(rows, times), "", *warnings, *extra,
             f"report     {paths['report']} (report.json, report.md, report.png)"]
     print_summary(title, body)
     return report
@@ -233,7 +238,7 @@ def cmd_demo(data: DataArguments, model: ModelArguments, run: RunArguments, args
     original_copy = copy.deepcopy(orig["trainer"].model)
     if _is_main(args):
         print(f"[2/4] deletion request: unlearning {len(prep.forget)} rows with {run.method} (reference: validation split)", flush=True)
-    unl = step_unlearn(model, run, args, prep, orig["trainer"].model, paths["unlearned"])
+    unl = step_unlearn(model, run, args, prep, orig["trainer"].model, paths["unlearned"], parent=paths["original"])
     if _is_main(args):
         print(f"[3/4] retraining the gold model on the {len(prep.retain)} retained rows", flush=True)
     ret = step_train(model, args, prep, prep.retain, paths["retrained"], "retrained")

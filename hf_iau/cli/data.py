@@ -31,6 +31,7 @@ class Prepared:
     label_names: list[str] | None
     tokenizer: Any
     collator: Any
+    dataset_name: str | None = None  # named in the unlearned model's card (`datasets:`)
 
 
 def _size(x: float) -> float | int:
@@ -305,7 +306,7 @@ def prepare_data(data: DataArguments, model: ModelArguments, args, tokenizer=Non
 
     from ..collators import CausalLMCollator
     from ..data import forget_retain_split
-    from .models import resolve_model_path
+    from .fields import resolve_model_path
 
     seed = args.seed
     train, validation, test = load_raw(data, seed)
@@ -347,4 +348,5 @@ def prepare_data(data: DataArguments, model: ModelArguments, args, tokenizer=Non
             collator = DataCollatorWithPadding(tokenizer)
     train, validation, test = splits
     split = forget_retain_split(train, forget_ids, id_column="id", seed=seed)
-    return Prepared(task, train, validation, test, split["forget"], split["retain"], num_labels, names, tokenizer, collator)
+    return Prepared(task, train, validation, test, split["forget"], split["retain"], num_labels, names, tokenizer, collator,
+                    data.dataset_name)

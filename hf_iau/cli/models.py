@@ -7,17 +7,7 @@ from typing import Any
 
 from .arguments import ModelArguments
 from .data import Prepared
-
-
-def resolve_model_path(name: str | None) -> str | None:
-    """``offline:all-MiniLM-L6-v2`` -> the wheel's local folder; any other name unchanged."""
-    if name and name.startswith("offline:"):
-        from ..offline_data import minilm_path
-
-        if name.split(":", 1)[1].lower() not in ("all-minilm-l6-v2", "minilm"):
-            raise SystemExit(f"hf-iau: unknown offline model {name!r}; available: offline:all-MiniLM-L6-v2")
-        return minilm_path()
-    return name
+from .fields import resolve_model_path
 
 
 def auto_class(task: str):

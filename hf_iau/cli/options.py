@@ -62,7 +62,7 @@ def groups(command: str, show_all: bool = False) -> list[tuple[str, list[Field]]
     from transformers import TrainingArguments
 
     from ..config import IAUConfig
-    from .arguments import DataArguments, ModelArguments, RunArguments
+    from .fields import DataArguments, ModelArguments, RunArguments
 
     trainer_names = {f.name for f in fields(TrainingArguments)}
     iau = [f for f in fields(IAUConfig) if f.name not in trainer_names]
