@@ -23,7 +23,7 @@ IMAGE = {
         "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 32,
     },
     "num_train_epochs": 2, "per_device_train_batch_size": 16, "learning_rate": 0.003,
-    "unlearn_steps": 3, "forget_saturation": "flip", "unlearn_stop": "auto", **COMMON,
+    "unlearn_steps": 3, "unlearn_targets": "none", "unlearn_stop": "fixed", **COMMON,  # 2 epochs fit nothing to flip
 }
 TEXT_LORA = {
     "dataset_name": "lee_text", "dataset_kwargs": {"canaries": 2, "canary_repeats": 2, "seed": 0},
@@ -32,6 +32,7 @@ TEXT_LORA = {
     "model_config": {"model_type": "gpt2", "n_positions": 32, "n_embd": 16, "n_layer": 1, "n_head": 2},
     "use_peft": True, "lora_r": 2, "lora_alpha": 4, "lora_target_modules": ["c_attn"],
     "num_train_epochs": 1, "per_device_train_batch_size": 32, "learning_rate": 0.003, **COMMON,
+    "allow_noop": True,  # one epoch: the canaries sit at their targets already, nothing to remove (recorded anyway)
 }
 
 

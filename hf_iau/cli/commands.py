@@ -89,7 +89,8 @@ def step_unlearn(model_args: ModelArguments, run: RunArguments, args, prep: Prep
     if parent is not None:
         trainer.parent_checkpoint = parent
     held_out = {"held_out_dataset": prep.validation} if run.method == "iau" else {}
-    result = trainer.unlearn(prep.forget, retain_dataset=prep.retain, method=run.method, **held_out)
+    result = trainer.unlearn(prep.forget, retain_dataset=prep.retain, method=run.method, allow_noop=run.allow_noop,
+                             **held_out)
     trainer.save_model(out_dir)  # every process calls it: the main one writes, the others wait
     info = {
         "kind": "unlearned", "method": run.method, "processes": args.world_size, "unlearn_wall_time_s": result.metrics.get("wall_time_s"),

@@ -111,6 +111,11 @@ class RunArguments:
         default="full", metadata={"help": "`train`: 'full' (the original) or 'retain' (the gold model).", "choices": list(TRAIN_ON)}
     )
     method: str = field(default="iau", metadata={"help": "`unlearn`: 'iau' or a baseline of hf_iau.methods."})
+    allow_noop: bool = field(
+        default=False,
+        metadata={"help": "`unlearn`: record the deletion even when the update changes nothing (by default such a "
+                  "request is an error and nothing is recorded)."},
+    )
     retrain_if_missing: bool = field(default=True, metadata={"help": "`evaluate`: retrain the gold model when it is missing."})
     eval_batch_size: int = field(default=256, metadata={"help": "Batch size of the report's forward passes."})
     fsdp2_shard: bool = field(

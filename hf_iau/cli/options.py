@@ -32,7 +32,7 @@ COMMON_TRAINER = (
 )
 RUN_FOR = {  # RunArguments fields by the command that reads them
     "train": {"original_model", "retrained_model", "train_on"},
-    "unlearn": {"original_model", "unlearned_model", "method", "fsdp2_shard"},
+    "unlearn": {"original_model", "unlearned_model", "method", "allow_noop", "fsdp2_shard"},
     "evaluate": {"original_model", "unlearned_model", "retrained_model", "report_dir", "retrain_if_missing", "eval_batch_size"},
 }
 TITLES = {
