@@ -533,10 +533,12 @@ def qa_lm(seed: int, quick: bool, out: str) -> Scenario:
     train = enc_qa(qa[:n_people]).add_column("id", list(range(n_people)))
     forget = train.select(sorted(f_people))
     retain = train.select([i for i in range(n_people) if i not in f_people])
-    # invented names can repeat: a "held-out" pair identical to a training pair is not held out (the library refuses
-    # such held-out data), so validation keeps only pairs that occur nowhere in train (the test split is unchanged)
-    seen = set(qa[:n_people])
-    validation = enc_qa([pair for pair in qa[n_people : n_people + 40] if pair not in seen])
+    # names outside the tokenizer's vocabulary encode alike: a "held-out" row whose tokens equal a training row's is
+    # not held out (the library refuses such held-out data), so validation keeps only rows whose tokens occur nowhere
+    # in train (the test split is unchanged)
+    seen = {tuple(x) for x in train["input_ids"]}
+    validation = enc_qa(qa[n_people : n_people + 40])
+    validation = validation.select([i for i, x in enumerate(validation["input_ids"]) if tuple(x) not in seen])
     test = enc_qa(qa[n_people + 40 :])
     init = _tiny_gpt2(tok, max_len)
     epochs = 30

@@ -399,3 +399,20 @@ def test_tofu_nine_part_model_utility_and_reduced_label():
     lc, lw = rng.uniform(0.2, 3, 7), rng.uniform(0.2, 3, (7, 3))
     want = np.exp(-lc) / (np.exp(-lc) + np.exp(-lw).sum(1) + 1e-10)
     np.testing.assert_allclose(option_probability(lc, lw), want, atol=1e-6)
+
+
+def test_greedy_continuations_stop_at_the_models_last_position():
+    """TOFU's 200 new tokens on a model with 16 learned positions: it generates up to its last position (before, an
+    IndexError in the position embedding stopped the whole report)."""
+    from tiny import tiny_gpt2, word_tokenizer
+
+    from hf_iau.metrics.llm import greedy_continuations
+
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    tok = word_tokenizer()
+    base = tiny_gpt2().config.to_dict()
+    model = GPT2LMHeadModel(GPT2Config(**{**base, "n_positions": 16, "eos_token_id": None}))  # never stops early
+    out = greedy_continuations(model, tok, [[5, 6, 7, 8, 9, 10, 11, 12, 13, 14]], max_new_tokens=200)
+    assert len(out) == 1 and 0 < len(tok(out[0])["input_ids"]) <= 6
+    assert greedy_continuations(model, tok, [list(range(4, 20))], max_new_tokens=200) == [""]  # no room left

@@ -322,8 +322,10 @@ def greedy_continuations(
     at the first EOS, decoded without special tokens, stripped.
 
     Prompts of equal length are batched together, so no padding enters the model (results do not
-    depend on ``batch_size``).
+    depend on ``batch_size``). A model with fewer positions than prompt + ``max_new_tokens`` generates up to
+    its last position (a small model cannot write TOFU's 200 tokens).
     """
+    limit = _max_positions(model)
     eos = tokenizer.eos_token_id
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
     device = next(model.parameters()).device
@@ -337,10 +339,12 @@ def greedy_continuations(
         for length, idx in sorted(by_len.items()):
             for start in range(0, len(idx), batch_size):
                 chunk = idx[start : start + batch_size]
+                new = max_new_tokens if limit is None else min(max_new_tokens, limit - length)
+                if new <= 0:
+                    continue
                 ids = torch.tensor([list(prompts[i]) for i in chunk], device=device)
                 gen = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
-                                     max_new_tokens=max_new_tokens, eos_token_id=eos, pad_token_id=pad,
-                                     num_beams=1)
+                                     max_new_tokens=new, eos_token_id=eos, pad_token_id=pad, num_beams=1)
                 for i, row in zip(chunk, gen[:, length:].tolist()):
                     if eos is not None and eos in row:
                         row = row[: row.index(eos)]
@@ -348,6 +352,16 @@ def greedy_continuations(
     finally:
         model.train(was_training)
     return answers
+
+
+def _max_positions(model: torch.nn.Module) -> int | None:
+    """The number of positions a model with learned position embeddings can read (None: no fixed limit)."""
+    config = getattr(model, "config", None)
+    for name in ("n_positions", "max_position_embeddings"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and getattr(config, "model_type", "") in ("gpt2", "gpt_neo", "opt", "bert"):
+            return value
+    return None
 
 
 def greedy_answers(
