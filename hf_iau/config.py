@@ -136,11 +136,12 @@ class IAUConfig(TrainingArguments):
     unlearn_targets: Literal["counterfactual", "held_out_quantile", "flip", "none"] = field(
         default="counterfactual",
         metadata={
-            "help": "When a forget row counts as forgotten (it then leaves the ascent): 'counterfactual' (default: "
-            "when its loss first reaches its own target, its estimated loss under the model retrained without the "
-            "forget set, hf_iau/counterfactual.py), 'held_out_quantile' (its rank-matched quantile of the held-out "
-            "losses), 'flip' (once it is no longer predicted correctly), 'none' (never: every row is pushed every "
-            "step, reference parity). The first two need held-out data (`eval_dataset` or `held_out_dataset=`)."
+            "help": "Which forget rows the ascent pushes at each step: 'counterfactual' (default: rows whose loss is "
+            "short of their own target, their estimated loss under the model retrained without the forget set, "
+            "hf_iau/counterfactual.py), 'held_out_quantile' (short of their rank-matched quantile of the held-out "
+            "losses), 'flip' (still predicted correctly), 'none' (every row, reference parity). A row within 1 "
+            "percent of its target counts as forgotten; one that falls back is pushed again. The first two need "
+            "held-out data (`eval_dataset` or `held_out_dataset=`)."
         },
     )
     unlearn_target_sample_size: int = field(
