@@ -47,10 +47,7 @@ class Engine:
                 "hf_iau.sharding.shard_per_block), or in one process."
             )
         if getattr(trainer, "is_fsdp_enabled", False) and not is_sharded(trainer.model):
-            raise ValueError(
-                "unlearning under FSDP needs FSDP2 (DTensor parameters): set `fsdp_version: 2` in the accelerate "
-                "config (or `fsdp_config={'version': 2}`), or shard with hf_iau.sharding.shard_per_block."
-            )
+            raise ValueError(_fsdp_refusal(trainer))
         from accelerate.state import AcceleratorState
 
         if not AcceleratorState._shared_state:  # reset by a later TrainingArguments (e.g. a nested trainer's)
@@ -282,6 +279,17 @@ class Engine:
         if self.sharded and self.on:
             local = self.sum([local])[0]
         return math.sqrt(local + replicated)
+
+
+def _fsdp_refusal(trainer: Any) -> str:
+    """Why an FSDP model without DTensor parameters cannot be unlearned, and the fix for the user's setting."""
+    plugin = getattr(getattr(trainer.accelerator, "state", None), "fsdp_plugin", None)
+    if getattr(plugin, "fsdp_version", 1) == 2:
+        return ("unlearning under FSDP2: the model is not sharded yet (accelerate shards it when `train()` prepares "
+                "it). Unlearn after `trainer.train()`, or shard the model before unlearning with "
+                "hf_iau.sharding.shard_per_block (then FSDP in the accelerate config is not needed).")
+    return ("unlearning under FSDP needs FSDP2 (DTensor parameters): set `fsdp_version: 2` in the accelerate config "
+            "(or `fsdp_config={'version': 2}`), or shard with hf_iau.sharding.shard_per_block.")
 
 
 def make_optimizer(name: str, params: Sequence[torch.nn.Parameter], lr: float) -> torch.optim.Optimizer:

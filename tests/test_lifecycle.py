@@ -188,3 +188,21 @@ def test_a_process_that_does_not_save_writes_nothing(tmp_path, monkeypatch):
     trainer._save(str(tmp_path / "not-created"))
     trainer.save_model(str(tmp_path / "also-not"))
     assert not (tmp_path / "not-created").exists() and not (tmp_path / "also-not").exists()
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_the_fsdp_refusal_names_the_fix_for_the_users_setting(tmp_path, monkeypatch, version):
+    """Before: with `fsdp_version: 2` already set, the refusal told the user to set `fsdp_version: 2`."""
+    from types import SimpleNamespace
+
+    from hf_iau.engine import Engine
+
+    trainer = IAUTrainer(tiny_bert(), args=parity_args(tmp_path), data_collator=default_data_collator)
+    monkeypatch.setattr(trainer, "is_fsdp_enabled", True)
+    monkeypatch.setattr(trainer.accelerator.state, "fsdp_plugin", SimpleNamespace(fsdp_version=version), raising=False)
+    with pytest.raises(ValueError) as err:
+        Engine(trainer)
+    if version == 2:
+        assert "not sharded yet" in str(err.value) and "set `fsdp_version: 2`" not in str(err.value)
+    else:
+        assert "set `fsdp_version: 2`" in str(err.value)
