@@ -323,11 +323,12 @@ class Request:
 
     def _warn_if_never_learned(self) -> None:
         held = self.held_out_loss
-        if held is not None and math.isfinite(held) and self.before_f.mean_loss >= held:
+        main = self.engine.accelerator.is_main_process
+        if main and held is not None and math.isfinite(held) and self.before_f.mean_loss >= held:
             warnings.warn(
-                f"the model never learned the forget set: its loss before unlearning ({self.before_f.mean_loss:.4g}) "
-                f"is not below the held-out loss ({held:.4g}), so there was little to remove — is this the trained "
-                "model?",
+                f"the forget set's loss before unlearning ({self.before_f.mean_loss:.4g}) is not below the held-out loss "
+                f"({held:.4g}): the model fits these rows no better than unseen data (rows it never learned, or rows "
+                "the rest of the data contradicts), so there may be little to remove — is this the trained model?",
                 stacklevel=4,
             )
 

@@ -206,3 +206,12 @@ def test_the_fsdp_refusal_names_the_fix_for_the_users_setting(tmp_path, monkeypa
         assert "not sharded yet" in str(err.value) and "set `fsdp_version: 2`" not in str(err.value)
     else:
         assert "set `fsdp_version: 2`" in str(err.value)
+
+
+def test_a_model_that_never_learned_the_forget_set_is_warned_about(tmp_path):
+    ds = text_cls_dataset(24)
+    split = forget_retain_split(ds, forget=[0, 1, 2], id_column="id")
+    trainer = IAUTrainer(tiny_bert(), args=parity_args(tmp_path, unlearn_targets="held_out_quantile"),
+                         eval_dataset=text_cls_dataset(12, seed=5), data_collator=default_data_collator)
+    with pytest.warns(UserWarning, match="no better than unseen data"):  # untrained: forget loss ≈ held-out loss
+        trainer.unlearn(split["forget"], split["retain"], allow_noop=True)
