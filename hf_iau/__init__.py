@@ -5,8 +5,9 @@ from .config import IAUConfig
 from .data import fingerprint_dataset, fingerprint_ids, forget_retain_split
 from .qa import qa_to_lm_examples
 from .request import DeletionRequest
-from .trainer import IAUTrainer
 from .result import UnlearningError, UnlearningResult
+from .tokenization import train_tokenizer
+from .trainer import IAUTrainer
 
 __version__ = "0.1.0"
 
@@ -32,5 +33,6 @@ __all__ = [
     "fingerprint_ids",
     "forget_retain_split",
     "qa_to_lm_examples",
+    "train_tokenizer",
     "__version__",
 ]
