@@ -164,10 +164,6 @@ class Engine:
             for t in tensors:
                 t.copy_(self.accelerator.reduce(t, reduction="sum"))
 
-    def sum_list(self, values: Sequence[float], device: Any = None) -> list[float]:
-        """Alias of :meth:`sum` (``device`` is ignored)."""
-        return self.sum(values)
-
     def per_example(self, dataset: "Dataset", indices: Sequence[int]) -> dict[str, np.ndarray]:
         """Per-example mean ``loss`` and, when defined, ``correct`` of rows ``indices`` (in that order), forward
         only, assembled on every process."""
