@@ -105,7 +105,7 @@ class Request:
         self.was_training = self.model.training
         self.original: list[torch.Tensor] = []
         # Retain loss is measured on IAU's first-step retain sample, so metrics compare across methods.
-        self.retain_eval = self.retain_sample(self.args.retain_sample_size, 0)
+        self.retain_eval = self.retain_sample(self.args.unlearn_retain_sample_size, 0)
         self.before_f = self.before_r = Stats()
         self._bar: Any = None
 
