@@ -25,15 +25,20 @@ _HYPERPARAMETERS = (  # of the unlearning update; how the model was trained come
     ("unlearn_optimizer", "unlearning optimizer"),
     ("unlearn_learning_rate", "unlearning learning rate"),
     ("unlearn_steps", "unlearning steps"),
-    ("forget_weight", "forget weight w_f"),
-    ("retain_weight", "retain weight w_r"),
-    ("retain_sample_size", "retain sample per step"),
-    ("forget_saturation", "forget saturation"),
+    ("unlearn_forget_weight", "forget weight w_f"),
+    ("unlearn_retain_weight", "retain weight w_r"),
+    ("unlearn_retain_sample_size", "retain sample per step"),
+    ("unlearn_targets", "forget targets"),
+    ("unlearn_target_sample_size", "retained rows calibrating the targets"),
     ("unlearn_stop", "stop rule"),
     ("unlearn_max_retain_loss_rise", "max retain-loss rise"),
     ("seed", "seed"),
     ("unlearn_seed", "unlearning seed"),
 )
+_OLD_CONFIG_NAMES = {  # ledgers written before the unlearn_* names (hf-iau 0.1)
+    "forget_weight": "unlearn_forget_weight", "retain_weight": "unlearn_retain_weight",
+    "retain_sample_size": "unlearn_retain_sample_size", "forget_saturation": "unlearn_targets",
+}
 _SCHEMES = {"hmac-sha256": "HMAC-SHA256", "sha256": "sha256 (unkeyed)"}
 _VARIANTS = {
     "full": "full model",
@@ -105,7 +110,7 @@ def _metric_rows(metrics: Mapping[str, Any]) -> list[dict[str, str]]:
         if key.endswith("_before") and key[: -len("_before")] + "_after" in metrics:
             base = key[: -len("_before")]
             rows.append({"name": base.replace("_", " "), "before": _fmt(metrics[key]), "after": _fmt(metrics[base + "_after"])})
-    for key in ("update_norm", "forget_active_fraction_final", "reference_loss"):
+    for key in ("update_norm", "forget_active_fraction_final", "held_out_loss", "reference_loss"):
         if key in metrics:
             rows.append({"name": key.replace("_", " "), "before": "", "after": _fmt(metrics[key])})
     for key in ("steps", "guard_retries", "stopped_early"):
@@ -265,12 +270,12 @@ def _base_model_text(base_model: str | None, variant: str) -> str:
 
 
 def _request_section(latest: Mapping[str, Any]) -> dict[str, Any]:
-    config = latest.get("config") or {}
-    retain_n = config.get("retain_sample_size")
+    config = {_OLD_CONFIG_NAMES.get(k, k): v for k, v in (latest.get("config") or {}).items()}
+    retain_n = config.get("unlearn_retain_sample_size")
     sample = "the whole retain set in every step" if retain_n in (None, 0) else f"a seeded sample of {retain_n} per step"
     return {
         "retain_text": f"{latest.get('retain_size')} examples disjoint from the forget set; the retain term used {sample}",
-        "hyperparameters": [(label, _param(config.get(key)) if key != "retain_sample_size" or retain_n else "whole set")
+        "hyperparameters": [(label, _param(config.get(key)) if key != "unlearn_retain_sample_size" or retain_n else "whole set")
                             for key, label in _HYPERPARAMETERS if key in config],
         "metric_rows": _metric_rows(latest.get("metrics") or {}),
     }

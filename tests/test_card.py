@@ -244,3 +244,14 @@ def test_dataset_name_is_the_datas_own_never_its_loaders(tmp_path):
     named = SimpleNamespace(train_dataset=csv, dataset_name="org/rows")
     assert _dataset_name(named, _Parent()) == "org/rows"
     assert _dataset_name(SimpleNamespace(train_dataset=None), _Parent(entries=[{"dataset": "org/rows"}])) == "org/rows"
+
+
+def test_the_card_names_the_sampled_retain_term_and_the_targets(tmp_path):
+    """The card read the pre-rename config keys: a sampled retain term was described as 'the whole retain set'."""
+    trainer = _trainer(tmp_path / "card", tiny_gpt2())
+    trainer.args.unlearn_retain_sample_size = 5
+    split = forget_retain_split(trainer.train_dataset, forget=["patient-7f3a9c-0007"], id_column="id")
+    trainer.unlearn(split["forget"])
+    trainer.save_model()
+    text = ModelCard.load(tmp_path / "card" / "README.md").text
+    assert "a seeded sample of 5 per step" in text and "forget targets" in text
