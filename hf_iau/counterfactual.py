@@ -67,6 +67,7 @@ class TargetEstimate:
     gradient_passes: float  # example-gradient passes spent (all processes)
     forward_passes: float
     diagnostics: dict[str, float] = field(default_factory=dict)
+    curvature: Curvature | None = None  # F̂ measured on the rows (when none was given): reusable by later requests
 
 
 def estimate_targets(
@@ -80,9 +81,13 @@ def estimate_targets(
     (``None``: measured on F and S). ``forget``/``retain`` hold model columns only."""
     s_rows, f_rows = _check(engine, forget, retain, sample_rows, held_out_losses)
     held_out = np.asarray(held_out_losses, dtype=np.float64)
+    measured = None
     if curvature is None:
         fisher, g_f, uncovered = fisher_from_rows(engine, forget, f_rows, retain, s_rows)
         passes = 2 * len(s_rows) + len(f_rows)
+        if not engine.sharded:
+            measured = Curvature.of(engine.model, fisher, {"source": "rows", "rows": str(len(s_rows) + len(f_rows)),
+                                                           "identity_curvature_fraction": f"{uncovered:.4g}"})
     else:
         fisher, uncovered = curvature.diagonal(engine.model), 0.0
         g_f = group_gradient(engine, forget, f_rows)
@@ -104,7 +109,7 @@ def estimate_targets(
         estimate_mean=float(fc[:, 1].mean()), identity_curvature_fraction=uncovered,
         saved_curvature=float(curvature is not None),
     )
-    return TargetEstimate(targets, float(passes), float(3 * (len(s_rows) + len(f_rows))), info)
+    return TargetEstimate(targets, float(passes), float(3 * (len(s_rows) + len(f_rows))), info, measured)
 
 
 def _check(engine: "Engine", forget: "Dataset", retain: "Dataset", sample_rows: Sequence[int],

@@ -105,6 +105,14 @@ class Curvature:
         """P = (F̂ + δ·mean F̂)⁻¹ for each trainable parameter of ``model`` (e.g. a Newton-like step θ − η·P·g)."""
         return preconditioner(self.diagonal(model), damping)
 
+    @classmethod
+    def of(cls, model: torch.nn.Module, diagonal: Sequence[torch.Tensor], meta: dict[str, str]) -> "Curvature":
+        """A curvature from F̂ tensors aligned with ``model``'s trainable parameters (as :meth:`diagonal` returns
+        them), bound to the model's current weights."""
+        names = [n for n, p in model.named_parameters() if p.requires_grad]
+        fisher = {n: f.detach().float().cpu().clone() for n, f in zip(names, diagonal)}
+        return cls(fisher, weights_sha256(model), meta)
+
     def bind(self, model: torch.nn.Module, reason: str) -> "Curvature":
         """This curvature carried over to ``model``'s current weights (e.g. after an unlearning update, whose small
         change leaves F̂ valid to first order); ``reason`` is recorded with the previous hash."""

@@ -100,7 +100,8 @@ class Request:
         self.request_id = request_label(self.fingerprint, self.seed, self.request_index)
         self.budget, self.allow_noop = budget, allow_noop
         self.held_out_loss: float | None = None  # set by a method that measures the held-out level
-        self.curvature = getattr(trainer, "curvature", None)  # F̂ saved at training time (hf_iau.curvature), or None
+        # F̂ saved at training time (hf_iau.curvature), or None; a method that measures it on rows sets it for reuse
+        self.curvature = getattr(trainer, "curvature", None)
         self.grad_passes = self.fwd_passes = 0.0
         self.was_training = self.model.training
         self.original: list[torch.Tensor] = []
@@ -278,7 +279,8 @@ class Request:
         self._close_bar()
         self.model.train(self.was_training)
         inputs = {"seed": self.seed, "request_index": self.request_index, "allow_noop": self.allow_noop}
-        return self.trainer.record_unlearning(result, self.deletion, self.request_id, self.method, config, inputs)
+        return self.trainer.record_unlearning(result, self.deletion, self.request_id, self.method, config, inputs,
+                                              curvature=self.curvature)
 
     def _result(self, config: dict[str, Any], metrics: dict[str, float], history: list[dict[str, float]]):
         self.engine.clear_grad()

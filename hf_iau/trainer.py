@@ -234,11 +234,13 @@ class IAUTrainer(Trainer):
         method: str,
         config: dict[str, Any],
         inputs: dict[str, Any],
+        curvature: Curvature | None = None,
     ) -> UnlearningResult:
         """Commit a finished request: its rows join the deletion record, it joins ``unlearning_history`` (read by
         the card and ledger: ``config`` = the method's options, ``inputs`` = the public seed, request index and
         ``allow_noop``; together everything that determines the update), and its final metrics are logged
-        (``state.log_history``, callbacks, ``report_to``)."""
+        (``state.log_history``, callbacks, ``report_to``). ``curvature``: F̂ the request measured or used, kept (bound
+        to the new weights) for later requests and the saved folder."""
         own = self.__dict__.setdefault("_deleted_digests", {})
         own.setdefault(deletion.key_id, set()).update(deletion.row_digests)
         record = deletion.commit(self.deletion_record)
@@ -260,8 +262,9 @@ class IAUTrainer(Trainer):
             }
         )
         self.log({f"unlearn/{k}": v for k, v in result.metrics.items()})
-        if self.curvature is not None:  # an unlearning update is small: F̂ stays valid to first order
-            self.curvature = self.curvature.bind(self.model, f"unlearning request {inputs.get('request_index')}")
+        curvature = curvature if curvature is not None else self.curvature  # measured by the request, or kept
+        if curvature is not None:  # an unlearning update is small: F̂ stays valid to first order
+            self.curvature = curvature.bind(self.model, f"unlearning request {inputs.get('request_index')}")
         return result
 
     def _model_columns(self, ds: Dataset) -> Dataset:

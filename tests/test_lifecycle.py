@@ -215,3 +215,18 @@ def test_a_model_that_never_learned_the_forget_set_is_warned_about(tmp_path):
                          eval_dataset=text_cls_dataset(12, seed=5), data_collator=default_data_collator)
     with pytest.warns(UserWarning, match="no better than unseen data"):  # untrained: forget loss ≈ held-out loss
         trainer.unlearn(split["forget"], split["retain"], allow_noop=True)
+
+
+def test_a_curvature_measured_by_one_request_is_reused_by_the_next(tmp_path):
+    """Without a saved curvature the first request measures F̂ on its rows (2|S| + |F| passes for the estimate); the
+    trainer keeps it, bound to the new weights, so the next request's estimate costs |S| + |F|."""
+    ds = text_cls_dataset(40)
+    args = parity_args(tmp_path, unlearn_targets="counterfactual", unlearn_steps=1, unlearn_stop="fixed")
+    trainer = IAUTrainer(tiny_bert(), args=args, train_dataset=ds, eval_dataset=text_cls_dataset(12, seed=5),
+                         data_collator=default_data_collator)
+    first = trainer.unlearn(ds.select([0, 1]), allow_noop=True).metrics
+    assert first["target_saved_curvature"] == 0.0 and trainer.curvature is not None
+    second = trainer.unlearn(ds.select([2, 3]), allow_noop=True).metrics
+    assert second["target_saved_curvature"] == 1.0
+    n_s = min(trainer.args.unlearn_target_sample_size, 36)  # the second request's retained sample (40 − 4 rows)
+    assert first["example_gradient_passes"] - second["example_gradient_passes"] >= n_s  # its |S| pass saved

@@ -141,6 +141,7 @@ class IAURun:
         size = min(self.opts["unlearn_target_sample_size"], len(req.retain))
         rows = req.retain_sample(size, TARGET_SAMPLE_STREAM)
         estimate = estimate_targets(req.engine, req.forget, req.retain, rows, held, curvature=req.curvature)
+        req.curvature = req.curvature or estimate.curvature  # measured on rows: later requests reuse it
         req.grad_passes += estimate.gradient_passes
         req.fwd_passes += estimate.forward_passes
         self.info.update({f"target_{k}": float(v) for k, v in estimate.diagnostics.items()})
