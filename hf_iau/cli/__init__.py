@@ -51,9 +51,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         return cmd_ledger(rest)
     data, model, run, args = parse_args(command, rest)
     setup(args)
-    return {"train": cmd_train, "unlearn": cmd_unlearn, "evaluate": cmd_evaluate, "demo": cmd_demo}[command](
+    code = {"train": cmd_train, "unlearn": cmd_unlearn, "evaluate": cmd_evaluate, "demo": cmd_demo}[command](
         data, model, run, args
     )
+    _end_processes(args)
+    return code
+
+
+def _end_processes(args) -> None:
+    """Under a launcher: wait for every process, then close the process group (left to interpreter teardown, a gloo
+    thread has aborted a finished run with "terminate called without an active exception")."""
+    if args.world_size > 1:
+        from accelerate import PartialState
+
+        state = PartialState()
+        state.wait_for_everyone()
+        state.destroy_process_group()
 
 
 __all__ = [
