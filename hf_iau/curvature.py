@@ -368,8 +368,6 @@ def _embedding_squares(items: list, scale: float, dtype: torch.dtype, sq: torch.
 
 def _example_grad(module: torch.nn.Module, role: str, a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
     """Per-example gradient [c, *param.shape] of ``module.<role>`` from its input ``a`` and output gradient ``g``."""
-    from transformers.pytorch_utils import Conv1D
-
     c = g.shape[0]
     if isinstance(module, torch.nn.Conv2d):
         g = g.reshape(c, g.shape[1], -1)  # [c, out, L]

@@ -79,6 +79,7 @@ class Request:
         held_out_dataset: Dataset | None = None,
         allow_noop: bool = False,
         retain_weight: float = 1.0,
+        uses_held_out: bool = False,
     ) -> None:
         if budget is not None and (isinstance(budget, bool) or not budget > 0 or not math.isfinite(budget)):
             raise ValueError(f"budget={budget!r} is invalid: use None or a positive number of example-gradient passes.")
@@ -88,6 +89,8 @@ class Request:
         self.model, self.kind, self.params = self.engine.model, self.engine.kind, self.engine.params
         if not self.params:
             raise UnlearningError("The model has no trainable parameters (requires_grad=False everywhere).")
+        if uses_held_out and held_out_dataset is None and isinstance(trainer.eval_dataset, Dataset):
+            held_out_dataset = trainer.eval_dataset  # a method that reads held-out data defaults to eval_dataset
         self.deletion = self._check(forget_dataset, retain_dataset, held_out_dataset, retain_weight)
         self.fingerprint = self.deletion.fingerprint
         self.forget_raw, self.retain_raw = self.deletion.forget, self.deletion.retain
@@ -116,8 +119,6 @@ class Request:
         engine.agree(key_id(key), "fingerprint key", "give every node the same key file "
                      "(IAUConfig.fingerprint_key_file or $HF_IAU_KEY_FILE): digests must match across processes.")
         self.record = trainer.deletion_record
-        if held_out is None and isinstance(trainer.eval_dataset, Dataset):
-            held_out = trainer.eval_dataset
         signature = engine.signature()
         ctx = RequestContext(
             trainer.train_dataset, args.id_column, key, self.record, retain_weight,

@@ -74,7 +74,7 @@ def iau(
     (example-gradient passes) the steps are capped at ⌊budget / step cost⌋."""
     opts = iau_options(trainer.args, **options)
     req = Request("iau", trainer, forget_dataset, retain_dataset, budget, held_out_dataset=held_out_dataset,
-                  allow_noop=allow_noop, retain_weight=opts["unlearn_retain_weight"])
+                  allow_noop=allow_noop, retain_weight=opts["unlearn_retain_weight"], uses_held_out=True)
     if budget is not None:
         n_r = len(req.retain) if opts["unlearn_retain_sample_size"] is None else min(opts["unlearn_retain_sample_size"], len(req.retain))
         cost = len(req.forget) + n_r
