@@ -123,6 +123,7 @@ def key_mismatch(out_dir: str) -> None:
         if "fingerprint key" in str(err):
             with open(os.path.join(out_dir, f"refused-{rank}.txt"), "w") as fh:
                 fh.write(str(err))
+    tiny.leave_processes()
 
 
 def main(out_dir: str) -> None:
@@ -138,9 +139,7 @@ def main(out_dir: str) -> None:
     if int(os.environ.get("RANK", "0")) == 0:
         with open(os.path.join(out_dir, "world_size.txt"), "w") as fh:
             fh.write(str(world))
-    if dist.is_initialized():
-        dist.barrier()
-        dist.destroy_process_group()
+    tiny.leave_processes()
 
 
 if __name__ == "__main__":

@@ -134,12 +134,7 @@ def main(out_dir: str) -> None:
     if dist.get_rank() == 0:
         with open(os.path.join(out_dir, "world_size.txt"), "w") as fh:
             fh.write(str(dist.get_world_size()))
-    dist.barrier()
-    # Every result is on disk. Leave without interpreter teardown: under load, a gloo/FSDP2 background thread has
-    # been seen to abort the process at exit ("terminate called without an active exception") after all work.
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+    tiny.leave_processes()
 
 
 if __name__ == "__main__":

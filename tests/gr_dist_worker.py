@@ -132,9 +132,7 @@ def main(out_dir: str) -> None:
     if int(os.environ.get("RANK", "0")) == 0:
         with open(os.path.join(out_dir, "world_size.txt"), "w") as fh:
             fh.write(str(dist.get_world_size() if dist.is_initialized() else 1))
-    if dist.is_initialized():
-        dist.barrier()
-        dist.destroy_process_group()
+    tiny.leave_processes()
 
 
 if __name__ == "__main__":

@@ -259,13 +259,8 @@ if trainer.args.process_index == 0:
     with open(sys.argv[1] + "/targets.json", "w") as fh:
         json.dump({{"world": trainer.args.world_size, "targets": est.targets.tolist(), "scale": est.diagnostics["scale"],
                    "passes": est.gradient_passes}}, fh)
-trainer.accelerator.wait_for_everyone()
-# every result is on disk: leave without interpreter teardown (under load a gloo background thread has aborted the
-# process at exit, "terminate called without an active exception", as in tests/fsdp_worker.py)
-sys.stdout.flush()
-sys.stderr.flush()
-import os
-os._exit(0)
+import tiny
+tiny.leave_processes()
 '''
 
 
@@ -341,11 +336,7 @@ for case in ("full", "lora"):
 if int(os.environ.get("RANK", "0")) == 0:
     with open(out + "/targets.json", "w") as fh:
         json.dump(res, fh)
-if torch.distributed.is_initialized():
-    torch.distributed.barrier()
-sys.stdout.flush()
-sys.stderr.flush()
-os._exit(0)  # every result is on disk: no interpreter teardown (a gloo thread has aborted it under load)
+tiny.leave_processes()
 '''
 
 

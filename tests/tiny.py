@@ -145,3 +145,19 @@ def torchrun(args: list[str], out: "str | None" = None, timeout: int = 300):
     if out is not None:
         assert (Path(out) / "world_size.txt").read_text() == "2"
     return proc
+
+
+def leave_processes() -> None:
+    """End a torchrun worker whose results are on disk: wait for every process, then exit without interpreter
+    teardown (under load a gloo background thread has aborted finished workers at exit with "terminate called
+    without an active exception")."""
+    import os
+    import sys
+
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.barrier()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
