@@ -222,11 +222,33 @@ def loo_klom(u: np.ndarray, retr: np.ndarray, mask: np.ndarray) -> dict[str, flo
 # --------------------------------------------------------------------------- one unlearning run
 
 
+VARIANT_KEYS = {"steps": ("unlearn_steps", int), "rs": ("unlearn_retain_sample_size", int),
+                "ts": ("unlearn_target_sample_size", int), "rw": ("unlearn_retain_weight", float),
+                "tol": ("unlearn_stop_tolerance", float), "opt": ("unlearn_optimizer", str)}
+
+
+def method_spec(m: str, s: Scenario) -> tuple[str, dict[str, Any], bool]:
+    """(registered method, options, runs at IAU's budget) of ``m``: a METHODS name, or an IAU variant
+    ``iau@steps=5,lr=4`` (lr: a multiple of the scenario's unlearn_learning_rate; other keys: VARIANT_KEYS)."""
+    if not m.startswith("iau@"):
+        return METHODS[m]
+    options: dict[str, Any] = {}
+    for part in m[4:].split(","):
+        k, v = part.split("=")
+        if k == "lr":
+            options["unlearn_learning_rate"] = float(v) * s.args.unlearn_learning_rate
+        else:
+            name, kind = VARIANT_KEYS[k]
+            options[name] = kind(v)
+    return "iau", options, False
+
+
 def unlearn(s: Scenario, m: str, seed: int, budget: float | None, lr: float | None, validation: bool) -> dict[str, Any]:
     """Method ``m`` on a fresh copy of the original, unlearning seed ``seed``; its measurements."""
-    method, options, at_budget = METHODS[m]
+    method, options, at_budget = method_spec(m, s)
     tr = s.trainer(seed=seed, data_seed=seed)
     opts = dict(options, **({"learning_rate": lr} if lr is not None else {}))
+    validation = validation or m.startswith("iau@")  # variants are compared on validation
     try:
         r = run_method(method, tr, s.forget, s.retain, budget=budget if at_budget else None, **opts)
     except (BudgetError, ValueError, RuntimeError) as exc:
@@ -289,7 +311,7 @@ def run_seeds(s: Scenario, m: str, seeds: list[int], store: Store, key: dict[str
     """Grid on the first seed (tuned baselines), then the picked setting on every seed, at IAU's budget."""
     def budget(seed: int) -> float | None:
         iau = store.get(**key, method="iau", seed=seed, learning_rate=None)
-        return iau.get("passes") if iau and METHODS[m][2] else None
+        return iau.get("passes") if iau and method_spec(m, s)[2] else None
 
     if m in TUNED:
         for x in grid(s):
@@ -453,7 +475,7 @@ def main(argv: list[str] | None = None) -> int:
     a.scenarios = a.scenarios.split(",") if a.scenarios else list(QUICK if a.quick else SCENARIOS)
     a.methods = [] if a.methods == "none" else a.methods.split(",") if a.methods else (QUICK_METHODS if a.quick else DEFAULT_METHODS)
     a.seeds = [int(x) for x in a.seeds.split(",")]
-    unknown = [m for m in a.methods if m not in METHODS] + [n for n in a.scenarios if n not in SCENARIOS]
+    unknown = [m for m in a.methods if m not in METHODS and not m.startswith("iau@")] + [n for n in a.scenarios if n not in SCENARIOS]
     if unknown:
         p.error(f"unknown method/scenario {unknown}; methods: {', '.join(METHODS)}; scenarios: {', '.join(SCENARIOS)}")
     torch.set_num_threads(a.threads)
