@@ -224,16 +224,17 @@ def loo_klom(u: np.ndarray, retr: np.ndarray, mask: np.ndarray) -> dict[str, flo
 
 VARIANT_KEYS = {"steps": ("unlearn_steps", int), "rs": ("unlearn_retain_sample_size", int),
                 "ts": ("unlearn_target_sample_size", int), "rw": ("unlearn_retain_weight", float),
-                "tol": ("unlearn_stop_tolerance", float), "opt": ("unlearn_optimizer", str)}
+                "tol": ("unlearn_stop_tolerance", float), "opt": ("unlearn_optimizer", str),
+                "jump": ("unlearn_influence_step", float)}
 
 
 def method_spec(m: str, s: Scenario) -> tuple[str, dict[str, Any], bool]:
     """(registered method, options, runs at IAU's budget) of ``m``: a METHODS name, or an IAU variant
-    ``iau@steps=5,lr=4`` (lr: a multiple of the scenario's unlearn_learning_rate; other keys: VARIANT_KEYS)."""
+    ``iau@steps=5:lr=4`` (lr: a multiple of the scenario's unlearn_learning_rate; other keys: VARIANT_KEYS)."""
     if not m.startswith("iau@"):
         return METHODS[m]
     options: dict[str, Any] = {}
-    for part in m[4:].split(","):
+    for part in m[4:].split(":"):
         k, v = part.split("=")
         if k == "lr":
             options["unlearn_learning_rate"] = float(v) * s.args.unlearn_learning_rate

@@ -159,6 +159,14 @@ class IAUConfig(TrainingArguments):
             "forget rows are short of their target (within 1 percent), else after `unlearn_steps` steps."
         },
     )
+    unlearn_influence_step: float = field(
+        default=0.0,
+        metadata={
+            "help": "Fraction of the estimated removal step θ ← θ + c·P·G_F (the counterfactual targets' own "
+            "preconditioned forget gradient and calibrated scale, hf_iau/counterfactual.py) applied before the steps; "
+            "0 (default) takes none. Costs no extra passes; needs unlearn_targets='counterfactual'."
+        },
+    )
     unlearn_stop_tolerance: float = field(
         default=0.05,
         metadata={"help": "unlearn_stop='targets' stops once at most this fraction of the forget rows is short of its target."},
@@ -317,6 +325,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "unlearn_target_sample_size": (lambda v: _int(v, 1), "use an integer >= 1 (256 measured stable)."),
     "unlearn_stop": (lambda v: v in _choices("unlearn_stop"), "use one of {choices}."),
     "unlearn_stop_tolerance": (lambda v: _finite(v) and 0 <= v < 1, "use a fraction in [0, 1)."),
+    "unlearn_influence_step": (lambda v: _finite(v) and 0 <= v <= 1, "use a fraction in [0, 1] (0: off)."),
     "unlearn_held_out_sample_size": (lambda v: _int(v, 1), "use an integer >= 1."),
     "unlearn_batch_size": (lambda v: v is None or _int(v, 1), "use None or an integer >= 1."),
     "unlearn_seed": (lambda v: v is None or _int(v, 0), "use None (the training `seed`) or an integer >= 0."),
@@ -331,6 +340,9 @@ CROSS_RULES: list[tuple[Callable[[Mapping[str, Any]], bool], str, str]] = [
      "gr_sub_batch_fraction", "a GR sub-batch needs gr_mode='finite_difference'; set it to 1.0 for gr_mode='exact'."),
     (lambda c: c.get("unlearn_forget_weight", 1) > 0 or c.get("unlearn_retain_weight", 1) > 0,
      "unlearn_forget_weight", "unlearn_forget_weight and unlearn_retain_weight cannot both be 0."),
+    (lambda c: c.get("unlearn_influence_step", 0) == 0 or c.get("unlearn_targets", "counterfactual") == "counterfactual",
+     "unlearn_influence_step", "the influence step follows the counterfactual estimate: set unlearn_targets="
+     "'counterfactual' or unlearn_influence_step=0."),
 ]
 UNLEARNING_FIELDS = tuple(n for n in RULES if n.startswith("unlearn_")) + ("gr_alpha", "gr_mode", "gr_norm", "seed")
 

@@ -68,6 +68,7 @@ class TargetEstimate:
     forward_passes: float
     diagnostics: dict[str, float] = field(default_factory=dict)
     curvature: Curvature | None = None  # F̂ measured on the rows (when none was given): reusable by later requests
+    direction: list[torch.Tensor] | None = None  # P·G_F, the removal direction (θ_{−F} ≈ θ + scale·direction)
 
 
 def estimate_targets(
@@ -100,7 +101,8 @@ def estimate_targets(
         for group in (s_rows[i : i + size] for i in range(0, len(s_rows), size))
     ])
     scale = calibrate(sample, SCALES, float(held_out.mean()))
-    fc = example_curves(engine, forget, f_rows, precondition(g_f, inv), [0.0, scale])
+    direction = precondition(g_f, inv)
+    fc = example_curves(engine, forget, f_rows, direction, [0.0, scale])
     s_est = at_scale(sample, SCALES, scale)
     targets, info = calibrated_targets(fc[:, 0], fc[:, 1], s_est, held_out)
     info.update(
@@ -109,7 +111,7 @@ def estimate_targets(
         estimate_mean=float(fc[:, 1].mean()), identity_curvature_fraction=uncovered,
         saved_curvature=float(curvature is not None),
     )
-    return TargetEstimate(targets, float(passes), float(3 * (len(s_rows) + len(f_rows))), info, measured)
+    return TargetEstimate(targets, float(passes), float(3 * (len(s_rows) + len(f_rows))), info, measured, direction)
 
 
 def _check(engine: "Engine", forget: "Dataset", retain: "Dataset", sample_rows: Sequence[int],

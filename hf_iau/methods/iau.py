@@ -31,7 +31,8 @@ import torch
 from datasets import Dataset
 
 from ..config import UNLEARNING_FIELDS, check_fields
-from ..counterfactual import estimate_targets
+from ..counterfactual import TargetEstimate, estimate_targets
+from ..curvature import full_total
 from ..lifecycle import Request, make_optimizer
 from ..losses import BatchLoss
 from ..result import BudgetError, Stats, UnlearningError, UnlearningResult
@@ -115,6 +116,7 @@ class IAURun:
         self.req, self.opts = req, opts
         self.n_forget = len(req.forget)
         self.info: dict[str, float] = {}
+        self.estimate: TargetEstimate | None = None
 
     # --- targets -------------------------------------------------------------------------
     def resolve_targets(self) -> Targets:
@@ -141,6 +143,7 @@ class IAURun:
         size = min(self.opts["unlearn_target_sample_size"], len(req.retain))
         rows = req.retain_sample(size, TARGET_SAMPLE_STREAM)
         estimate = estimate_targets(req.engine, req.forget, req.retain, rows, held, curvature=req.curvature)
+        self.estimate = estimate
         req.curvature = req.curvature or estimate.curvature  # measured on rows: later requests reuse it
         req.grad_passes += estimate.gradient_passes
         req.fwd_passes += estimate.forward_passes
@@ -166,6 +169,18 @@ class IAURun:
             self.info["held_out_accuracy"] = float(out["correct"].mean())
         return out["loss"]
 
+    @torch.no_grad()
+    def influence_step(self) -> None:
+        """θ ← θ + λ·c·P·G_F (λ = ``unlearn_influence_step``): a part of the removal step the targets estimate."""
+        lam = self.opts["unlearn_influence_step"]
+        if lam == 0 or self.estimate is None:
+            return
+        c = lam * self.estimate.diagnostics["scale"]
+        direction, self.estimate.direction = self.estimate.direction, None
+        self.info["influence_step_norm"] = c * math.sqrt(sum(full_total(d.double().pow(2).sum()) for d in direction))
+        for p, d in zip(self.req.params, direction):
+            p.add_(d.to(p.dtype), alpha=c)
+
     # --- the loop ------------------------------------------------------------------------
     def run(self) -> UnlearningResult:
         req, o = self.req, self.opts
@@ -173,6 +188,7 @@ class IAURun:
         try:
             t0 = time.perf_counter()
             targets = self.resolve_targets()
+            self.influence_step()
             t1 = time.perf_counter()
             history, lr, retries, stop = self.loop(targets)
             self.info.update({"wall_time_targets_s": t1 - t0, "wall_time_steps_s": time.perf_counter() - t1})
