@@ -69,6 +69,7 @@ class TargetEstimate:
     diagnostics: dict[str, float] = field(default_factory=dict)
     curvature: Curvature | None = None  # F̂ measured on the rows (when none was given): reusable by later requests
     direction: list[torch.Tensor] | None = None  # P·G_F, the removal direction (θ_{−F} ≈ θ + scale·direction)
+    losses: np.ndarray | None = None  # each forget row's current loss
 
 
 def estimate_targets(
@@ -111,7 +112,7 @@ def estimate_targets(
         estimate_mean=float(fc[:, 1].mean()), identity_curvature_fraction=uncovered,
         saved_curvature=float(curvature is not None),
     )
-    return TargetEstimate(targets, float(passes), float(3 * (len(s_rows) + len(f_rows))), info, measured, direction)
+    return TargetEstimate(targets, float(passes), float(3 * (len(s_rows) + len(f_rows))), info, measured, direction, fc[:, 0])
 
 
 def _check(engine: "Engine", forget: "Dataset", retain: "Dataset", sample_rows: Sequence[int],

@@ -211,3 +211,46 @@ def test_explicit_loss_saturation_targets_are_rank_matched(tmp_path):
 def test_stop_tolerance_is_validated(tmp_path, value):
     with pytest.raises(ValueError, match="unlearn_stop_tolerance"):
         make_args(tmp_path, unlearn_stop_tolerance=value)
+
+
+def _jump_only(trainer, split, lam, monkeypatch):
+    """(weight change, metrics) of a request whose steps are skipped: only the influence step moves the weights."""
+    import torch
+
+    from hf_iau.methods.iau import IAURun
+
+    monkeypatch.setattr(IAURun, "loop", lambda self, targets: ([], self.opts["unlearn_learning_rate"], 0, "max_steps"))
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    m = trainer.unlearn(split["forget"], split["retain"], unlearn_influence_step=lam, allow_noop=True,
+                        unlearn_target_sample_size=10_000).metrics  # S = every retained row: the same c each time
+    delta = {n: (p.detach() - before[n]).clone() for n, p in trainer.model.named_parameters()}
+    with torch.no_grad():
+        for n, p in trainer.model.named_parameters():
+            p.copy_(before[n])
+    return delta, m
+
+
+def test_influence_step_takes_lambda_of_the_estimated_removal_step(tmp_path, monkeypatch):
+    """λ·c·P·G_F, linear in λ, raises the forget loss, costs no pass; λ = 0 leaves the weights."""
+    import torch
+
+    flip = list(range(8))
+    train = learnable(96, seed=0, flip=flip)
+    trainer = trained(tmp_path, train, learnable(24, seed=1), epochs=4)
+    split = forget_retain_split(train, forget=flip, id_column="id")
+    zero, m0 = _jump_only(trainer, split, 0.0, monkeypatch)
+    half, m5 = _jump_only(trainer, split, 0.5, monkeypatch)
+    full, m1 = _jump_only(trainer, split, 1.0, monkeypatch)
+    assert all(float(d.abs().max()) == 0.0 for d in zero.values()) and "influence_step_norm" not in m0
+    assert sum(float(d.abs().sum()) for d in half.values()) > 0
+    for n in half:
+        torch.testing.assert_close(full[n], 2 * half[n], rtol=1e-4, atol=1e-7)
+    assert m1["influence_step_norm"] == pytest.approx(2 * m5["influence_step_norm"], rel=1e-5)
+    assert m5["forget_loss_after"] > m5["forget_loss_before"] and m0["forget_loss_after"] == m0["forget_loss_before"]
+    assert m5["example_gradient_passes"] == m0["example_gradient_passes"]
+
+
+@pytest.mark.parametrize("value", [-0.1, 1.5, float("nan")])
+def test_influence_step_is_validated(tmp_path, value):
+    with pytest.raises(ValueError, match="unlearn_influence_step"):
+        make_args(tmp_path, unlearn_influence_step=value)
