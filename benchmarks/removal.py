@@ -203,6 +203,9 @@ def floor(golds: list[dict[str, Any]]) -> dict[str, Any]:
                            "pairs": pairs, "retrains": len(ms),
                            "passes": float(np.mean([g["passes"] for g in golds])),
                            "wall_time_s": float(np.mean([g["wall_time_s"] for g in golds]))}
+    if all("forget_loss" in m for m in ms):  # where the forget loss lands: the retrains' mean and pairwise spread
+        out["forget_loss"] = float(np.mean([m["forget_loss"] for m in ms]))
+        out["forget_loss_floor"] = float(np.mean([abs(a["forget_loss"] - b["forget_loss"]) for a, b in combinations(ms, 2)]))
     if len(ms) >= 3:
         m = stacked(ms)
         loo = [score_summary(klom_scores(m[i], np.delete(m, i, axis=0)), is_forget(ms[0])) for i in range(len(ms))]
@@ -339,6 +342,9 @@ def grade(runs: list[dict[str, Any]], golds: list[dict[str, Any]], fl: dict[str,
            "gap_max": float(np.max(gaps)), "x_floor": float(np.mean(gaps)) / fl["gap"] if fl["gap"] > 0 else float("nan"),
            "klom": {k: float(np.mean([x[k] for x in one])) for k in one[0]},
            **{k: float(np.mean([r["test"][k] for r in runs])) for k in GAP_KEYS}}
+    if "forget_loss" in fl and all("forget_loss" in r["test"] for r in runs):
+        out["forget_loss"] = float(np.mean([r["test"]["forget_loss"] for r in runs]))
+        out["forget_loss_x_floor"] = abs(out["forget_loss"] - fl["forget_loss"]) / max(fl["forget_loss_floor"], 1e-12)
     if len(runs) >= 2:  # the paper's KLoM: distribution over unlearning seeds vs distribution over retrains
         out["klom_seeds"] = score_summary(klom_scores(unl, retr), mask)
     if all("attack_success" in r["test"] for r in runs):
@@ -408,22 +414,31 @@ def _scenario_lines(rec: dict[str, Any]) -> list[str]:
              f"{fl['retrains']} retrains: forget {rm['forget_metric']:.3f}, test {rm['test_metric']:.3f}, MIA AUC "
              f"{rm['mia_auc']:.3f} (mean); {fl['passes']:.0f} passes, {fl['wall_time_s']:.1f} s each (mean). "
              f"Floor (retrain vs retrain): gap {_pm(fl['gap'], fl['gap_std'])}, max {fl['gap_max']:.3f}; "
-             f"per-example KLoM median / p95, leave one out: forget {_klom(fl.get('klom'))[0]}, rest {_klom(fl.get('klom'))[1]}.", "",
-             "| method | seeds | gap ↓ (mean ± std) | × floor | forget | test | MIA AUC | KLoM forget (median / p95) | "
-             "KLoM rest (median / p95) | passes (% retrain) | wall s (% retrain) | lr (grid pick) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             f"per-example KLoM median / p95, leave one out: forget {_klom(fl.get('klom'))[0]}, rest {_klom(fl.get('klom'))[1]}"
+             + (f"; forget loss {fl['forget_loss']:.3f}, pairwise spread {fl['forget_loss_floor']:.3f}" if "forget_loss" in fl else "")
+             + ".", "",
+             "| method | seeds | gap ↓ (mean ± std) | × floor | forget | test | MIA AUC | forget loss (× its floor) | "
+             "KLoM forget (median / p95) | KLoM rest (median / p95) | passes (% retrain) | wall s (% retrain) | lr (grid pick) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for m, g in [("original", rec["original"]), *rec["methods"].items()]:
         if "error" in g:
-            lines.append(f"| {m} | {g['error'][:80]} |" + " |" * 10)
+            lines.append(f"| {m} | {g['error'][:80]} |" + " |" * 11)
             continue
         kf, kr = _klom(g["klom"])
         cost = ("—", "—") if "passes" not in g else (
             f"{g['passes']:.0f} ({g['passes_pct_of_retrain']:.1f}%)", f"{g['wall_time_s']:.1f} ({g['wall_pct_of_retrain']:.1f}%)")
         star = "*" if m in METHODS and METHODS[m][2] else ""
         lines.append(f"| {m}{star} | {g['seeds']} | {_pm(g['gap'], g['gap_std'] if g['seeds'] > 1 else None)} | "
-                     f"{g['x_floor']:.1f} | {g['forget_metric']:.3f} | {g['test_metric']:.3f} | {g['mia_auc']:.3f} | {kf} | {kr} | "
+                     f"{g['x_floor']:.1f} | {g['forget_metric']:.3f} | {g['test_metric']:.3f} | {g['mia_auc']:.3f} | {_landing(g)} | {kf} | {kr} | "
                      f"{cost[0]} | {cost[1]} | {_pm(g.get('learning_rate'), f='{:.2g}') if g.get('learning_rate') else '—'} |")
     return lines + [""]
+
+
+def _landing(g: dict[str, Any]) -> str:
+    """Mean forget loss and its distance to the retrains' mean in units of their pairwise spread (≤ 1: lands)."""
+    if "forget_loss" not in g:
+        return "—"
+    return f"{g['forget_loss']:.3f} ({g['forget_loss_x_floor']:.1f}×)" if "forget_loss_x_floor" in g else f"{g['forget_loss']:.3f}"
 
 
 def markdown(result: dict[str, Any]) -> str:

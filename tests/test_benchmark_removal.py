@@ -52,6 +52,17 @@ def test_grade_against_the_retrain_mean_in_floor_units():
     assert np.isfinite(g["klom_seeds"]["rest_p95"])
 
 
+def test_forget_loss_lands_in_units_of_the_retrains_spread():
+    """Retrain forget losses 1, 2, 4: mean 7/3, pairwise spread (1 + 3 + 2)/3 = 2; a run at 3 is 1/3 of it away."""
+    golds = [{**g, "test": {**g["test"], "forget_loss": x}} for g, x in zip(GOLDS, (1.0, 2.0, 4.0))]
+    fl = removal.floor(golds)
+    assert fl["forget_loss"] == pytest.approx(7 / 3) and fl["forget_loss_floor"] == pytest.approx(2.0)
+    runs = [{"test": {**_m(0.1, 0.9, 0.1, [-2.0, 2.0, 1.5]), "forget_loss": x}} for x in (2.0, 4.0)]
+    g = removal.grade(runs, golds, fl)
+    assert g["forget_loss"] == pytest.approx(3.0) and g["forget_loss_x_floor"] == pytest.approx((3 - 7 / 3) / 2)
+    assert removal._landing(g) == "3.000 (0.3×)"
+
+
 def test_store_appends_and_skips_what_it_has(tmp_path):
     store = removal.Store(tmp_path / "runs.jsonl")
     calls = []
