@@ -231,23 +231,43 @@ def _jump_only(trainer, split, lam, monkeypatch):
 
 
 def test_influence_step_takes_lambda_of_the_estimated_removal_step(tmp_path, monkeypatch):
-    """λ·c·P·G_F, linear in λ, raises the forget loss, costs no pass; λ = 0 leaves the weights."""
+    """λ·c·P·G_F, linear in λ, raises the forget loss, costs no gradient pass; λ = 0 leaves the weights. The whole
+    step (λ = 1) leaves the retained rows above the held-out loss here, so it is halved to exactly the λ = 0.5 step;
+    with a held-out level no step can keep, no step is taken (weights restored exactly)."""
     import torch
+
+    from hf_iau.methods.iau import IAURun
 
     flip = list(range(8))
     train = learnable(96, seed=0, flip=flip)
     trainer = trained(tmp_path, train, learnable(24, seed=1), epochs=4)
     split = forget_retain_split(train, forget=flip, id_column="id")
     zero, m0 = _jump_only(trainer, split, 0.0, monkeypatch)
+    quarter, m25 = _jump_only(trainer, split, 0.25, monkeypatch)
     half, m5 = _jump_only(trainer, split, 0.5, monkeypatch)
     full, m1 = _jump_only(trainer, split, 1.0, monkeypatch)
     assert all(float(d.abs().max()) == 0.0 for d in zero.values()) and "influence_step_norm" not in m0
     assert sum(float(d.abs().sum()) for d in half.values()) > 0
+    assert (m25["influence_step_lambda"], m5["influence_step_lambda"], m1["influence_step_lambda"]) == (0.25, 0.5, 0.5)
     for n in half:
-        torch.testing.assert_close(full[n], 2 * half[n], rtol=1e-4, atol=1e-7)
-    assert m1["influence_step_norm"] == pytest.approx(2 * m5["influence_step_norm"], rel=1e-5)
+        torch.testing.assert_close(half[n], 2 * quarter[n], rtol=1e-4, atol=1e-6)  # float32 p + c·d − p
+        torch.testing.assert_close(full[n], half[n], rtol=0, atol=0)
+    assert m5["influence_step_norm"] == pytest.approx(2 * m25["influence_step_norm"], rel=1e-5)
     assert m5["forget_loss_after"] > m5["forget_loss_before"] and m0["forget_loss_after"] == m0["forget_loss_before"]
     assert m5["example_gradient_passes"] == m0["example_gradient_passes"]
+    assert m5["retain_loss_after"] <= m5["held_out_loss"] < m5["retain_loss_after"] + 10  # the guard's condition
+
+    original = IAURun.held_out_losses
+
+    def unreachable_level(self):
+        out = original(self)
+        self.req.held_out_loss = -1.0  # no step keeps the retain loss below it
+        return out
+
+    monkeypatch.setattr(IAURun, "held_out_losses", unreachable_level)
+    none, m = _jump_only(trainer, split, 0.5, monkeypatch)
+    assert all(float(d.abs().max()) == 0.0 for d in none.values())
+    assert m["influence_step_lambda"] == 0.0 and m["example_forward_passes"] > m0["example_forward_passes"]
 
 
 @pytest.mark.parametrize("value", [-0.1, 1.5, float("nan")])

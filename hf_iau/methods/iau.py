@@ -50,6 +50,7 @@ if TYPE_CHECKING:
 HELD_OUT_STREAM = 2**31 - 1  # rng streams of the held-out sample and of the targets' retained sample
 TARGET_SAMPLE_STREAM = 2**31 - 2  # (the steps' retain samples use the step number)
 REACHED = 0.01  # a row is at its target once its loss is within 1% of it
+INFLUENCE_HALVINGS = 3  # an influence step that leaves the retained rows looking unseen is retried at λ/2, λ/4, λ/8
 _OPTION_NAMES = set(UNLEARNING_FIELDS) - {"gr_alpha", "gr_mode", "gr_norm", "seed", "unlearn_seed", "unlearn_batch_size"}
 
 
@@ -178,18 +179,27 @@ class IAURun:
     @torch.no_grad()
     def influence_step(self, targets: Targets) -> None:
         """θ ← θ + λ·c·P·G_F (λ = ``unlearn_influence_step``): a part of the removal step the targets estimate;
-        none when the targets already hold (at most ``unlearn_stop_tolerance`` of the rows short: nothing to remove)."""
-        lam, est = self.opts["unlearn_influence_step"], self.estimate
+        none when the targets already hold (at most ``unlearn_stop_tolerance`` of the rows short: nothing to remove).
+        Retained rows must still look seen: while the retain sample's mean loss after the step is above the held-out
+        level, the step is undone and λ halved (at most ``INFLUENCE_HALVINGS`` times, then no step)."""
+        req, est, lam = self.req, self.estimate, self.opts["unlearn_influence_step"]
         if lam == 0 or est is None:
             return
-        short = est.losses < targets.targets * (1 - REACHED)
-        if short.mean() <= self.opts["unlearn_stop_tolerance"]:
+        if np.mean(est.losses < targets.targets * (1 - REACHED)) <= self.opts["unlearn_stop_tolerance"]:
             return
-        c = lam * est.diagnostics["scale"]
         direction, est.direction = est.direction, None
-        self.info["influence_step_norm"] = c * math.sqrt(sum(full_total(d.double().pow(2).sum()) for d in direction))
-        for p, d in zip(self.req.params, direction):
-            p.add_(d.to(p.dtype), alpha=c)
+        norm = math.sqrt(sum(full_total(d.double().pow(2).sum()) for d in direction))
+        for _ in range(INFLUENCE_HALVINGS + 1):
+            c = lam * est.diagnostics["scale"]
+            for p, d in zip(req.params, direction):
+                p.add_(d.to(p.dtype), alpha=c)
+            after = req.evaluate(req.retain, req.retain_eval) if req.retain_eval else Stats()
+            if after.count == 0 or after.mean_loss <= req.held_out_loss:
+                self.info.update(influence_step_lambda=lam, influence_step_norm=c * norm)
+                return
+            req.engine.restore(req.original)
+            lam /= 2
+        self.info.update(influence_step_lambda=0.0, influence_step_norm=0.0)
 
     # --- the loop ------------------------------------------------------------------------
     def run(self) -> UnlearningResult:
