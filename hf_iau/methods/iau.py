@@ -19,7 +19,8 @@ optional runaway guard undoes a step that breaks the retain loss and retries wit
 
 Before the steps, with counterfactual targets, the influence step θ ← θ + λ·c·P·G_F takes a share λ
 (``unlearn_influence_step``, 0.5) of the removal step the estimate itself predicts, at no extra pass; it
-is skipped when the targets already hold. Chosen on the tune block (validation gap, 3 seeds: mislabelled
+is skipped when the targets already hold, and halved (then dropped) while it leaves the retain sample's
+mean loss above the held-out level. Chosen on the tune block (validation gap, 3 seeds: mislabelled
 0.085 → 0.060); held-out, 5 seeds: class_vision 0.063 → 0.015, outlier_vision 0.184 → 0.122, qa_lm
 0.044 → 0.034, canary 0.001 → 0.002, poison_text 0.095 → 0.146 (benchmarks/results/influence_step_decision.md).
 """
