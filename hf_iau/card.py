@@ -30,6 +30,7 @@ _HYPERPARAMETERS = (  # of the unlearning update; how the model was trained come
     ("unlearn_retain_sample_size", "retain sample per step"),
     ("unlearn_targets", "forget targets"),
     ("unlearn_target_sample_size", "retained rows calibrating the targets"),
+    ("unlearn_curvature", "curvature of the estimate"),
     ("unlearn_influence_step", "influence step λ (share of the estimated removal step)"),
     ("unlearn_stop", "stop rule"),
     ("unlearn_max_retain_loss_rise", "max retain-loss rise"),

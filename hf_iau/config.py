@@ -159,6 +159,15 @@ class IAUConfig(TrainingArguments):
             "forget rows are short of their target (within 1 percent), else after `unlearn_steps` steps."
         },
     )
+    unlearn_curvature: Literal["diagonal", "kfac"] = field(
+        default="diagonal",
+        metadata={
+            "help": "Curvature of the counterfactual estimate (targets and influence step): 'diagonal' Fisher (saved "
+            "at training time when available), or 'kfac' — Kronecker factors of every Linear / Conv1D / Conv2d weight "
+            "measured on the request's rows in the same passes, trace-matched to the diagonal (hf_iau/kfac.py); "
+            "sharded (FSDP2) models keep the diagonal."
+        },
+    )
     unlearn_influence_step: float = field(
         default=0.5,
         metadata={
@@ -324,6 +333,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "unlearn_retain_weight": (lambda v: _finite(v) and v >= 0, "use a finite value >= 0."),
     "unlearn_retain_sample_size": (lambda v: v is None or _int(v, 1), "use None (whole retain set) or an integer >= 1."),
     "unlearn_targets": (lambda v: v in _choices("unlearn_targets"), "use one of {choices}."),
+    "unlearn_curvature": (lambda v: v in _choices("unlearn_curvature"), "use one of {choices}."),
     "unlearn_target_sample_size": (lambda v: _int(v, 1), "use an integer >= 1 (256 measured stable)."),
     "unlearn_stop": (lambda v: v in _choices("unlearn_stop"), "use one of {choices}."),
     "unlearn_stop_tolerance": (lambda v: _finite(v) and 0 <= v < 1, "use a fraction in [0, 1)."),

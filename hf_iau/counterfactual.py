@@ -45,7 +45,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .curvature import Curvature, ExampleGradients, full_total, preconditioner, shard_like
+from .curvature import DAMPING, Curvature, ExampleGradients, full_total, preconditioner, shard_like
+from .kfac import KroneckerFactors, kfac_preconditioner
 from .losses import IGNORE_INDEX, batch_losses
 
 if TYPE_CHECKING:
@@ -74,18 +75,21 @@ class TargetEstimate:
 
 def estimate_targets(
     engine: "Engine", forget: "Dataset", retain: "Dataset", sample_rows: Sequence[int],
-    held_out_losses: Sequence[float], curvature: Curvature | None = None,
+    held_out_losses: Sequence[float], curvature: Curvature | None = None, kind: str = "diagonal",
 ) -> TargetEstimate:
     """Counterfactual loss targets of every row of ``forget`` (see the module docstring).
 
     ``sample_rows``: the random retained rows S (indices into ``retain``, chosen by the caller);
     ``held_out_losses``: per-example losses of never-seen rows; ``curvature``: F̂ saved at training time
-    (``None``: measured on F and S). ``forget``/``retain`` hold model columns only."""
+    (``None``: measured on F and S); ``kind``: 'diagonal' F̂, or 'kfac' (``hf_iau.kfac``: Kronecker factors measured
+    on F and S in the same passes; a saved diagonal is then not used; sharded models keep the diagonal).
+    ``forget``/``retain`` hold model columns only."""
     s_rows, f_rows = _check(engine, forget, retain, sample_rows, held_out_losses)
     held_out = np.asarray(held_out_losses, dtype=np.float64)
-    measured = None
-    if curvature is None:
-        fisher, g_f, uncovered = fisher_from_rows(engine, forget, f_rows, retain, s_rows)
+    measured, factors = None, None
+    kfac = kind == "kfac" and not engine.sharded
+    if curvature is None or kfac:
+        fisher, g_f, uncovered, factors = fisher_from_rows(engine, forget, f_rows, retain, s_rows, kfac)
         passes = 2 * len(s_rows) + len(f_rows)
         if not engine.sharded:
             measured = Curvature.of(engine.model, fisher, {"source": "rows", "rows": str(len(s_rows) + len(f_rows)),
@@ -94,7 +98,7 @@ def estimate_targets(
         fisher, uncovered = curvature.diagonal(engine.model), 0.0
         g_f = group_gradient(engine, forget, f_rows)
         passes = len(s_rows) + len(f_rows)
-    inv = preconditioner(fisher)
+    inv = kfac_preconditioner(engine.params, fisher, factors, DAMPING) if factors is not None else preconditioner(fisher)
     del fisher
     size = min(len(s_rows), max(len(f_rows), math.ceil(len(s_rows) / MAX_GROUPS)))
     sample = np.concatenate([
@@ -161,13 +165,18 @@ def group_gradient(engine: "Engine", dataset: "Dataset", rows: Sequence[int],
 
 
 def fisher_from_rows(engine: "Engine", forget: "Dataset", f_rows: list[int], retain: "Dataset", s_rows: list[int],
-                     ) -> tuple[list[torch.Tensor], list[torch.Tensor], float]:
-    """(F̂ = (|D_r|/|S|)·Σ_S g² + Σ_F g², G_F, share of parameter elements with identity curvature)."""
-    with ExampleGradients(engine.model, engine.params) as on_s:
+                     kfac: bool = False) -> tuple[list[torch.Tensor], list[torch.Tensor], float, KroneckerFactors | None]:
+    """(F̂ = (|D_r|/|S|)·Σ_S g² + Σ_F g², G_F, share of parameter elements with identity curvature, and with
+    ``kfac`` the Kronecker factors weighted alike)."""
+    with ExampleGradients(engine.model, engine.params, KroneckerFactors() if kfac else None) as on_s:
         group_gradient(engine, retain, s_rows, on_s)
-    with ExampleGradients(engine.model, engine.params) as on_f:
+    with ExampleGradients(engine.model, engine.params, KroneckerFactors() if kfac else None) as on_f:
         g_f = group_gradient(engine, forget, f_rows, on_f)
     weight = len(retain) / len(s_rows)
+    factors = on_s.factors.merged(on_f.factors, weight) if kfac else None
+    if factors is not None:
+        for k in sorted(factors.a):  # every process: its own rows' factors
+            engine.sum_([factors.a[k], factors.s[k]])
     uncovered = on_s.uncovered | on_f.uncovered
     full = [None if k in uncovered else weight * on_s.squares[k] + on_f.squares[k] for k in range(len(engine.params))]
     engine.sum_([f for f in full if f is not None])  # every process: its own rows' squares
@@ -179,11 +188,12 @@ def fisher_from_rows(engine: "Engine", forget: "Dataset", f_rows: list[int], ret
                        len(uncovered))
     fisher = [shard_like(p, torch.full(p.shape, mean, device=g.device) if f is None else f.float())
               for p, f, g in zip(engine.params, full, g_f)]
-    return fisher, g_f, 1.0 - covered / max(sum(sizes), 1)
+    return fisher, g_f, 1.0 - covered / max(sum(sizes), 1), factors
 
 
-def precondition(g: Sequence[torch.Tensor], inv: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-    return [a * b for a, b in zip(g, inv)]
+def precondition(g: Sequence[torch.Tensor], inv: Sequence) -> list[torch.Tensor]:
+    """P·G per parameter: elementwise for a diagonal entry, the entry applied for a K-FAC one."""
+    return [b(a) if callable(b) else a * b for a, b in zip(g, inv)]
 
 
 def example_curves(engine: "Engine", dataset: "Dataset", rows: Sequence[int], direction: Sequence[torch.Tensor],

@@ -42,6 +42,8 @@ import torch
 import torch.nn.functional as F
 from transformers import TrainerCallback
 
+from .kfac import KroneckerFactors
+
 logger = logging.getLogger(__name__)
 
 # Damping δ of the diagonal curvature, × its mean. Chosen on the TUNE scenario poison_vision (random forget rows:
@@ -247,8 +249,9 @@ class ExampleGradients:
     with the factor ``backward`` multiplied the gradients by and the batch's gradients (``None`` entries
     skip the check). ``squares[k]`` is full-shaped; ``uncovered`` the indices with no per-example gradient."""
 
-    def __init__(self, model: torch.nn.Module, params: Sequence[torch.Tensor]) -> None:
+    def __init__(self, model: torch.nn.Module, params: Sequence[torch.Tensor], factors: KroneckerFactors | None = None) -> None:
         self.params = list(params)
+        self.factors = factors  # also K-FAC factors of each weight owned by one Linear / Conv1D / Conv2d layer
         index = {id(p): k for k, p in enumerate(self.params)}
         self.owned: dict[torch.nn.Module, list[tuple[int, str]]] = {}
         for module in model.modules():
@@ -307,6 +310,7 @@ class ExampleGradients:
             return self._give_up(k, "a layer input without a leading batch dimension")
         total = torch.zeros(p.shape, dtype=dtype, device=device)
         sq = torch.zeros(p.shape, dtype=dtype, device=device)
+        one_layer = items[0] if len(items) == 1 and items[0][1] == "weight" else None
         if items and all(isinstance(m, torch.nn.Embedding) for m, _, _, _ in items):
             _embedding_squares(items, scale, dtype, sq, total)
             items = []
@@ -321,12 +325,17 @@ class ExampleGradients:
             if not torch.allclose(total, ref, rtol=1e-3, atol=1e-5 * float(ref.abs().max()) + 1e-12):
                 return self._give_up(k, "per-example gradients that do not add up to the batch gradient")
         self.squares[k] = sq if self.squares[k] is None else self.squares[k].add_(sq)
+        if self.factors is not None and one_layer is not None:
+            module, _, a, g = one_layer
+            self.factors.add(k, module, _as(a, dtype), g.to(dtype), scale)
 
     def _give_up(self, k: int, why: str) -> None:
         logger.warning("per-example gradients unavailable for parameter %d %s (%s): identity curvature there",
                        k, tuple(self.params[k].shape), why)
         self.uncovered.add(k)
         self.squares[k] = None
+        if self.factors is not None:
+            self.factors.drop(k)
 
 
 def _as(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

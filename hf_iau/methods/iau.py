@@ -150,7 +150,8 @@ class IAURun:
             return targets
         size = min(self.opts["unlearn_target_sample_size"], len(req.retain))
         rows = req.retain_sample(size, TARGET_SAMPLE_STREAM)
-        estimate = estimate_targets(req.engine, req.forget, req.retain, rows, held, curvature=req.curvature)
+        estimate = estimate_targets(req.engine, req.forget, req.retain, rows, held, curvature=req.curvature,
+                                    kind=self.opts["unlearn_curvature"])
         self.estimate = estimate
         req.curvature = req.curvature or estimate.curvature  # measured on rows: later requests reuse it
         req.grad_passes += estimate.gradient_passes
