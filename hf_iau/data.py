@@ -19,6 +19,9 @@ import secrets
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 from datasets import Dataset, DatasetDict
 
 ForgetSpec = Sequence[Any] | Callable[[dict[str, Any]], bool] | float
@@ -104,10 +107,77 @@ def fingerprint_dataset(dataset: Dataset, id_column: str | None = "id", key: byt
 
 
 def _row_hashes(dataset: Dataset) -> list[str]:
+    """sha256 of each row's sorted JSON: the content fingerprint scheme ledgers store (do not change)."""
     return [
         hashlib.sha256(json.dumps(row, sort_keys=True, default=str).encode()).hexdigest()
         for row in dataset
     ]
+
+
+def content_hashes(dataset: Dataset) -> list[bytes]:
+    """One digest per row of its content, for comparing rows in memory (never stored): numbers by value (integers
+    as int64, floats as float64, so an int32 and an int64 copy of a row agree), column by column from numpy
+    arrays instead of a JSON text per row (``_row_hashes``), which dominated a request on large train sets."""
+    digests = [hashlib.blake2b(digest_size=16) for _ in range(len(dataset))]
+    for col in sorted(dataset.column_names):
+        for h, b in zip(digests, _column_bytes(dataset, col)):
+            h.update(b"%s\0%d\0" % (col.encode(), len(b)))
+            h.update(b)
+    return [h.digest() for h in digests]
+
+
+def _column_bytes(dataset: Dataset, col: str) -> list[bytes]:
+    """Each row's value of ``col`` as canonical bytes, from the Arrow column (no per-row Python objects for numbers)."""
+    arr = dataset.with_format("arrow", columns=[col])[:].column(col).combine_chunks() if len(dataset) else None
+    if arr is None:
+        return []
+    arr = arr.storage if isinstance(arr.type, pa.ExtensionType) else arr  # datasets' ArrayXD: the nested lists
+    n = len(arr)
+    owner, parts = np.arange(n), []  # per level: the top-level row of each element, and the bytes to hash
+    while pa.types.is_list(arr.type) or pa.types.is_large_list(arr.type) or pa.types.is_fixed_size_list(arr.type):
+        lengths = pc.fill_null(pc.list_value_length(arr), -1).to_numpy(zero_copy_only=False).astype(np.int64)
+        parts.append((owner, b"L", lengths))
+        owner = owner[pc.list_parent_indices(arr).to_numpy(zero_copy_only=False)]
+        arr = pc.list_flatten(arr)
+    if pa.types.is_integer(arr.type) or pa.types.is_floating(arr.type) or pa.types.is_boolean(arr.type):
+        leaf = arr.to_numpy(zero_copy_only=False)
+        parts.append((owner, _tag(leaf.dtype, ()), _canonical(leaf)))
+    else:  # strings, structs, …: per row, in full
+        return [_value_bytes(v) for v in dataset.with_format(None, columns=[col])[:][col]]
+    out = [bytearray() for _ in range(n)]
+    for rows, tag, values in parts:  # elements are stored in row order: each row owns one contiguous slice
+        bounds, size, buf = np.searchsorted(rows, np.arange(n + 1)), values.itemsize, values.tobytes()
+        for i in range(n):
+            out[i] += tag + buf[bounds[i] * size : bounds[i + 1] * size]
+    return [bytes(b) for b in out]
+
+
+def _tag(dtype: np.dtype, shape: tuple[int, ...]) -> bytes:
+    """The same for a value whether its column came as one array or as an array per row."""
+    return ("b" if dtype.kind == "b" else "i" if dtype.kind in "iu" else "f").encode() + repr(tuple(shape)).encode()
+
+
+def _canonical(a: np.ndarray) -> np.ndarray:
+    """Booleans as int8 (their tag sets them apart), integers as int64, floats as float64, C order."""
+    dtype = np.int8 if a.dtype.kind == "b" else np.int64 if a.dtype.kind in "iu" else np.float64
+    return np.ascontiguousarray(a, dtype=dtype)
+
+
+def _value_bytes(v: Any) -> bytes:
+    if isinstance(v, np.ndarray) and v.dtype.kind in "iubf":
+        return _tag(v.dtype, v.shape) + _canonical(v).tobytes()
+    return json.dumps(_plain(v), sort_keys=True).encode()
+
+
+def _plain(v: Any) -> Any:
+    """JSON-ready nested lists, dicts and scalars (arrays in full, never a truncated repr)."""
+    if isinstance(v, np.ndarray):
+        return v.tolist() if v.dtype != object else [_plain(x) for x in v]
+    if isinstance(v, dict):
+        return {str(k): _plain(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_plain(x) for x in v]
+    return v.item() if isinstance(v, np.generic) else v if isinstance(v, (str, int, float, bool, type(None))) else str(v)
 
 
 def forget_retain_split(
@@ -172,7 +242,7 @@ def check_disjoint(forget: Dataset, retain: Dataset, id_column: str | None = "id
     if id_column and id_column in forget.column_names and id_column in retain.column_names:
         overlap = set(forget[id_column]) & set(retain[id_column])
     else:
-        overlap = set(_row_hashes(forget)) & set(_row_hashes(retain))
+        overlap = set(content_hashes(forget)) & set(content_hashes(retain))
     if overlap:
         raise ValueError(
             f"forget and retain sets overlap in {len(overlap)} row(s); remove the forget rows from "

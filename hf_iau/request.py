@@ -21,7 +21,7 @@ from typing import Any, Callable, Iterable
 
 from datasets import Dataset
 
-from .data import FINGERPRINT_SCHEME, _row_hashes, check_disjoint, fingerprint_ids, key_id, row_digests
+from .data import FINGERPRINT_SCHEME, _row_hashes, check_disjoint, content_hashes, fingerprint_ids, key_id, row_digests
 from .ledger import DELETION_RECORD_NAME, deletion_record_sha256, read_ledger
 from .validation import validate_unlearning_data, validate_unlearning_ids
 
@@ -227,8 +227,8 @@ def _retain_from_train(ctx: RequestContext, forget: Dataset, kid: str) -> Datase
     return train.select(keep)
 
 
-def _content(ds: Dataset, columns: list[str]) -> list[str]:
-    return _row_hashes(ds.select_columns(columns)) if columns else []
+def _content(ds: Dataset, columns: list[str]) -> list[bytes]:
+    return content_hashes(ds.select_columns(columns)) if columns else []
 
 
 def check_same_rows(forget: Dataset, train_rows: Dataset, id_column: str) -> None:

@@ -197,3 +197,26 @@ def test_a_model_from_the_hub_keeps_its_deletion_record(tmp_path, key_file, monk
     t3.parent_checkpoint = "me/model-unlearned"
     with pytest.warns(UserWarning, match="Could not read the deletion ledger"):
         t3.unlearn(_forget(ds, [5]))
+
+
+def test_content_hashes_compare_rows_by_value_whatever_the_storage():
+    """The in-memory row digests of the held-out / same-row checks: equal content → equal digest across int widths,
+    fixed or ragged layouts, ArrayXD features and selected (index-mapped) datasets; other nesting → other digest."""
+    from datasets import Array2D, Dataset, Features, Sequence, Value
+
+    from hf_iau.data import content_hashes
+
+    a = Dataset.from_dict({"ids": [[1, 2, 3], [4, 5], [6, 7, 8]], "label": [0, 1, 2], "text": ["a", "b", "c"]})
+    narrow = Dataset.from_dict({"ids": [[4, 5], [1, 2, 3]], "label": [1, 0], "text": ["b", "a"]}).cast(
+        Features({"ids": Sequence(Value("int32")), "label": Value("int8"), "text": Value("string")}))
+    fixed = Dataset.from_dict({"ids": [[1, 2, 3], [6, 7, 8]], "label": [0, 2], "text": ["a", "c"]})
+    ha = content_hashes(a)
+    assert content_hashes(narrow) == [ha[1], ha[0]]
+    assert content_hashes(fixed) == [ha[0], ha[2]]
+    assert content_hashes(a.select([2, 0])) == [ha[2], ha[0]]
+    assert len(set(ha)) == 3
+    nest = Dataset.from_dict({"x": [[[1, 2], [3]], [[1], [2, 3]]]})
+    assert len(set(content_hashes(nest))) == 2
+    grid = [[[1.0, 2.0], [3.0, 4.0]], [[5.0, 6.0], [7.0, 8.0]]]
+    as_array = Dataset.from_dict({"x": grid}, features=Features({"x": Array2D((2, 2), "float32")}))
+    assert content_hashes(as_array) == content_hashes(Dataset.from_dict({"x": grid}))
