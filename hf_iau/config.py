@@ -173,7 +173,8 @@ class IAUConfig(TrainingArguments):
         metadata={
             "help": "Fraction λ of the estimated removal step θ ← θ + c·P·G_F (the counterfactual targets' own "
             "preconditioned forget gradient and calibrated scale, hf_iau/counterfactual.py) taken before the steps, "
-            "unless the targets already hold; 0 takes none. Costs no passes; only with unlearn_targets='counterfactual'. "
+            "unless the targets already hold, halved (at most 3 times, then dropped) while it leaves the retain sample's mean "
+            "loss above the held-out loss; 0 takes none. Costs no gradient pass; only with unlearn_targets='counterfactual'. "
             "0.5 was chosen on the tuning scenarios (benchmarks/results/influence_step_decision.md): the full step "
             "lands the forget losses on their targets but breaks the retain loss (diagonal curvature)."
         },
