@@ -341,6 +341,9 @@ def _apply_peft(model: torch.nn.Module, peft_config: Any, args: IAUConfig) -> to
         )
     if not isinstance(peft_config, PeftConfig):
         raise ValueError(f"`peft_config` must be a peft.PeftConfig (e.g. LoraConfig), got {type(peft_config).__name__}.")
+    from transformers import set_seed
+
+    set_seed(args.seed)  # the adapter's random init follows args.seed, like the rest of the run, not the RNG's history
     try:
         model = get_peft_model(model, peft_config)
     except ValueError as err:

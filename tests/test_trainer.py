@@ -61,6 +61,20 @@ def test_lora_trains_under_gradient_checkpointing_with_gr(tmp_path):
     assert lora_b and all(not torch.equal(before[k], after[k]) for k in lora_b)
 
 
+def test_the_adapter_init_follows_args_seed_not_the_rng_history(tmp_path):
+    """LoRA's random A is drawn under args.seed: the same seed after different RNG histories gives the same adapter
+    (before, whatever ran earlier — a probe, another method — changed it), another seed another one."""
+    def adapter(seed: int, history: int):
+        torch.manual_seed(history)
+        torch.rand(history + 1)
+        tr = IAUTrainer(tiny_gpt2(seed=0), args=make_args(tmp_path, seed=seed), peft_config=LoraConfig(r=2, target_modules=["c_attn"]))
+        return {n: p.detach().clone() for n, p in tr.model.named_parameters() if "lora_A" in n}
+
+    a, b, c = adapter(0, 1), adapter(0, 7), adapter(1, 1)
+    assert a and all(torch.equal(a[n], b[n]) for n in a)
+    assert any(not torch.equal(a[n], c[n]) for n in a)
+
+
 def test_peft_model_plus_peft_config_is_rejected(tmp_path):
     model = get_peft_model(tiny_gpt2(), LoraConfig(r=2, target_modules=["c_attn"]))
     with pytest.raises(ValueError, match="peft_config"):
