@@ -112,9 +112,13 @@ class Targets:
             return ones
         if self.mode == "flip":
             return (bl.correct > 0.5).to(ones.dtype)
-        loss = bl.per_example.detach().double().cpu().numpy()
-        short = loss < self.targets[rows] * (1 - REACHED)
+        short = self.short(bl.per_example.detach().double().cpu().numpy(), rows)
         return torch.as_tensor(short, dtype=ones.dtype, device=ones.device)
+
+    def short(self, losses: np.ndarray, rows: list[int] | None = None) -> np.ndarray:
+        """Loss modes: which rows (all, or ``rows``) are short of their target by more than ``REACHED``."""
+        targets = self.targets if rows is None else self.targets[rows]
+        return losses < targets * (1 - REACHED)
 
 
 class IAURun:
@@ -187,7 +191,7 @@ class IAURun:
         req, est, lam = self.req, self.estimate, self.opts["unlearn_influence_step"]
         if lam == 0 or est is None:
             return
-        if np.mean(est.losses < targets.targets * (1 - REACHED)) <= self.opts["unlearn_stop_tolerance"]:
+        if np.mean(targets.short(est.losses)) <= self.opts["unlearn_stop_tolerance"]:
             return
         direction, est.direction = est.direction, None
         norm = math.sqrt(sum(full_total(d.double().pow(2).sum()) for d in direction))
@@ -295,7 +299,7 @@ class IAURun:
         out = req.engine.per_example(req.forget, range(self.n_forget))
         req.fwd_passes += self.n_forget
         if targets.mode == "loss":
-            short = out["loss"] < targets.targets * (1 - REACHED)
+            short = targets.short(out["loss"])
             return {"forget_active_fraction_final": float(short.mean()), "target_mean": float(targets.targets.mean())}
         if "correct" in out:
             return {"forget_active_fraction_final": float((out["correct"] > 0.5).mean())}
