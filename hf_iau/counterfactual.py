@@ -45,8 +45,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .curvature import DAMPING, Curvature, ExampleGradients, full_total, preconditioner, shard_like
-from .kfac import KroneckerFactors, kfac_preconditioner
+from .curvature import Curvature, ExampleGradients, damping_level, full_total, preconditioner, shard_like
+from .kfac import KroneckerFactors, kronecker_solvers
 from .losses import IGNORE_INDEX, batch_losses
 
 if TYPE_CHECKING:
@@ -98,7 +98,10 @@ def estimate_targets(
         fisher, uncovered = curvature.diagonal(engine.model), 0.0
         g_f = group_gradient(engine, forget, f_rows)
         passes = len(s_rows) + len(f_rows)
-    inv = kfac_preconditioner(engine.params, fisher, factors, DAMPING) if factors is not None else preconditioner(fisher)
+    inv: list = preconditioner(fisher)
+    if factors is not None:  # K-FAC where a weight has factors, the diagonal elsewhere, one damping level
+        solvers = kronecker_solvers(engine.params, fisher, factors, damping_level(fisher))
+        inv = [solvers.get(k, x) for k, x in enumerate(inv)]
     del fisher
     size = min(len(s_rows), max(len(f_rows), math.ceil(len(s_rows) / MAX_GROUPS)))
     sample = np.concatenate([

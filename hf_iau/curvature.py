@@ -55,10 +55,15 @@ FORMAT = "diagonal_fisher/1"
 CHUNK = 1 << 24  # elements of per-example gradients materialised at once
 
 
-def preconditioner(fisher: Sequence[torch.Tensor], damping: float = DAMPING) -> list[torch.Tensor]:
-    """P = 1 / (F̂ + δ·mean F̂) elementwise, the mean over every element of every tensor (sharded ones in full)."""
+def damping_level(fisher: Sequence[torch.Tensor], damping: float = DAMPING) -> float:
+    """d = δ·mean F̂, the mean over every element of every tensor (sharded ones in full)."""
     total = sum(full_total(f.double().sum()) for f in fisher)
-    damp = max(damping * total / max(sum(f.numel() for f in fisher), 1), 1e-30)
+    return max(damping * total / max(sum(f.numel() for f in fisher), 1), 1e-30)
+
+
+def preconditioner(fisher: Sequence[torch.Tensor], damping: float = DAMPING) -> list[torch.Tensor]:
+    """P = 1 / (F̂ + d) elementwise, d = :func:`damping_level`."""
+    damp = damping_level(fisher, damping)
     return [1.0 / (f + damp) for f in fisher]
 
 

@@ -61,7 +61,8 @@ class KroneckerFactors:
         self.s[k] = g2.T @ g2 + self.s.get(k, 0)
 
     def drop(self, k: int) -> None:
-        self.a.pop(k, None), self.s.pop(k, None), self.kinds.pop(k, None)
+        for held in (self.a, self.s, self.kinds):
+            held.pop(k, None)
 
     def merged(self, other: "KroneckerFactors", weight: float) -> "KroneckerFactors":
         """weight·self + other, for the parameters both hold (the retained sample scaled to the retain set)."""
@@ -72,23 +73,18 @@ class KroneckerFactors:
         return out
 
 
-def kfac_preconditioner(
+def kronecker_solvers(
     params: Sequence[torch.Tensor], diagonal: Sequence[torch.Tensor], factors: KroneckerFactors, damping: float,
-) -> list[torch.Tensor | Callable[[torch.Tensor], torch.Tensor]]:
-    """Per parameter: the diagonal's elementwise 1/(F̂ + d) (a tensor), or G ↦ P·G for a weight with factors."""
-    total = sum(float(f.double().sum()) for f in diagonal)
-    d = max(damping * total / max(sum(f.numel() for f in diagonal), 1), 1e-30)
-    out: list[torch.Tensor | Callable[[torch.Tensor], torch.Tensor]] = []
-    for k, (p, f) in enumerate(zip(params, diagonal)):
-        if k not in factors.a:
-            out.append(1.0 / (f + d))
-            continue
+) -> dict[int, Callable[[torch.Tensor], torch.Tensor]]:
+    """G ↦ P·G for each parameter index with factors; ``diagonal`` gives each layer's trace, ``damping`` is d (the
+    diagonal preconditioner's own, ``hf_iau.curvature.damping_level``). Other parameters keep the diagonal."""
+    out: dict[int, Callable[[torch.Tensor], torch.Tensor]] = {}
+    for k in factors.a:
         alpha, qa = torch.linalg.eigh(factors.a[k])
         sigma, qs = torch.linalg.eigh(factors.s[k])
         alpha, sigma = alpha.clamp_min(0), sigma.clamp_min(0)
-        kappa = float(f.double().sum()) / max(float(sigma.sum() * alpha.sum()), 1e-300)
-        denom = kappa * sigma[:, None] * alpha[None, :] + d
-        out.append(_solver(factors.kinds[k], tuple(p.shape), qa, qs, denom))
+        kappa = float(diagonal[k].double().sum()) / max(float(sigma.sum() * alpha.sum()), 1e-300)
+        out[k] = _solver(factors.kinds[k], tuple(params[k].shape), qa, qs, kappa * sigma[:, None] * alpha[None, :] + damping)
     return out
 
 
