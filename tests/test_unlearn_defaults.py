@@ -274,3 +274,30 @@ def test_influence_step_takes_lambda_of_the_estimated_removal_step(tmp_path, mon
 def test_influence_step_is_validated(tmp_path, value):
     with pytest.raises(ValueError, match="unlearn_influence_step"):
         make_args(tmp_path, unlearn_influence_step=value)
+
+
+def test_rows_at_their_target_leave_the_backward_pass_without_changing_the_update(tmp_path, monkeypatch):
+    """Rows that reached their target are checked forward only: fewer gradient passes, the same steps and the same
+    weights as pushing every row with the mask (the old path, forced here)."""
+    import torch
+
+    from hf_iau.methods.iau import IAURun
+
+    flip = list(range(8))
+    train = learnable(96, seed=0, flip=flip)
+    held_out = learnable(24, seed=1)
+    kw = dict(epochs=4, unlearn_learning_rate=1e-2, unlearn_steps=12, unlearn_stop="fixed")
+    runs = {}
+    for name in ("pruned", "every_row"):
+        trainer = trained(tmp_path / name, train, held_out, **kw)
+        split = forget_retain_split(train, forget=flip, id_column="id")
+        if name == "every_row":
+            monkeypatch.setattr(IAURun, "_rows_to_push", lambda self, targets, pushed: list(range(self.n_forget)))
+        m = trainer.unlearn(split["forget"], split["retain"]).metrics
+        runs[name] = (m, [p.detach().clone() for p in trainer.model.parameters()])
+    (mp, wp), (me, we) = runs["pruned"], runs["every_row"]
+    assert mp["steps"] == me["steps"] == 12
+    assert mp["forget_active_fraction_final"] < 1.0  # some rows reached their target, so some left the pass
+    saved = me["example_gradient_passes"] - mp["example_gradient_passes"]
+    assert saved > 0 and mp["example_forward_passes"] > me["example_forward_passes"]
+    assert max(float((a - b).abs().max()) for a, b in zip(wp, we)) < 1e-5

@@ -237,10 +237,20 @@ class IAURun:
             raise UnlearningError("The forget set has no labelled tokens/examples: nothing to unlearn.")
         optimizer = make_optimizer(o["unlearn_optimizer"], req.params, o["unlearn_learning_rate"])
         lr, retries, history = o["unlearn_learning_rate"], 0, []
+        pushed = list(range(self.n_forget))  # rows in the last gradient pass that were still short of their target
         for step in range(o["unlearn_steps"]):
             r_idx = req.retain_sample(o["unlearn_retain_sample_size"], step)
+            rows = self._rows_to_push(targets, pushed)
+            short = np.zeros(self.n_forget)
+
+            def mask(bl: BatchLoss, ix: list[int]) -> torch.Tensor:
+                m = targets.mask(bl, ix)
+                short[ix] = m.detach().double().cpu().numpy()
+                return m
+
             req.zero_grad()
-            f = req.accumulate(req.forget, range(self.n_forget), -o["unlearn_forget_weight"], total=n_f, mask=targets.mask)
+            f = req.accumulate(req.forget, rows, -o["unlearn_forget_weight"], total=n_f, mask=mask)
+            pushed = np.flatnonzero(np.asarray(req.engine.sum(short.tolist())) > 0.5).tolist()
             r = req.accumulate(req.retain, r_idx, o["unlearn_retain_weight"]) if r_idx else Stats()
             rec = {"step": float(step), "forget_loss_active_rows": f.mean_loss, "retain_loss": r.mean_loss,
                    "forget_active_fraction": f.active / self.n_forget, "learning_rate": lr}
@@ -255,6 +265,21 @@ class IAURun:
             history.append(rec)
             req.step_done(rec)
         return history, lr, retries, "max_steps"
+
+    def _rows_to_push(self, targets: Targets, pushed: list[int]) -> list[int]:
+        """The forget rows of this step's gradient pass: every row for unlearn_targets 'none'/'flip'; else the rows
+        that were still short in the last pass plus the reached rows that fell back below their target (checked
+        forward only). Rows at their target leave the backward pass; the step's gradient is the same as pushing every
+        row with the mask."""
+        if targets.mode != "loss" or len(pushed) == self.n_forget:
+            return list(range(self.n_forget))
+        req, held = self.req, sorted(set(range(self.n_forget)) - set(pushed))
+        if not held:
+            return pushed
+        losses = req.engine.per_example(req.forget, held)["loss"]
+        req.fwd_passes += len(held)
+        fell_back = [i for i, s in zip(held, targets.short(losses, held)) if s]
+        return sorted(pushed + fell_back)
 
     def _stop(self, targets: Targets, f: Stats) -> str | None:
         """'targets_reached' once at most ``unlearn_stop_tolerance`` of the rows are short of their target (under
