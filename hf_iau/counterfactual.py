@@ -71,6 +71,8 @@ class TargetEstimate:
     curvature: Curvature | None = None  # F̂ measured on the rows (when none was given): reusable by later requests
     direction: list[torch.Tensor] | None = None  # P·G_F, the removal direction (θ_{−F} ≈ θ + scale·direction)
     losses: np.ndarray | None = None  # each forget row's current loss
+    predicted: np.ndarray | None = None  # classifiers: each forget row's class under the estimated removal
+    labels: np.ndarray | None = None  # classifiers: each forget row's label
 
 
 def estimate_targets(
@@ -110,7 +112,8 @@ def estimate_targets(
     ])
     scale = calibrate(sample, SCALES, float(held_out.mean()))
     direction = precondition(g_f, inv)
-    fc = example_curves(engine, forget, f_rows, direction, [0.0, scale])
+    classes = engine.kind == "classification"
+    fc = example_curves(engine, forget, f_rows, direction, [0.0, scale], classes)
     s_est = at_scale(sample, SCALES, scale)
     targets, info = calibrated_targets(fc[:, 0], fc[:, 1], s_est, held_out)
     info.update(
@@ -119,7 +122,8 @@ def estimate_targets(
         estimate_mean=float(fc[:, 1].mean()), identity_curvature_fraction=uncovered,
         saved_curvature=float(curvature is not None),
     )
-    return TargetEstimate(targets, float(passes), float(3 * (len(s_rows) + len(f_rows))), info, measured, direction, fc[:, 0])
+    return TargetEstimate(targets, float(passes), float(3 * (len(s_rows) + len(f_rows))), info, measured, direction,
+                          fc[:, 0], fc[:, 2].astype(int) if classes else None, fc[:, 3].astype(int) if classes else None)
 
 
 def _check(engine: "Engine", forget: "Dataset", retain: "Dataset", sample_rows: Sequence[int],
@@ -200,8 +204,9 @@ def precondition(g: Sequence[torch.Tensor], inv: Sequence) -> list[torch.Tensor]
 
 
 def example_curves(engine: "Engine", dataset: "Dataset", rows: Sequence[int], direction: Sequence[torch.Tensor],
-                   scales: Sequence[float]) -> np.ndarray:
-    """[len(rows), len(scales)] of :func:`shifted_losses` for rows of ``dataset``, assembled on every process."""
+                   scales: Sequence[float], classes: bool = False) -> np.ndarray:
+    """[len(rows), len(scales) (+ 2 with ``classes``)] of :func:`shifted_losses` for rows of ``dataset``, assembled on
+    every process."""
     rows = list(rows)
     local = engine.shard(rows)
     offset = (engine.shard(list(range(len(rows)))) or [0])[0]
@@ -212,8 +217,8 @@ def example_curves(engine: "Engine", dataset: "Dataset", rows: Sequence[int], di
         return out.logits, batch["labels"].to(out.logits.device)
 
     values = shifted_losses(engine.params, direction, engine.batches(dataset, local, len(rows)), logits_of, scales,
-                            engine.kind == "causal_lm")[: len(local)]  # padding rows (FSDP2) come last
-    out = np.zeros((len(rows), len(scales)))
+                            engine.kind == "causal_lm", classes=classes)[: len(local)]  # padding rows (FSDP2) come last
+    out = np.zeros((len(rows), len(scales) + 2 * classes))
     out[offset : offset + len(local)] = values
     return np.asarray(engine.sum(out.ravel().tolist())).reshape(out.shape)
 
@@ -232,10 +237,11 @@ def cross_entropy(logits: torch.Tensor, labels: torch.Tensor, causal: bool) -> t
 @torch.no_grad()
 def shifted_losses(
     params: Sequence[torch.nn.Parameter], direction: Sequence[torch.Tensor], batches: Iterable[dict],
-    logits_of: Logits, scales: Sequence[float], causal: bool, rel_step: float = 1e-3,
+    logits_of: Logits, scales: Sequence[float], causal: bool, rel_step: float = 1e-3, classes: bool = False,
 ) -> np.ndarray:
     """[examples, len(scales)]: CE(z + s·J·d, y) for every example and scale s, J·d a central difference of the
-    logits along ``direction`` (θ is restored exactly)."""
+    logits along ``direction`` (θ is restored exactly). ``classes`` (classifiers): two more columns, the class
+    argmax(z + s·J·d) at the last scale and the label y."""
     d_norm = math.sqrt(sum(full_total(d.double().pow(2).sum()) for d in direction))
     t_norm = math.sqrt(sum(full_total(p.detach().double().pow(2).sum()) for p in params))
     eps = rel_step * max(t_norm, 1.0) / d_norm if d_norm > 0 and math.isfinite(d_norm) else 0.0
@@ -252,11 +258,14 @@ def shifted_losses(
             z0, y = at(0.0, batch)
             z0 = z0.double()
             dz = (at(eps, batch)[0].double() - at(-eps, batch)[0].double()) / (2 * eps) if eps > 0 else torch.zeros_like(z0)
-            rows.append(torch.stack([cross_entropy(z0 + float(s) * dz, y, causal) for s in scales], -1).cpu().numpy())
+            cols = [cross_entropy(z0 + float(s) * dz, y, causal) for s in scales]
+            if classes:
+                cols += [(z0 + float(scales[-1]) * dz).argmax(-1).double(), y.view(-1).double()]
+            rows.append(torch.stack(cols, -1).cpu().numpy())
     finally:
         for p, s in zip(params, saved):
             p.copy_(s)
-    return np.concatenate(rows, 0) if rows else np.zeros((0, len(scales)))
+    return np.concatenate(rows, 0) if rows else np.zeros((0, len(scales) + 2 * classes))
 
 
 def calibrate(sample_curves: np.ndarray, scales: Sequence[float], held_out_loss: float) -> float:
@@ -322,5 +331,39 @@ def calibrated_targets(losses: Sequence[float], estimates: Sequence[float], samp
     return targets, info
 
 
-__all__ = ["TargetEstimate", "at_scale", "calibrate", "calibrated_targets", "cross_entropy", "estimate_targets",
-           "group_gradient", "shifted_losses"]
+def class_log_probs(engine: "Engine", dataset: "Dataset", rows: Sequence[int]) -> np.ndarray:
+    """[len(rows), classes] log-softmax of a classifier's logits on rows of ``dataset`` (forward only, eval mode),
+    assembled on every process."""
+    rows = list(rows)
+    local = engine.shard(rows)
+    offset = (engine.shard(list(range(len(rows)))) or [0])[0]
+    parts, was_training = [], engine.model.training
+    engine.model.eval()
+    with torch.no_grad():
+        for batch in engine.batches(dataset, local, len(rows)):
+            with engine.autocast():
+                logits = engine.model(**{k: v for k, v in batch.items() if k != "labels"}).logits
+            parts.append(torch.log_softmax(logits.double(), -1).cpu().numpy())
+    engine.model.train(was_training)
+    out = np.zeros((len(rows), int(engine.model.config.num_labels)))
+    if parts:
+        out[offset : offset + len(local)] = np.concatenate(parts, 0)[: len(local)]
+    return np.asarray(engine.sum(out.ravel().tolist())).reshape(out.shape)
+
+
+def flipped_label_losses(predicted: np.ndarray, labels: np.ndarray, held_out_log_probs: np.ndarray) -> np.ndarray:
+    """Per forget row whose estimated class c* differs from its label y: the median of −log p(y | x_j) over the
+    held-out rows j the model predicts as c* — what the label costs on never-seen rows of the class the estimate
+    says the row belongs to; NaN where c* = y or no held-out row is predicted c*."""
+    lp = np.asarray(held_out_log_probs, dtype=np.float64)
+    pred_h = lp.argmax(1)
+    out = np.full(len(labels), np.nan)
+    for i, (c, y) in enumerate(zip(np.asarray(predicted, int), np.asarray(labels, int))):
+        rows = pred_h == c
+        if c != y and rows.any() and 0 <= y < lp.shape[1]:
+            out[i] = float(np.median(-lp[rows, y]))
+    return out
+
+
+__all__ = ["TargetEstimate", "at_scale", "calibrate", "calibrated_targets", "class_log_probs", "cross_entropy",
+           "estimate_targets", "flipped_label_losses", "group_gradient", "shifted_losses"]

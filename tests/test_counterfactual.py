@@ -373,3 +373,50 @@ def test_targets_of_an_fsdp2_sharded_model_on_two_processes_equal_one_process(tm
         assert one[case]["scale"] > 0
         assert two[case]["scale"] == pytest.approx(one[case]["scale"], rel=1e-5)
         assert np.allclose(one[case]["targets"], two[case]["targets"], rtol=1e-5, atol=1e-5)
+
+
+def test_flipped_label_losses_read_the_label_on_held_out_rows_of_the_estimated_class():
+    """Hand computation: three held-out rows (two predicted class 1, one class 0); a row estimated to move to class 1
+    with label 0 gets the median of −log p(0) over the two class-1 rows; unflipped or unmatched rows get NaN."""
+    from hf_iau.counterfactual import flipped_label_losses
+
+    lp = np.log(np.array([[0.1, 0.9, 0.0 + 1e-12], [0.3, 0.6, 0.1], [0.8, 0.1, 0.1]]))
+    out = flipped_label_losses(predicted=np.array([1, 0, 2, 1]), labels=np.array([0, 0, 1, 2]), held_out_log_probs=lp)
+    assert out[0] == pytest.approx(np.median([-np.log(0.1), -np.log(0.3)]))
+    assert np.isnan(out[1])  # the estimate keeps the label: no flipped level
+    assert np.isnan(out[2])  # no held-out row is predicted as class 2
+    assert out[3] == pytest.approx(np.median([-np.log(1e-12), -np.log(0.1)]))
+
+
+def test_class_log_probs_and_the_estimated_class_of_a_classifier(tmp_path):
+    """class_log_probs equals the model's log-softmax; with classes=True the estimate reports each forget row's class
+    at the calibrated scale (argmax of the shifted logits, unshifted when the scale is 0) and its label."""
+    from hf_iau.counterfactual import class_log_probs, estimate_targets
+    from tiny import text_cls_dataset, tiny_bert
+
+    ds = text_cls_dataset(30).remove_columns("id")
+    engine = _engine(tmp_path, tiny_bert(0), per_device_eval_batch_size=8)
+    lp = class_log_probs(engine, ds, [3, 1, 7])
+    with torch.no_grad():
+        batch = engine.collate(ds, [3, 1, 7])
+        ref = torch.log_softmax(engine.model(**{k: v for k, v in batch.items() if k != "labels"}).logits.double(), -1)
+    assert np.allclose(lp, ref.numpy(), atol=1e-6)
+    forget, retain = ds.select(range(5)), ds.select(range(5, 30))
+    est = estimate_targets(engine, forget, retain, list(range(0, 25, 3)), [1.3, 1.1, 1.6, 0.9])
+    assert est.labels.tolist() == forget["label"]
+    assert est.predicted.shape == (5,) and set(est.predicted.tolist()) <= set(range(engine.model.config.num_labels))
+
+
+def test_shifted_losses_report_the_class_of_the_shifted_logits():
+    """A linear classifier (logits = W·x, so J·d = d·x exactly): the extra columns are argmax((W + s·D)·x) at the
+    last scale and the label."""
+    w = torch.nn.Parameter(torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.5, 0.5]], dtype=torch.float64))
+    d = torch.tensor([[-2.0, 0.0], [0.0, 0.0], [0.0, 3.0]], dtype=torch.float64)
+    x = torch.tensor([[1.0, 0.2], [0.1, 1.0], [0.3, 0.3]], dtype=torch.float64)
+    y = torch.tensor([0, 1, 2])
+    out = shifted_losses([w], [d], [{"x": x, "labels": y}], lambda b: (b["x"] @ w.T, b["labels"]), [0.0, 1.0], False,
+                         classes=True)
+    assert out.shape == (3, 4)
+    assert out[:, 2].tolist() == ((w + d) @ x.T).T.argmax(-1).double().tolist() == [2.0, 2.0, 2.0]
+    assert out[:, 3].tolist() == [0.0, 1.0, 2.0]
+    assert np.allclose(out[:, 1], F.cross_entropy(x @ (w + d).T, y, reduction="none").detach().numpy())

@@ -38,7 +38,7 @@ import torch
 from datasets import Dataset
 
 from ..config import UNLEARNING_FIELDS, check_fields
-from ..counterfactual import TargetEstimate, estimate_targets
+from ..counterfactual import TargetEstimate, class_log_probs, estimate_targets, flipped_label_losses
 from ..curvature import full_total
 from ..lifecycle import Request, make_optimizer
 from ..losses import BatchLoss
@@ -129,6 +129,7 @@ class IAURun:
         self.n_forget = len(req.forget)
         self.info: dict[str, float] = {}
         self.estimate: TargetEstimate | None = None
+        self.held_rows: list[int] = []  # the held-out sample's rows
 
     # --- targets -------------------------------------------------------------------------
     def resolve_targets(self) -> Targets:
@@ -166,14 +167,30 @@ class IAURun:
         cap = float(np.max(held))
         raw = np.asarray(estimate.targets, dtype=np.float64)
         self.info["target_capped_fraction"] = float(np.mean(raw > cap))
-        targets.targets = np.minimum(raw, cap)
+        targets.targets = np.maximum(np.minimum(raw, cap), self.flipped_levels(estimate))
         return targets
+
+    def flipped_levels(self, estimate: TargetEstimate) -> np.ndarray:
+        """Classifiers: a forget row whose estimated class c* is not its label y is held to what y costs on held-out
+        rows predicted as c* (``counterfactual.flipped_label_losses``; the estimate gives the class, held-out rows the
+        size of the loss, which the linear estimate under-predicts for memorised rows); 0 elsewhere."""
+        if estimate.predicted is None:
+            return np.zeros(self.n_forget)
+        req = self.req
+        log_probs = class_log_probs(req.engine, req.held_out, self.held_rows)
+        req.fwd_passes += len(self.held_rows)
+        levels = flipped_label_losses(estimate.predicted, estimate.labels, log_probs)
+        flipped = np.isfinite(levels)
+        self.info.update(target_flipped_fraction=float(flipped.mean()),
+                         target_flipped_level=float(levels[flipped].mean()) if flipped.any() else 0.0)
+        return np.where(flipped, levels, 0.0)
 
     def held_out_losses(self) -> np.ndarray:
         """Per-row losses of a seeded sample of the held-out data (the 'never seen' level)."""
         req = self.req
         n = min(len(req.held_out), self.opts["unlearn_held_out_sample_size"])
         idx = sorted(req.rng(HELD_OUT_STREAM).choice(len(req.held_out), size=n, replace=False).tolist())
+        self.held_rows = idx
         out = req.engine.per_example(req.held_out, idx)
         req.fwd_passes += n
         req.held_out_loss = float(out["loss"].mean())
