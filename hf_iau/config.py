@@ -179,6 +179,16 @@ class IAUConfig(TrainingArguments):
             "lands the forget losses on their targets but breaks the retain loss (diagonal curvature)."
         },
     )
+    unlearn_flipped_targets: bool = field(
+        default=False,
+        metadata={
+            "help": "Classifiers, counterfactual targets: a forget row whose estimated class is not its label is held "
+            "at least to what its label costs on held-out rows the model predicts as that class (one more forward pass "
+            "over the held-out sample). Off by default: it lands mislabelled rows' forget loss on the retrained "
+            "models' (tune block: gap 0.060 -> 0.051) but made two held-out kinds worse "
+            "(benchmarks/results/flipped_targets_decision.md)."
+        },
+    )
     unlearn_stop_tolerance: float = field(
         default=0.05,
         metadata={"help": "unlearn_stop='targets' stops once at most this fraction of the forget rows is short of its target."},
@@ -339,6 +349,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "unlearn_stop": (lambda v: v in _choices("unlearn_stop"), "use one of {choices}."),
     "unlearn_stop_tolerance": (lambda v: _finite(v) and 0 <= v < 1, "use a fraction in [0, 1)."),
     "unlearn_influence_step": (lambda v: _finite(v) and 0 <= v <= 1, "use a fraction in [0, 1] (0: off)."),
+    "unlearn_flipped_targets": (lambda v: isinstance(v, bool), "use True or False."),
     "unlearn_held_out_sample_size": (lambda v: _int(v, 1), "use an integer >= 1."),
     "unlearn_batch_size": (lambda v: v is None or _int(v, 1), "use None or an integer >= 1."),
     "unlearn_seed": (lambda v: v is None or _int(v, 0), "use None (the training `seed`) or an integer >= 0."),

@@ -28,6 +28,11 @@ loss units, up or down, uncapped), and never falls below the example's current l
 the retained data still supports (estimate below every removed sample row's) may thus stay below the
 held-out losses; the shares beyond S's range are reported, not clipped.
 
+A classifier's forget row whose estimated class c* (argmax of the moved logits) is not its label y gets a
+second level, read from held-out rows rather than from the linear move (which under-predicts memorised rows:
+mislabelled digits, estimate 2.0 against retrained losses of 9.2): the median of −log p(y | x_j) over the
+held-out rows the model predicts as c* (``flipped_label_losses``; the caller takes the larger level).
+
 Cost per request: G_F and each group's G (|F| + |S| example-gradient passes, in batches through
 ``engine.backward``), plus |F| + |S| for F̂ when no saved curvature is given, and 3(|F| + |S|)
 forward passes. Multi-process: every process takes its share of each set; gradients and per-example

@@ -420,3 +420,22 @@ def test_shifted_losses_report_the_class_of_the_shifted_logits():
     assert out[:, 2].tolist() == ((w + d) @ x.T).T.argmax(-1).double().tolist() == [2.0, 2.0, 2.0]
     assert out[:, 3].tolist() == [0.0, 1.0, 2.0]
     assert np.allclose(out[:, 1], F.cross_entropy(x @ (w + d).T, y, reduction="none").detach().numpy())
+
+
+def test_flipped_targets_are_an_option_that_raises_mislabelled_targets(tmp_path):
+    """unlearn_flipped_targets=True: targets ≥ the default's, higher where a row's estimated class is not its label,
+    and reported; off by default (no level, no extra forward pass)."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_unlearn_defaults import _spy_targets, learnable, trained
+
+    from hf_iau import forget_retain_split
+
+    flip = list(range(8))
+    train = learnable(96, seed=0, flip=flip)
+    trainer = trained(tmp_path, train, learnable(24, seed=1), epochs=30)
+    split = forget_retain_split(train, forget=flip, id_column="id")
+    base, info, _ = _spy_targets(trainer, split)
+    assert "flipped_fraction" not in info
+    trainer = trained(tmp_path / "b", train, learnable(24, seed=1), epochs=30, unlearn_flipped_targets=True)
+    raised, info2, _ = _spy_targets(trainer, split)
+    assert info2["flipped_fraction"] > 0 and np.all(raised >= base - 1e-9) and raised.mean() > base.mean()
