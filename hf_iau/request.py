@@ -21,7 +21,8 @@ from typing import Any, Callable, Iterable
 
 from datasets import Dataset
 
-from .data import FINGERPRINT_SCHEME, _row_hashes, check_disjoint, content_hashes, fingerprint_ids, key_id, row_digests
+from .data import (FINGERPRINT_SCHEME, _row_hashes, check_disjoint, column_values, content_hashes, fingerprint_ids, key_id,
+                   row_digests)
 from .ledger import DELETION_RECORD_NAME, deletion_record_sha256, read_ledger
 from .validation import validate_unlearning_data, validate_unlearning_ids
 
@@ -111,7 +112,7 @@ class DeletionRecord:
 
 
 def _row_keys(ds: Dataset, col: str | None) -> list[Any]:
-    return list(ds[col]) if col and col in ds.column_names else _row_hashes(ds)
+    return column_values(ds, col) if col and col in ds.column_names else _row_hashes(ds)
 
 
 @dataclass
@@ -212,8 +213,8 @@ def _retain_from_train(ctx: RequestContext, forget: Dataset, kid: str) -> Datase
             "IAUConfig(fingerprint_key_file=...) (or $HF_IAU_KEY_FILE) naming the key file that made it, or pass "
             "`retain_dataset=` without every row deleted so far."
         )
-    train_ids = train[col]
-    forget_ids = set(forget[col])
+    train_ids = column_values(train, col)
+    forget_ids = set(column_values(forget, col))
     missing = len(forget_ids - set(train_ids))
     if missing:
         raise ValueError(
@@ -234,8 +235,8 @@ def _content(ds: Dataset, columns: list[str]) -> list[bytes]:
 def check_same_rows(forget: Dataset, train_rows: Dataset, id_column: str) -> None:
     """The forget rows must hold the content of the train rows with the same ids (on their common columns)."""
     cols = sorted(set(forget.column_names) & set(train_rows.column_names))
-    by_id = dict(zip(train_rows[id_column], _content(train_rows, cols)))
-    differ = sum(1 for i, h in zip(forget[id_column], _content(forget, cols)) if by_id.get(i) != h)
+    by_id = dict(zip(column_values(train_rows, id_column), _content(train_rows, cols)))
+    differ = sum(1 for i, h in zip(column_values(forget, id_column), _content(forget, cols)) if by_id.get(i) != h)
     if differ:
         raise ValueError(
             f"`forget_dataset`: {differ} row(s) carry the id of a training row but different content "

@@ -368,7 +368,7 @@ def check_labels(name: str, ds: Any, model: torch.nn.Module, collator: Any, sign
             "creates `labels`, e.g. DataCollatorForLanguageModeling(tokenizer, mlm=False)."
         )
     if kind == "classification":
-        labels = np.asarray(ds[cols[0]])
+        labels = np.asarray(ds.with_format(None, columns=[cols[0]])[:][cols[0]] if len(ds) else [])
         num_labels = model.config.num_labels
         if labels.ndim == 1 and len(labels) and (labels.min() < 0 or labels.max() >= num_labels):
             raise ValueError(

@@ -220,3 +220,17 @@ def test_content_hashes_compare_rows_by_value_whatever_the_storage():
     grid = [[[1.0, 2.0], [3.0, 4.0]], [[5.0, 6.0], [7.0, 8.0]]]
     as_array = Dataset.from_dict({"x": grid}, features=Features({"x": Array2D((2, 2), "float32")}))
     assert content_hashes(as_array) == content_hashes(Dataset.from_dict({"x": grid}))
+
+
+def test_column_values_equal_the_column_read_row_by_row():
+    """data.column_values (one batched conversion) gives what iterating ``ds[col]`` gives: after select/shuffle
+    (an indices mapping), for ints, strings and lists, and [] for an empty dataset."""
+    from datasets import Dataset
+
+    from hf_iau.data import column_values
+
+    ds = Dataset.from_dict({"id": list(range(50)), "name": [f"r{i}" for i in range(50)], "v": [[i, i + 1] for i in range(50)]})
+    picked = ds.shuffle(seed=3).select(range(7, 31))
+    for col in ("id", "name", "v"):
+        assert column_values(picked, col) == list(picked[col])
+    assert column_values(picked.select([]), "id") == []
