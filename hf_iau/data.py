@@ -16,6 +16,7 @@ import json
 import os
 import random
 import secrets
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
@@ -120,10 +121,29 @@ def _row_hashes(dataset: Dataset) -> list[str]:
     ]
 
 
+_HASHES: "OrderedDict[str, list[bytes]]" = OrderedDict()  # dataset fingerprint -> content_hashes (in memory)
+HASH_CACHE_ROWS = 2_000_000  # rows kept in that cache at most (≈ 60 bytes a row)
+
+
 def content_hashes(dataset: Dataset) -> list[bytes]:
     """One digest per row of its content, for comparing rows in memory (never stored): numbers by value (integers
     as int64, floats as float64, so an int32 and an int64 copy of a row agree), column by column from numpy
-    arrays instead of a JSON text per row (``_row_hashes``), which dominated a request on large train sets."""
+    arrays instead of a JSON text per row (``_row_hashes``), which dominated a request on large train sets.
+    Kept in memory by the dataset's fingerprint (datasets derives it from the data's origin and every transform), so
+    sequential requests on one train set hash it once."""
+    key = getattr(dataset, "_fingerprint", None)
+    if key is not None and key in _HASHES:
+        _HASHES.move_to_end(key)
+        return list(_HASHES[key])
+    out = _content_hashes(dataset)
+    if key is not None and len(out) <= HASH_CACHE_ROWS:
+        _HASHES[key] = out
+        while sum(len(v) for v in _HASHES.values()) > HASH_CACHE_ROWS:
+            _HASHES.popitem(last=False)
+    return list(out)
+
+
+def _content_hashes(dataset: Dataset) -> list[bytes]:
     digests = [hashlib.blake2b(digest_size=16) for _ in range(len(dataset))]
     for col in sorted(dataset.column_names):
         for h, b in zip(digests, _column_bytes(dataset, col)):

@@ -234,3 +234,23 @@ def test_column_values_equal_the_column_read_row_by_row():
     for col in ("id", "name", "v"):
         assert column_values(picked, col) == list(picked[col])
     assert column_values(picked.select([]), "id") == []
+
+
+def test_content_hashes_are_kept_by_fingerprint_and_recomputed_for_other_data(monkeypatch):
+    """A second hash of the same dataset (same fingerprint) reads the cache; a transformed dataset (new fingerprint:
+    other rows, changed values) is hashed again, and a cached result cannot be changed through the returned list."""
+    from datasets import Dataset
+
+    import hf_iau.data as data
+
+    calls = []
+    real = data._content_hashes
+    monkeypatch.setattr(data, "_content_hashes", lambda ds: (calls.append(len(ds)), real(ds))[1])
+    ds = Dataset.from_dict({"x": list(range(20)), "y": [i % 3 for i in range(20)]})
+    first = data.content_hashes(ds)
+    first.clear()
+    again = data.content_hashes(ds)
+    assert len(calls) == 1 and len(again) == 20
+    changed = ds.map(lambda r: {"x": r["x"] + 1})
+    assert data.content_hashes(changed) != again and len(calls) == 2
+    assert data.content_hashes(ds.select(range(5))) == again[:5] and len(calls) == 3
