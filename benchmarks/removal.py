@@ -228,7 +228,7 @@ def loo_klom(u: np.ndarray, retr: np.ndarray, mask: np.ndarray) -> dict[str, flo
 VARIANT_KEYS = {"steps": ("unlearn_steps", int), "rs": ("unlearn_retain_sample_size", int),
                 "ts": ("unlearn_target_sample_size", int), "rw": ("unlearn_retain_weight", float),
                 "tol": ("unlearn_stop_tolerance", float), "opt": ("unlearn_optimizer", str),
-                "jump": ("unlearn_influence_step", float), "curv": ("unlearn_curvature", str),
+                "jump": ("unlearn_influence_step", float), "curv": ("unlearn_curvature", str), "stop": ("unlearn_stop", str),
                 "flipt": ("unlearn_flipped_targets", lambda v: v.lower() in ("1", "true", "yes"))}
 
 

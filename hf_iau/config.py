@@ -152,11 +152,13 @@ class IAUConfig(TrainingArguments):
             "64 were not (benchmarks/results/curvature.md)."
         },
     )
-    unlearn_stop: Literal["fixed", "targets"] = field(
+    unlearn_stop: Literal["fixed", "targets", "mean_target"] = field(
         default="targets",
         metadata={
             "help": "'fixed' runs `unlearn_steps` steps; 'targets' stops once at most `unlearn_stop_tolerance` of the "
-            "forget rows are short of their target (within 1 percent), else after `unlearn_steps` steps."
+            "forget rows are short of their target (within 1 percent), else after `unlearn_steps` steps; 'mean_target' "
+            "also stops once the forget set's mean loss is within 1 percent of its mean target (the set has landed "
+            "on the estimate; further steps push some rows past theirs)."
         },
     )
     unlearn_curvature: Literal["diagonal", "kfac"] = field(

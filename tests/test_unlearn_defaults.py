@@ -292,7 +292,8 @@ def test_rows_at_their_target_leave_the_backward_pass_without_changing_the_updat
         trainer = trained(tmp_path / name, train, held_out, **kw)
         split = forget_retain_split(train, forget=flip, id_column="id")
         if name == "every_row":
-            monkeypatch.setattr(IAURun, "_rows_to_push", lambda self, targets, pushed: list(range(self.n_forget)))
+            monkeypatch.setattr(IAURun, "_rows_to_push",
+                            lambda self, targets, pushed: (list(range(self.n_forget)), np.full(self.n_forget, np.nan)))
         m = trainer.unlearn(split["forget"], split["retain"]).metrics
         runs[name] = (m, [p.detach().clone() for p in trainer.model.parameters()])
     (mp, wp), (me, we) = runs["pruned"], runs["every_row"]

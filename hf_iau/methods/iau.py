@@ -248,7 +248,8 @@ class IAURun:
             raise
         steps = sum(1 for h in history if "guard_retries" in h)
         metrics.update({"steps": float(steps), "stopped_early": float(stop != "max_steps"),
-                        "stopped_targets_reached": float(stop == "targets_reached"), "guard_retries": float(retries),
+                        "stopped_targets_reached": float(stop == "targets_reached"),
+                        "stopped_mean_target_reached": float(stop == "mean_target_reached"), "guard_retries": float(retries),
                         "final_learning_rate": lr, "retain_examples_per_step": float(len(req.retain_eval)), **self.info})
         config = {**o, "seed": req.seed}  # replayable: IAUConfig(**config) reproduces the update from the parent
         return req.finish(config, metrics, history)
@@ -264,21 +265,24 @@ class IAURun:
         pushed = list(range(self.n_forget))  # rows in the last gradient pass that were still short of their target
         for step in range(o["unlearn_steps"]):
             r_idx = req.retain_sample(o["unlearn_retain_sample_size"], step)
-            rows = self._rows_to_push(targets, pushed)
-            short = np.zeros(self.n_forget)
+            rows, losses = self._rows_to_push(targets, pushed)
+            short, mine = np.zeros(self.n_forget), np.zeros(self.n_forget)  # this process's rows; summed below
 
             def mask(bl: BatchLoss, ix: list[int]) -> torch.Tensor:
                 m = targets.mask(bl, ix)
                 short[ix] = m.detach().double().cpu().numpy()
+                mine[ix] = bl.per_example.detach().double().cpu().numpy()
                 return m
 
             req.zero_grad()
             f = req.accumulate(req.forget, rows, -o["unlearn_forget_weight"], total=n_f, mask=mask)
-            pushed = np.flatnonzero(np.asarray(req.engine.sum(short.tolist())) > 0.5).tolist()
+            synced = np.asarray(req.engine.sum(short.tolist() + mine.tolist()), dtype=np.float64)
+            pushed = np.flatnonzero(synced[: self.n_forget] > 0.5).tolist()
+            losses[rows] = synced[self.n_forget:][rows]
             r = req.accumulate(req.retain, r_idx, o["unlearn_retain_weight"]) if r_idx else Stats()
             rec = {"step": float(step), "forget_loss_active_rows": f.mean_loss, "retain_loss": r.mean_loss,
                    "forget_active_fraction": f.active / self.n_forget, "learning_rate": lr}
-            stop = self._stop(targets, f)
+            stop = self._stop(targets, f, losses)
             if stop:
                 history.append(rec)
                 return history, lr, retries, stop
@@ -290,28 +294,37 @@ class IAURun:
             req.step_done(rec)
         return history, lr, retries, "max_steps"
 
-    def _rows_to_push(self, targets: Targets, pushed: list[int]) -> list[int]:
-        """The forget rows of this step's gradient pass: every row for unlearn_targets 'none'/'flip'; else the rows
-        that were still short in the last pass plus the reached rows that fell back below their target (checked
-        forward only). Rows at their target leave the backward pass; the step's gradient is the same as pushing every
-        row with the mask."""
+    def _rows_to_push(self, targets: Targets, pushed: list[int]) -> tuple[list[int], np.ndarray]:
+        """The forget rows of this step's gradient pass, and the losses of the rows left out of it (NaN elsewhere):
+        every row for unlearn_targets 'none'/'flip'; else the rows that were still short in the last pass plus the
+        reached rows that fell back below their target (checked forward only). Rows at their target leave the
+        backward pass; the step's gradient is the same as pushing every row with the mask."""
+        losses = np.full(self.n_forget, np.nan)
         if targets.mode != "loss" or len(pushed) == self.n_forget:
-            return list(range(self.n_forget))
+            return list(range(self.n_forget)), losses
         req, held = self.req, sorted(set(range(self.n_forget)) - set(pushed))
         if not held:
-            return pushed
-        losses = req.engine.per_example(req.forget, held)["loss"]
+            return pushed, losses
+        losses[held] = req.engine.per_example(req.forget, held)["loss"]
         req.fwd_passes += len(held)
-        fell_back = [i for i, s in zip(held, targets.short(losses, held)) if s]
-        return sorted(pushed + fell_back)
+        fell_back = [i for i, s in zip(held, targets.short(losses[held], held)) if s]
+        return sorted(pushed + fell_back), losses
 
-    def _stop(self, targets: Targets, f: Stats) -> str | None:
-        """'targets_reached' once at most ``unlearn_stop_tolerance`` of the rows are short of their target (under
-        unlearn_stop='targets' with targets), else None."""
+    def _stop(self, targets: Targets, f: Stats, losses: np.ndarray) -> str | None:
+        """Under unlearn_stop 'targets' / 'mean_target' with loss targets: 'targets_reached' once at most
+        ``unlearn_stop_tolerance`` of the rows are short of their target; with 'mean_target' also
+        'mean_target_reached' once the forget set's mean loss (``losses``, every row at this step) is within 1% of
+        its mean target — the set has landed on the estimate, further steps only push some rows past theirs.
+        Else None."""
         o = self.opts
-        if o["unlearn_stop"] != "targets" or targets.mode == "none":
+        if o["unlearn_stop"] == "fixed" or targets.mode == "none":
             return None
-        return "targets_reached" if f.active <= o["unlearn_stop_tolerance"] * self.n_forget else None
+        if f.active <= o["unlearn_stop_tolerance"] * self.n_forget:
+            return "targets_reached"
+        if o["unlearn_stop"] == "mean_target" and targets.mode == "loss" and np.all(np.isfinite(losses)):
+            if losses.mean() >= targets.targets.mean() * (1 - REACHED):
+                return "mean_target_reached"
+        return None
 
     def _guarded_step(self, optimizer: torch.optim.Optimizer, lr: float, r_idx: list[int], r_before: Stats) -> tuple[float, int]:
         """optimizer.step(); with a tolerance set, undo and retry smaller while the retain loss runs away."""
