@@ -302,3 +302,40 @@ def test_rows_at_their_target_leave_the_backward_pass_without_changing_the_updat
     saved = me["example_gradient_passes"] - mp["example_gradient_passes"]
     assert saved > 0 and mp["example_forward_passes"] > me["example_forward_passes"]
     assert max(float((a - b).abs().max()) for a, b in zip(wp, we)) < 1e-5
+
+
+def test_mean_target_stop_fires_at_the_first_step_the_set_reaches_its_mean_target(tmp_path, monkeypatch):
+    """unlearn_stop='mean_target': the loop stops at the first step where the forget set's mean loss (every row: the
+    pushed ones from the gradient pass, the rest from the forward check) is within 1% of the mean target; the losses
+    it decides on are the final model's, and the per-row rule would have gone on (influence step off: the steps do the
+    work)."""
+    from hf_iau.engine import Engine
+    from hf_iau.methods.iau import IAURun
+
+    flip = list(range(8))
+    train = learnable(96, seed=0, flip=flip)
+    held_out = learnable(24, seed=1)
+    seen = []
+    stop = IAURun._stop
+
+    def spy(self, targets, f, losses):
+        out = stop(self, targets, f, losses)
+        seen.append((losses.copy(), targets.targets.copy(), f.active, out))
+        return out
+
+    monkeypatch.setattr(IAURun, "_stop", spy)
+    runs = {}
+    for rule in ("mean_target", "targets"):
+        seen.clear()
+        trainer = trained(tmp_path / rule, train, held_out, epochs=4, unlearn_learning_rate=1e-2, unlearn_steps=40)
+        split = forget_retain_split(train, forget=flip, id_column="id")
+        m = trainer.unlearn(split["forget"], split["retain"], unlearn_stop=rule, unlearn_influence_step=0.0).metrics
+        runs[rule] = (m, list(seen), trainer, split)
+    m, seen_m, trainer, split = runs["mean_target"]
+    assert m["stopped_mean_target_reached"] == 1.0 and m["stopped_targets_reached"] == 0.0
+    means = [(loss.mean(), t.mean()) for loss, t, _, _ in seen_m]
+    assert means[-1][0] >= 0.99 * means[-1][1]
+    assert all(lo < 0.99 * t for lo, t in means[:-1])
+    assert 0 < m["steps"] == len(seen_m) - 1 < runs["targets"][0]["steps"]
+    final = Engine(trainer).per_example(trainer._model_columns(split["forget"]), range(8))["loss"]
+    np.testing.assert_allclose(seen_m[-1][0], final, rtol=1e-4, atol=1e-5)
