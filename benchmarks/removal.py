@@ -229,6 +229,7 @@ VARIANT_KEYS = {"steps": ("unlearn_steps", int), "rs": ("unlearn_retain_sample_s
                 "ts": ("unlearn_target_sample_size", int), "rw": ("unlearn_retain_weight", float),
                 "tol": ("unlearn_stop_tolerance", float), "opt": ("unlearn_optimizer", str),
                 "jump": ("unlearn_influence_step", float), "curv": ("unlearn_curvature", str), "stop": ("unlearn_stop", str),
+                "restore": ("unlearn_retain_restore", lambda v: v.lower() in ("1", "true", "yes")),
                 "flipt": ("unlearn_flipped_targets", lambda v: v.lower() in ("1", "true", "yes"))}
 
 

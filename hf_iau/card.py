@@ -32,6 +32,7 @@ _HYPERPARAMETERS = (  # of the unlearning update; how the model was trained come
     ("unlearn_target_sample_size", "retained rows calibrating the targets"),
     ("unlearn_curvature", "curvature of the estimate"),
     ("unlearn_flipped_targets", "flipped-class target levels"),
+    ("unlearn_retain_restore", "retain descent restores only"),
     ("unlearn_influence_step", "influence step λ (share of the estimated removal step)"),
     ("unlearn_stop", "stop rule"),
     ("unlearn_max_retain_loss_rise", "max retain-loss rise"),

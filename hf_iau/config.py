@@ -191,6 +191,14 @@ class IAUConfig(TrainingArguments):
             "(benchmarks/results/flipped_targets_decision.md)."
         },
     )
+    unlearn_retain_restore: bool = field(
+        default=False,
+        metadata={
+            "help": "The descent term on retained data pushes only the sampled rows whose loss rose above their loss "
+            "before the request (one forward pass over the rows the steps will sample, before any change): it "
+            "restores what the ascent broke and does not fine-tune the retained rows further."
+        },
+    )
     unlearn_stop_tolerance: float = field(
         default=0.05,
         metadata={"help": "unlearn_stop='targets' stops once at most this fraction of the forget rows is short of its target."},
@@ -352,6 +360,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "unlearn_stop_tolerance": (lambda v: _finite(v) and 0 <= v < 1, "use a fraction in [0, 1)."),
     "unlearn_influence_step": (lambda v: _finite(v) and 0 <= v <= 1, "use a fraction in [0, 1] (0: off)."),
     "unlearn_flipped_targets": (lambda v: isinstance(v, bool), "use True or False."),
+    "unlearn_retain_restore": (lambda v: isinstance(v, bool), "use True or False."),
     "unlearn_held_out_sample_size": (lambda v: _int(v, 1), "use an integer >= 1."),
     "unlearn_batch_size": (lambda v: v is None or _int(v, 1), "use None or an integer >= 1."),
     "unlearn_seed": (lambda v: v is None or _int(v, 0), "use None (the training `seed`) or an integer >= 0."),

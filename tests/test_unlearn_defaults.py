@@ -219,7 +219,7 @@ def _jump_only(trainer, split, lam, monkeypatch):
 
     from hf_iau.methods.iau import IAURun
 
-    monkeypatch.setattr(IAURun, "loop", lambda self, targets: ([], self.opts["unlearn_learning_rate"], 0, "max_steps"))
+    monkeypatch.setattr(IAURun, "loop", lambda self, targets, restore=None: ([], self.opts["unlearn_learning_rate"], 0, "max_steps"))
     before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
     m = trainer.unlearn(split["forget"], split["retain"], unlearn_influence_step=lam, allow_noop=True,
                         unlearn_target_sample_size=10_000).metrics  # S = every retained row: the same c each time

@@ -46,7 +46,7 @@ from datasets import Dataset
 from ..config import UNLEARNING_FIELDS, check_fields
 from ..counterfactual import TargetEstimate, class_log_probs, estimate_targets, flipped_label_losses
 from ..curvature import full_total
-from ..lifecycle import Request, make_optimizer
+from ..lifecycle import Mask, Request, make_optimizer
 from ..losses import BatchLoss
 from ..result import BudgetError, Stats, UnlearningError, UnlearningResult
 from . import register_method
@@ -238,9 +238,10 @@ class IAURun:
         try:
             t0 = time.perf_counter()
             targets = self.resolve_targets()
+            restore = self.retain_levels()
             self.influence_step(targets)
             t1 = time.perf_counter()
-            history, lr, retries, stop = self.loop(targets)
+            history, lr, retries, stop = self.loop(targets, restore)
             self.info.update({"wall_time_targets_s": t1 - t0, "wall_time_steps_s": time.perf_counter() - t1})
             metrics = self.final_metrics(targets)
         except BaseException:
@@ -254,8 +255,22 @@ class IAURun:
         config = {**o, "seed": req.seed}  # replayable: IAUConfig(**config) reproduces the update from the parent
         return req.finish(config, metrics, history)
 
-    def loop(self, targets: Targets) -> tuple[list[dict[str, float]], float, int, str]:
-        """Steps until the stop; returns (history, final learning rate, guard retries, stop reason)."""
+    def retain_levels(self) -> dict[int, float] | None:
+        """With ``unlearn_retain_restore``: the loss before the request of every retained row the steps will sample
+        (one forward pass over them, before the influence step); else None."""
+        req, o = self.req, self.opts
+        if not o["unlearn_retain_restore"]:
+            return None
+        rows = sorted({i for step in range(o["unlearn_steps"]) for i in req.retain_sample(o["unlearn_retain_sample_size"], step)})
+        if not rows:
+            return {}
+        losses = req.engine.per_example(req.retain, rows)["loss"]
+        req.fwd_passes += len(rows)
+        return dict(zip(rows, np.asarray(losses, dtype=np.float64).tolist()))
+
+    def loop(self, targets: Targets, restore: dict[int, float] | None = None) -> tuple[list[dict[str, float]], float, int, str]:
+        """Steps until the stop; returns (history, final learning rate, guard retries, stop reason). With ``restore``
+        (row → loss before the request), the retain term descends only on rows whose loss rose above it."""
         req, o = self.req, self.opts
         n_f = req.count(req.forget, range(self.n_forget))
         if n_f == 0:
@@ -279,7 +294,8 @@ class IAURun:
             synced = np.asarray(req.engine.sum(short.tolist() + mine.tolist()), dtype=np.float64)
             pushed = np.flatnonzero(synced[: self.n_forget] > 0.5).tolist()
             losses[rows] = synced[self.n_forget:][rows]
-            r = req.accumulate(req.retain, r_idx, o["unlearn_retain_weight"]) if r_idx else Stats()
+            r_mask = None if restore is None else self._risen(restore)
+            r = req.accumulate(req.retain, r_idx, o["unlearn_retain_weight"], mask=r_mask) if r_idx else Stats()
             rec = {"step": float(step), "forget_loss_active_rows": f.mean_loss, "retain_loss": r.mean_loss,
                    "forget_active_fraction": f.active / self.n_forget, "learning_rate": lr}
             stop = self._stop(targets, f, losses)
@@ -293,6 +309,17 @@ class IAURun:
             history.append(rec)
             req.step_done(rec)
         return history, lr, retries, "max_steps"
+
+    @staticmethod
+    def _risen(restore: dict[int, float]) -> Mask:
+        """Mask of the retained rows whose loss is above their loss before the request by more than ``REACHED``."""
+
+        def mask(bl: BatchLoss, ix: list[int]) -> torch.Tensor:
+            before = torch.tensor([restore[i] for i in ix], dtype=torch.float64)
+            risen = bl.per_example.detach().double().cpu() > before * (1 + REACHED)
+            return risen.to(device=bl.loss_sum.device, dtype=bl.loss_sum.dtype)
+
+        return mask
 
     def _rows_to_push(self, targets: Targets, pushed: list[int]) -> tuple[list[int], np.ndarray]:
         """The forget rows of this step's gradient pass, and the losses of the rows left out of it (NaN elsewhere):
