@@ -339,3 +339,55 @@ def test_mean_target_stop_fires_at_the_first_step_the_set_reaches_its_mean_targe
     assert 0 < m["steps"] == len(seen_m) - 1 < runs["targets"][0]["steps"]
     final = Engine(trainer).per_example(trainer._model_columns(split["forget"]), range(8))["loss"]
     np.testing.assert_allclose(seen_m[-1][0], final, rtol=1e-4, atol=1e-5)
+
+
+def test_retain_restore_descends_only_on_retained_rows_whose_loss_rose(tmp_path, monkeypatch):
+    """unlearn_retain_restore: the retain term's mask is 1 exactly where a sampled row's loss is above its loss
+    before the request (measured here independently, on the untouched model) by more than 1%, and the levels the loop
+    gets are those losses for every row the steps sample."""
+    from hf_iau.engine import Engine
+    from hf_iau.methods.iau import IAURun
+
+    flip = list(range(8))
+    train = learnable(96, seed=0, flip=flip)
+    held_out = learnable(24, seed=1)
+    calls = []
+    risen = IAURun._risen
+
+    def spy(restore):
+        inner = risen(restore)
+
+        def mask(bl, ix):
+            m = inner(bl, ix)
+            calls.append((list(ix), bl.per_example.detach().double().numpy().copy(), m.detach().numpy().copy()))
+            return m
+
+        return mask
+
+    monkeypatch.setattr(IAURun, "_risen", staticmethod(spy))
+    levels = {}
+    loop = IAURun.loop
+
+    def loop_spy(self, targets, restore=None):
+        levels.update(restore or {})
+        return loop(self, targets, restore)
+
+    monkeypatch.setattr(IAURun, "loop", loop_spy)
+    runs = {}
+    for restore in (False, True):
+        trainer = trained(tmp_path / str(restore), train, held_out, epochs=4, unlearn_learning_rate=1e-2,
+                          unlearn_steps=6, unlearn_stop="fixed", unlearn_retain_sample_size=16)
+        split = forget_retain_split(train, forget=flip, id_column="id")
+        retain = trainer._model_columns(split["retain"])
+        before = Engine(trainer).per_example(retain, range(len(retain)))["loss"]
+        runs[restore] = (trainer.unlearn(split["forget"], split["retain"], unlearn_retain_restore=restore).metrics, before)
+    (m_off, _), (m_on, before) = runs[False], runs[True]
+    assert len(calls) >= 6
+    for ix, loss, m in calls:
+        np.testing.assert_array_equal(m > 0.5, loss > before[ix] * 1.01)
+    masks = np.concatenate([m for _, _, m in calls])
+    assert 0 < masks.sum() < len(masks)  # some sampled rows rose, some did not
+    sampled = {i for ix, _, _ in calls for i in ix}
+    assert set(levels) == sampled
+    np.testing.assert_allclose([levels[i] for i in sorted(sampled)], before[sorted(sampled)], rtol=1e-5, atol=1e-6)
+    assert m_on["forget_loss_after"] != m_off["forget_loss_after"]

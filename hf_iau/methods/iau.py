@@ -278,6 +278,7 @@ class IAURun:
         optimizer = make_optimizer(o["unlearn_optimizer"], req.params, o["unlearn_learning_rate"])
         lr, retries, history = o["unlearn_learning_rate"], 0, []
         pushed = list(range(self.n_forget))  # rows in the last gradient pass that were still short of their target
+        r_mask = None if restore is None else self._risen(restore)
         for step in range(o["unlearn_steps"]):
             r_idx = req.retain_sample(o["unlearn_retain_sample_size"], step)
             rows, losses = self._rows_to_push(targets, pushed)
@@ -294,7 +295,6 @@ class IAURun:
             synced = np.asarray(req.engine.sum(short.tolist() + mine.tolist()), dtype=np.float64)
             pushed = np.flatnonzero(synced[: self.n_forget] > 0.5).tolist()
             losses[rows] = synced[self.n_forget:][rows]
-            r_mask = None if restore is None else self._risen(restore)
             r = req.accumulate(req.retain, r_idx, o["unlearn_retain_weight"], mask=r_mask) if r_idx else Stats()
             rec = {"step": float(step), "forget_loss_active_rows": f.mean_loss, "retain_loss": r.mean_loss,
                    "forget_active_fraction": f.active / self.n_forget, "learning_rate": lr}
