@@ -239,6 +239,33 @@ def cross_entropy(logits: torch.Tensor, labels: torch.Tensor, causal: bool) -> t
     return (tok.view(lb.shape) * mask).sum(-1) / mask.sum(-1).clamp_min(1)
 
 
+def scaled_cross_entropy(z: torch.Tensor, dz: torch.Tensor, labels: torch.Tensor, causal: bool,
+                         scales: Sequence[float], chunk_elements: int = 1 << 24) -> torch.Tensor:
+    """[B, len(scales)]: ``cross_entropy(z + s·dz, labels, causal)`` for every scale s, computed only at the labelled
+    positions and for several scales per tensor op (at most ``chunk_elements`` logits at a time)."""
+    if causal:
+        lb = labels[:, 1:]
+        at = (lb != IGNORE_INDEX).nonzero(as_tuple=True)
+        z, dz, y, example = z[:, :-1][at], dz[:, :-1][at], lb[at], at[0]
+    else:
+        y = labels.view(-1)
+        example = (y != IGNORE_INDEX).nonzero(as_tuple=True)[0]
+        z, dz, y = z[example], dz[example], y[example]
+    n_ex = labels.shape[0]
+    s_all = torch.as_tensor(np.asarray(scales, dtype=np.float64), dtype=z.dtype, device=z.device)
+    z_y, dz_y = z.gather(-1, y[:, None]), dz.gather(-1, y[:, None])  # [N, 1]
+    step = max(1, chunk_elements // max(z.numel(), 1))
+    tok = torch.cat([  # [S, N]: logsumexp(z + s·dz) − (z_y + s·dz_y) per scale and labelled position
+        torch.logsumexp(z[None] + s[:, None, None] * dz[None], -1) - (z_y.T + s[:, None] * dz_y.T)
+        for s in s_all.split(step)
+    ])
+    total = torch.zeros(len(s_all), n_ex, dtype=z.dtype, device=z.device).index_add_(1, example, tok)
+    if not causal:
+        return total.T
+    count = torch.zeros(n_ex, dtype=z.dtype, device=z.device).index_add_(0, example, torch.ones_like(example, dtype=z.dtype))
+    return (total / count.clamp_min(1)).T
+
+
 @torch.no_grad()
 def shifted_losses(
     params: Sequence[torch.nn.Parameter], direction: Sequence[torch.Tensor], batches: Iterable[dict],
@@ -263,7 +290,7 @@ def shifted_losses(
             z0, y = at(0.0, batch)
             z0 = z0.double()
             dz = (at(eps, batch)[0].double() - at(-eps, batch)[0].double()) / (2 * eps) if eps > 0 else torch.zeros_like(z0)
-            cols = [cross_entropy(z0 + float(s) * dz, y, causal) for s in scales]
+            cols = list(scaled_cross_entropy(z0, dz, y, causal, scales).unbind(-1))
             if classes:
                 cols += [(z0 + float(scales[-1]) * dz).argmax(-1).double(), y.view(-1).double()]
             rows.append(torch.stack(cols, -1).cpu().numpy())

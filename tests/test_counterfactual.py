@@ -19,6 +19,7 @@ from hf_iau.counterfactual import (  # noqa: E402
     calibrate,
     calibrated_targets,
     cross_entropy,
+    scaled_cross_entropy,
     shifted_losses,
 )
 from hf_iau.losses import batch_losses  # noqa: E402
@@ -439,3 +440,23 @@ def test_flipped_targets_are_an_option_that_raises_mislabelled_targets(tmp_path)
     trainer = trained(tmp_path / "b", train, learnable(24, seed=1), epochs=30, unlearn_flipped_targets=True)
     raised, info2, _ = _spy_targets(trainer, split)
     assert info2["flipped_fraction"] > 0 and np.all(raised >= base - 1e-9) and raised.mean() > base.mean()
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_scaled_cross_entropy_equals_the_cross_entropy_of_every_shifted_logit(causal):
+    """The label-position, all-scales computation equals ``cross_entropy(z + s·dz)`` scale by scale (1e-10), with
+    ignored labels, a row without any label, and a chunk smaller than one scale's logits."""
+    g = torch.Generator().manual_seed(0)
+    shape = (4, 7, 11) if causal else (6, 11)
+    z, dz = torch.randn(*shape, generator=g, dtype=torch.float64), torch.randn(*shape, generator=g, dtype=torch.float64)
+    y = torch.randint(0, 11, shape[:-1], generator=g)
+    if causal:
+        y[0, :3], y[2] = -100, -100  # a masked prompt; a row with no label at all
+    else:
+        y[1] = -100
+    scales = [0.0, 1e-3, 0.5, 2.0, 30.0]
+    ref = torch.stack([cross_entropy(z + s * dz, y, causal) for s in scales], -1)
+    for chunk in (1 << 24, 5):
+        got = scaled_cross_entropy(z, dz, y, causal, scales, chunk_elements=chunk)
+        assert got.shape == (shape[0], len(scales))
+        assert torch.allclose(got, ref, atol=1e-10, rtol=0)
