@@ -111,8 +111,12 @@ def estimate_targets(
         inv = [solvers.get(k, x) for k, x in enumerate(inv)]
     del fisher
     size = min(len(s_rows), max(len(f_rows), math.ceil(len(s_rows) / MAX_GROUPS)))
+    # only where the sample's mean loss first reaches the held-out level is read (calibrate, at_scale): a batch whose
+    # summed loss alone gets there proves it, and skips the larger scales (+inf)
+    enough = len(s_rows) * float(held_out.mean()) * (1 + 1e-9) + 1e-12
     sample = np.concatenate([
-        example_curves(engine, retain, group, precondition(group_gradient(engine, retain, group), inv), SCALES)
+        example_curves(engine, retain, group, precondition(group_gradient(engine, retain, group), inv), SCALES,
+                       stop_above=enough)
         for group in (s_rows[i : i + size] for i in range(0, len(s_rows), size))
     ])
     scale = calibrate(sample, SCALES, float(held_out.mean()))
@@ -209,9 +213,9 @@ def precondition(g: Sequence[torch.Tensor], inv: Sequence) -> list[torch.Tensor]
 
 
 def example_curves(engine: "Engine", dataset: "Dataset", rows: Sequence[int], direction: Sequence[torch.Tensor],
-                   scales: Sequence[float], classes: bool = False) -> np.ndarray:
+                   scales: Sequence[float], classes: bool = False, stop_above: float | None = None) -> np.ndarray:
     """[len(rows), len(scales) (+ 2 with ``classes``)] of :func:`shifted_losses` for rows of ``dataset``, assembled on
-    every process."""
+    every process (``stop_above``: see :func:`scaled_cross_entropy`)."""
     rows = list(rows)
     local = engine.shard(rows)
     offset = (engine.shard(list(range(len(rows)))) or [0])[0]
@@ -222,7 +226,7 @@ def example_curves(engine: "Engine", dataset: "Dataset", rows: Sequence[int], di
         return out.logits, batch["labels"].to(out.logits.device)
 
     values = shifted_losses(engine.params, direction, engine.batches(dataset, local, len(rows)), logits_of, scales,
-                            engine.kind == "causal_lm", classes=classes)[: len(local)]  # padding rows (FSDP2) come last
+                            engine.kind == "causal_lm", classes=classes, stop_above=stop_above)[: len(local)]  # padding rows (FSDP2) come last
     out = np.zeros((len(rows), len(scales) + 2 * classes))
     out[offset : offset + len(local)] = values
     return np.asarray(engine.sum(out.ravel().tolist())).reshape(out.shape)
@@ -240,9 +244,11 @@ def cross_entropy(logits: torch.Tensor, labels: torch.Tensor, causal: bool) -> t
 
 
 def scaled_cross_entropy(z: torch.Tensor, dz: torch.Tensor, labels: torch.Tensor, causal: bool,
-                         scales: Sequence[float], chunk_elements: int = 1 << 24) -> torch.Tensor:
-    """[B, len(scales)]: ``cross_entropy(z + s·dz, labels, causal)`` for every scale s, computed only at the labelled
-    positions and for several scales per tensor op (at most ``chunk_elements`` logits at a time)."""
+                         scales: Sequence[float], stop_above: float | None = None) -> torch.Tensor:
+    """[B, len(scales)]: ``cross_entropy(z + s·dz, labels, causal)`` for every scale s (in the given order), computed
+    at the labelled positions only, as logsumexp((z − z_y) + s·(dz − dz_y)). With ``stop_above``, the scales after the
+    first one at which the batch's summed loss reaches it are not computed (+inf): a caller whose answer depends only
+    on where a sample's mean loss first reaches a level L passes |sample|·L, which this batch alone already proves."""
     if causal:
         lb = labels[:, 1:]
         at = (lb != IGNORE_INDEX).nonzero(as_tuple=True)
@@ -252,28 +258,27 @@ def scaled_cross_entropy(z: torch.Tensor, dz: torch.Tensor, labels: torch.Tensor
         example = (y != IGNORE_INDEX).nonzero(as_tuple=True)[0]
         z, dz, y = z[example], dz[example], y[example]
     n_ex = labels.shape[0]
-    s_all = torch.as_tensor(np.asarray(scales, dtype=np.float64), dtype=z.dtype, device=z.device)
-    z_y, dz_y = z.gather(-1, y[:, None]), dz.gather(-1, y[:, None])  # [N, 1]
-    step = max(1, chunk_elements // max(z.numel(), 1))
-    tok = torch.cat([  # [S, N]: logsumexp(z + s·dz) − (z_y + s·dz_y) per scale and labelled position
-        torch.logsumexp(z[None] + s[:, None, None] * dz[None], -1) - (z_y.T + s[:, None] * dz_y.T)
-        for s in s_all.split(step)
-    ])
-    total = torch.zeros(len(s_all), n_ex, dtype=z.dtype, device=z.device).index_add_(1, example, tok)
-    if not causal:
-        return total.T
+    a, b = z - z.gather(-1, y[:, None]), dz - dz.gather(-1, y[:, None])  # the label's logit and shift at 0
     count = torch.zeros(n_ex, dtype=z.dtype, device=z.device).index_add_(0, example, torch.ones_like(example, dtype=z.dtype))
-    return (total / count.clamp_min(1)).T
+    out = torch.full((n_ex, len(scales)), math.inf, dtype=z.dtype, device=z.device)
+    for k, s in enumerate(np.asarray(scales, dtype=np.float64).tolist()):
+        tok = torch.logsumexp(a + s * b if s else a, -1)
+        out[:, k] = torch.zeros(n_ex, dtype=z.dtype, device=z.device).index_add_(0, example, tok) / (
+            count.clamp_min(1) if causal else 1)
+        if stop_above is not None and float(out[:, k].sum()) >= stop_above:
+            break
+    return out
 
 
 @torch.no_grad()
 def shifted_losses(
     params: Sequence[torch.nn.Parameter], direction: Sequence[torch.Tensor], batches: Iterable[dict],
     logits_of: Logits, scales: Sequence[float], causal: bool, rel_step: float = 1e-3, classes: bool = False,
+    stop_above: float | None = None,
 ) -> np.ndarray:
     """[examples, len(scales)]: CE(z + s·J·d, y) for every example and scale s, J·d a central difference of the
     logits along ``direction`` (θ is restored exactly). ``classes`` (classifiers): two more columns, the class
-    argmax(z + s·J·d) at the last scale and the label y."""
+    argmax(z + s·J·d) at the last scale and the label y. ``stop_above``: see :func:`scaled_cross_entropy`."""
     d_norm = math.sqrt(sum(full_total(d.double().pow(2).sum()) for d in direction))
     t_norm = math.sqrt(sum(full_total(p.detach().double().pow(2).sum()) for p in params))
     eps = rel_step * max(t_norm, 1.0) / d_norm if d_norm > 0 and math.isfinite(d_norm) else 0.0
@@ -290,7 +295,7 @@ def shifted_losses(
             z0, y = at(0.0, batch)
             z0 = z0.double()
             dz = (at(eps, batch)[0].double() - at(-eps, batch)[0].double()) / (2 * eps) if eps > 0 else torch.zeros_like(z0)
-            cols = list(scaled_cross_entropy(z0, dz, y, causal, scales).unbind(-1))
+            cols = list(scaled_cross_entropy(z0, dz, y, causal, scales, stop_above).unbind(-1))
             if classes:
                 cols += [(z0 + float(scales[-1]) * dz).argmax(-1).double(), y.view(-1).double()]
             rows.append(torch.stack(cols, -1).cpu().numpy())

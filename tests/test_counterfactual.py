@@ -444,8 +444,8 @@ def test_flipped_targets_are_an_option_that_raises_mislabelled_targets(tmp_path)
 
 @pytest.mark.parametrize("causal", [True, False])
 def test_scaled_cross_entropy_equals_the_cross_entropy_of_every_shifted_logit(causal):
-    """The label-position, all-scales computation equals ``cross_entropy(z + s·dz)`` scale by scale (1e-10), with
-    ignored labels, a row without any label, and a chunk smaller than one scale's logits."""
+    """The label-position computation equals ``cross_entropy(z + s·dz)`` scale by scale (1e-10), with ignored labels
+    and a row without any label; with ``stop_above`` the scales after the first whose batch sum reaches it are +inf."""
     g = torch.Generator().manual_seed(0)
     shape = (4, 7, 11) if causal else (6, 11)
     z, dz = torch.randn(*shape, generator=g, dtype=torch.float64), torch.randn(*shape, generator=g, dtype=torch.float64)
@@ -454,9 +454,39 @@ def test_scaled_cross_entropy_equals_the_cross_entropy_of_every_shifted_logit(ca
         y[0, :3], y[2] = -100, -100  # a masked prompt; a row with no label at all
     else:
         y[1] = -100
-    scales = [0.0, 1e-3, 0.5, 2.0, 30.0]
+    scales = [0.0, 1e-3, 0.5, 2.0, 30.0, 100.0]
     ref = torch.stack([cross_entropy(z + s * dz, y, causal) for s in scales], -1)
-    for chunk in (1 << 24, 5):
-        got = scaled_cross_entropy(z, dz, y, causal, scales, chunk_elements=chunk)
-        assert got.shape == (shape[0], len(scales))
-        assert torch.allclose(got, ref, atol=1e-10, rtol=0)
+    got = scaled_cross_entropy(z, dz, y, causal, scales)
+    assert got.shape == (shape[0], len(scales))
+    assert torch.allclose(got, ref, atol=1e-10, rtol=0)
+    level = float(ref[:, 3].sum()) - 1e-9  # first reached at scale index 3 (the sums grow with s here)
+    assert float(ref[:, 2].sum()) < level
+    cut = scaled_cross_entropy(z, dz, y, causal, scales, stop_above=level)
+    assert torch.allclose(cut[:, :4], ref[:, :4], atol=1e-10, rtol=0) and torch.isinf(cut[:, 4:]).all()
+
+
+def test_the_early_stop_of_the_scale_grid_leaves_the_targets_unchanged(tmp_path, monkeypatch):
+    """estimate_targets with the grid cut where a batch proves the sample's mean reached the held-out level gives the
+    same scale and targets as the full grid, and the cut fires (a tiny GPT-2, batches of 4)."""
+    from hf_iau import counterfactual
+    from hf_iau.counterfactual import SCALES, estimate_targets
+    from tiny import lm_dataset
+
+    ds = lm_dataset(40).remove_columns("id")
+    engine = _engine(tmp_path, tiny_gpt2(0), per_device_eval_batch_size=4)
+    forget, retain, sample, held = ds.select(range(6)), ds.select(range(6, 40)), list(range(0, 34, 2)), [4.6, 4.3, 4.9]
+    full, computed = counterfactual.scaled_cross_entropy, []
+
+    def spy(*a, **kw):
+        out = full(*a, **kw)
+        computed.append(int(torch.isfinite(out[0]).sum()))
+        return out
+
+    monkeypatch.setattr(counterfactual, "scaled_cross_entropy", spy)
+    cut = estimate_targets(engine, forget, retain, sample, held)
+    assert min(computed) < len(SCALES)  # some batch skipped the larger scales
+    monkeypatch.setattr(counterfactual, "scaled_cross_entropy", lambda *a, **kw: full(*a[:5], stop_above=None))
+    ref = estimate_targets(engine, forget, retain, sample, held)
+    assert 0 < ref.diagnostics["scale"] < SCALES[-1]  # the level is reached inside the grid
+    assert cut.diagnostics["scale"] == pytest.approx(ref.diagnostics["scale"], rel=1e-12)
+    assert np.allclose(cut.targets, ref.targets, rtol=1e-10, atol=1e-12)
