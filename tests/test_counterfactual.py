@@ -444,8 +444,8 @@ def test_flipped_targets_are_an_option_that_raises_mislabelled_targets(tmp_path)
 
 @pytest.mark.parametrize("causal", [True, False])
 def test_scaled_cross_entropy_equals_the_cross_entropy_of_every_shifted_logit(causal):
-    """The label-position computation equals ``cross_entropy(z + s·dz)`` scale by scale (1e-10), with ignored labels
-    and a row without any label; with ``stop_above`` the scales after the first whose batch sum reaches it are +inf."""
+    """The label-position computation equals ``cross_entropy(z + s·dz)`` scale by scale (1e-10 in float64; 1e-6
+    + 1e-5 relative in the float32 default), with ignored labels and a row without any label; with ``stop_above`` the scales after the first whose batch sum reaches it are +inf."""
     g = torch.Generator().manual_seed(0)
     shape = (4, 7, 11) if causal else (6, 11)
     z, dz = torch.randn(*shape, generator=g, dtype=torch.float64), torch.randn(*shape, generator=g, dtype=torch.float64)
@@ -456,12 +456,13 @@ def test_scaled_cross_entropy_equals_the_cross_entropy_of_every_shifted_logit(ca
         y[1] = -100
     scales = [0.0, 1e-3, 0.5, 2.0, 30.0, 100.0]
     ref = torch.stack([cross_entropy(z + s * dz, y, causal) for s in scales], -1)
-    got = scaled_cross_entropy(z, dz, y, causal, scales)
+    got = scaled_cross_entropy(z, dz, y, causal, scales, dtype=torch.float64)
     assert got.shape == (shape[0], len(scales))
     assert torch.allclose(got, ref, atol=1e-10, rtol=0)
+    assert torch.allclose(scaled_cross_entropy(z, dz, y, causal, scales), ref, atol=1e-6, rtol=1e-5)  # float32 default
     level = float(ref[:, 3].sum()) - 1e-9  # first reached at scale index 3 (the sums grow with s here)
     assert float(ref[:, 2].sum()) < level
-    cut = scaled_cross_entropy(z, dz, y, causal, scales, stop_above=level)
+    cut = scaled_cross_entropy(z, dz, y, causal, scales, stop_above=level, dtype=torch.float64)
     assert torch.allclose(cut[:, :4], ref[:, :4], atol=1e-10, rtol=0) and torch.isinf(cut[:, 4:]).all()
 
 
@@ -490,3 +491,7 @@ def test_the_early_stop_of_the_scale_grid_leaves_the_targets_unchanged(tmp_path,
     assert 0 < ref.diagnostics["scale"] < SCALES[-1]  # the level is reached inside the grid
     assert cut.diagnostics["scale"] == pytest.approx(ref.diagnostics["scale"], rel=1e-12)
     assert np.allclose(cut.targets, ref.targets, rtol=1e-10, atol=1e-12)
+    monkeypatch.setattr(counterfactual, "scaled_cross_entropy", lambda *a, **kw: full(*a[:5], dtype=torch.float64))
+    exact = estimate_targets(engine, forget, retain, sample, held)  # the float32 logsumexp against float64
+    assert cut.diagnostics["scale"] == pytest.approx(exact.diagnostics["scale"], rel=1e-5)
+    assert np.allclose(cut.targets, exact.targets, rtol=1e-5, atol=1e-6)
