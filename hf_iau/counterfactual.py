@@ -111,14 +111,8 @@ def estimate_targets(
         inv = [solvers.get(k, x) for k, x in enumerate(inv)]
     del fisher
     size = min(len(s_rows), max(len(f_rows), math.ceil(len(s_rows) / MAX_GROUPS)))
-    # only where the sample's mean loss first reaches the held-out level is read (calibrate, at_scale): a batch whose
-    # summed loss alone gets there proves it, and skips the larger scales (+inf)
-    enough = len(s_rows) * float(held_out.mean()) * (1 + 1e-9) + 1e-12
-    sample = np.concatenate([
-        example_curves(engine, retain, group, precondition(group_gradient(engine, retain, group), inv), SCALES,
-                       stop_above=enough)
-        for group in (s_rows[i : i + size] for i in range(0, len(s_rows), size))
-    ])
+    sample = sample_curves(engine, retain, [s_rows[i : i + size] for i in range(0, len(s_rows), size)], inv,
+                           float(held_out.mean()))
     scale = calibrate(sample, SCALES, float(held_out.mean()))
     direction = precondition(g_f, inv)
     classes = engine.kind == "classification"
@@ -207,13 +201,35 @@ def fisher_from_rows(engine: "Engine", forget: "Dataset", f_rows: list[int], ret
     return fisher, g_f, 1.0 - covered / max(sum(sizes), 1), factors
 
 
+def sample_curves(engine: "Engine", retain: "Dataset", groups: list[list[int]], inv: Sequence,
+                  level: float) -> np.ndarray:
+    """[|S|, len(SCALES)]: each sample row's loss along the removal of its own group (P·G of the group), groups in
+    order. Only where the sample's mean loss first reaches ``level`` is ever read (:func:`calibrate`, :func:`at_scale`),
+    so a scale is computed only while that place is unproven: the losses are ≥ 0, so once the rows computed so far
+    (earlier groups, plus one batch) sum to |S|·level at a scale, the mean reaches it there, and later scales are left
+    +inf for the remaining rows of that batch and for every later group."""
+    n = sum(len(g) for g in groups)
+    enough = n * level * (1 + 1e-9) + 1e-12
+    running, last, parts = np.zeros(len(SCALES)), len(SCALES), []
+    for group in groups:
+        direction = precondition(group_gradient(engine, retain, group), inv)
+        curves = example_curves(engine, retain, group, direction, SCALES[:last], stop_above=enough - running[:last])
+        curves = np.pad(curves, ((0, 0), (0, len(SCALES) - last)), constant_values=np.inf)
+        running = running + curves.sum(0)
+        proven = np.flatnonzero(running >= enough)
+        last = min(last, int(proven[0]) + 1) if len(proven) else last
+        parts.append(curves)
+    return np.concatenate(parts)
+
+
 def precondition(g: Sequence[torch.Tensor], inv: Sequence) -> list[torch.Tensor]:
     """P·G per parameter: elementwise for a diagonal entry, the entry applied for a K-FAC one."""
     return [b(a) if callable(b) else a * b for a, b in zip(g, inv)]
 
 
 def example_curves(engine: "Engine", dataset: "Dataset", rows: Sequence[int], direction: Sequence[torch.Tensor],
-                   scales: Sequence[float], classes: bool = False, stop_above: float | None = None) -> np.ndarray:
+                   scales: Sequence[float], classes: bool = False,
+                   stop_above: float | Sequence[float] | None = None) -> np.ndarray:
     """[len(rows), len(scales) (+ 2 with ``classes``)] of :func:`shifted_losses` for rows of ``dataset``, assembled on
     every process (``stop_above``: see :func:`scaled_cross_entropy`)."""
     rows = list(rows)
@@ -244,14 +260,13 @@ def cross_entropy(logits: torch.Tensor, labels: torch.Tensor, causal: bool) -> t
 
 
 def scaled_cross_entropy(z: torch.Tensor, dz: torch.Tensor, labels: torch.Tensor, causal: bool,
-                         scales: Sequence[float], stop_above: float | None = None,
+                         scales: Sequence[float], stop_above: float | Sequence[float] | None = None,
                          dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """[B, len(scales)] (float64): ``cross_entropy(z + s·dz, labels, causal)`` for every scale s (in the given order),
     at the labelled positions only, as logsumexp(a + s·b) with a = z − z_y, b = dz − dz_y taken in float64 and the
     logsumexp in ``dtype`` (float32: within ~1e-6 of float64 where the losses are O(1), at half the time). With
-    ``stop_above``, the scales after the first one at which the batch's summed loss reaches it are not computed (+inf):
-    a caller whose answer depends only on where a sample's mean loss first reaches a level L passes |sample|·L, which
-    this batch alone already proves."""
+    ``stop_above`` (one level, or one per scale), the scales after the first one at which the batch's summed loss
+    reaches it are not computed (+inf): see :func:`sample_curves`."""
     if causal:
         lb = labels[:, 1:]
         at = (lb != IGNORE_INDEX).nonzero(as_tuple=True)
@@ -270,7 +285,7 @@ def scaled_cross_entropy(z: torch.Tensor, dz: torch.Tensor, labels: torch.Tensor
         tok = torch.logsumexp(torch.add(a, b, alpha=s, out=shifted), -1).double()
         out[:, k] = torch.zeros(n_ex, dtype=torch.float64, device=z.device).index_add_(0, example, tok) / (
             count.clamp_min(1) if causal else 1)
-        if stop_above is not None and float(out[:, k].sum()) >= stop_above:
+        if stop_above is not None and float(out[:, k].sum()) >= (stop_above if np.ndim(stop_above) == 0 else stop_above[k]):
             break
     return out
 
@@ -279,7 +294,7 @@ def scaled_cross_entropy(z: torch.Tensor, dz: torch.Tensor, labels: torch.Tensor
 def shifted_losses(
     params: Sequence[torch.nn.Parameter], direction: Sequence[torch.Tensor], batches: Iterable[dict],
     logits_of: Logits, scales: Sequence[float], causal: bool, rel_step: float = 1e-3, classes: bool = False,
-    stop_above: float | None = None,
+    stop_above: float | Sequence[float] | None = None,
 ) -> np.ndarray:
     """[examples, len(scales)]: CE(z + s·J·d, y) for every example and scale s, J·d a central difference of the
     logits along ``direction`` (θ is restored exactly). ``classes`` (classifiers): two more columns, the class
@@ -408,4 +423,5 @@ def flipped_label_losses(predicted: np.ndarray, labels: np.ndarray, held_out_log
 
 
 __all__ = ["TargetEstimate", "at_scale", "calibrate", "calibrated_targets", "class_log_probs", "cross_entropy",
-           "estimate_targets", "flipped_label_losses", "group_gradient", "shifted_losses"]
+           "estimate_targets", "flipped_label_losses", "group_gradient", "sample_curves", "scaled_cross_entropy",
+           "shifted_losses"]

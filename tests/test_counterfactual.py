@@ -476,16 +476,18 @@ def test_the_early_stop_of_the_scale_grid_leaves_the_targets_unchanged(tmp_path,
     ds = lm_dataset(40).remove_columns("id")
     engine = _engine(tmp_path, tiny_gpt2(0), per_device_eval_batch_size=4)
     forget, retain, sample, held = ds.select(range(6)), ds.select(range(6, 40)), list(range(0, 34, 2)), [4.6, 4.3, 4.9]
-    full, computed = counterfactual.scaled_cross_entropy, []
+    full, computed, asked = counterfactual.scaled_cross_entropy, [], []
 
     def spy(*a, **kw):
         out = full(*a, **kw)
         computed.append(int(torch.isfinite(out[0]).sum()))
+        asked.append(len(a[4]))
         return out
 
     monkeypatch.setattr(counterfactual, "scaled_cross_entropy", spy)
     cut = estimate_targets(engine, forget, retain, sample, held)
     assert min(computed) < len(SCALES)  # some batch skipped the larger scales
+    assert asked[0] == len(SCALES) and min(asked) < len(SCALES)  # later groups only up to the proven crossing
     monkeypatch.setattr(counterfactual, "scaled_cross_entropy", lambda *a, **kw: full(*a[:5], stop_above=None))
     ref = estimate_targets(engine, forget, retain, sample, held)
     assert 0 < ref.diagnostics["scale"] < SCALES[-1]  # the level is reached inside the grid
