@@ -242,7 +242,8 @@ def example_curves(engine: "Engine", dataset: "Dataset", rows: Sequence[int], di
         return out.logits, batch["labels"].to(out.logits.device)
 
     values = shifted_losses(engine.params, direction, engine.batches(dataset, local, len(rows)), logits_of, scales,
-                            engine.kind == "causal_lm", classes=classes, stop_above=stop_above)[: len(local)]  # padding rows (FSDP2) come last
+                            engine.kind == "causal_lm", classes=classes, stop_above=stop_above)
+    values = values[: len(local)]  # padding rows (FSDP2) come last
     out = np.zeros((len(rows), len(scales) + 2 * classes))
     out[offset : offset + len(local)] = values
     return np.asarray(engine.sum(out.ravel().tolist())).reshape(out.shape)
@@ -278,14 +279,15 @@ def scaled_cross_entropy(z: torch.Tensor, dz: torch.Tensor, labels: torch.Tensor
     n_ex = labels.shape[0]
     a = (z.double() - z.double().gather(-1, y[:, None])).to(dtype)  # the label's logit and shift are 0
     b = (dz.double() - dz.double().gather(-1, y[:, None])).to(dtype)
-    count = torch.zeros(n_ex, dtype=torch.float64, device=z.device).index_add_(0, example, torch.ones_like(example, dtype=torch.float64))
+    zeros = torch.zeros(n_ex, dtype=torch.float64, device=z.device)
+    count = zeros.index_add(0, example, torch.ones_like(example, dtype=torch.float64)).clamp_min(1) if causal else 1
+    levels = np.broadcast_to(np.inf if stop_above is None else np.asarray(stop_above, dtype=np.float64), (len(scales),))
     out = torch.full((n_ex, len(scales)), math.inf, dtype=torch.float64, device=z.device)
     shifted = torch.empty_like(a)
     for k, s in enumerate(np.asarray(scales, dtype=np.float64).tolist()):
         tok = torch.logsumexp(torch.add(a, b, alpha=s, out=shifted), -1).double()
-        out[:, k] = torch.zeros(n_ex, dtype=torch.float64, device=z.device).index_add_(0, example, tok) / (
-            count.clamp_min(1) if causal else 1)
-        if stop_above is not None and float(out[:, k].sum()) >= (stop_above if np.ndim(stop_above) == 0 else stop_above[k]):
+        out[:, k] = zeros.index_add(0, example, tok) / count
+        if stop_above is not None and float(out[:, k].sum()) >= levels[k]:  # (a device sync: only when asked)
             break
     return out
 
