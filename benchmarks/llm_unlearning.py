@@ -80,6 +80,10 @@ METHODS: dict[str, tuple[str, dict[str, Any], bool, bool]] = {
     "npo": ("npo", {"retain_weight": 1.0}, True, False),
     "simnpo": ("simnpo", {}, True, False),
     "rmu": ("rmu", {"layer": 1}, True, False),
+    # LoRA adapters (r 8, all linear; tuned and run at IAU+LoRA's budget)
+    "gradient_difference_lora": ("gradient_difference", {}, True, True),
+    "npo_lora": ("npo", {"retain_weight": 1.0}, True, True),
+    "simnpo_lora": ("simnpo", {}, True, True),
 }
 MAX_LEN = 64
 
@@ -298,9 +302,10 @@ def unlearn(b: Bench, original, name: str, seed: int, forget, retain, budget, op
 
 def tune(b: Bench, original, name: str, seed: int, split: str, log) -> dict[str, Any]:
     """The learning rate of baseline ``name`` (a multiple of the fine-tuning rate from the size's grid), chosen on
-    the tuning authors (trained on, never graded) at IAU's budget there: the smallest KS distance between the
-    truth ratios of the tuning rows and of the validation authors (never trained) under the unlearned model,
-    among rates keeping retain-set probability ≥ 95% of the original's (else the best probability)."""
+    the tuning authors (trained on, never graded) at IAU's budget there (IAU+LoRA's for a LoRA baseline): the
+    smallest KS distance between the truth ratios of the tuning rows and of the validation authors (never trained)
+    under the unlearned model, among rates keeping retain-set probability ≥ 95% of the original's (else the best
+    probability)."""
     grid = b.size["grid"]
     lr0 = b.size["finetune_lr"]
     if len(grid) == 1:
@@ -310,7 +315,7 @@ def tune(b: Bench, original, name: str, seed: int, split: str, log) -> dict[str,
     tune_f = b.raw_train.filter(lambda r: r["author"] in gone)
     tune_r = b.raw_train.filter(lambda r: r["author"] not in gone)
     retain_eval = tune_r.select(range(0, len(tune_r), max(1, len(tune_r) // b.size["retain_eval"])))
-    _, iau = unlearn(b, original, "iau", seed, b.qa(tune_f), b.qa(tune_r), None, {})
+    _, iau = unlearn(b, original, "iau_lora" if METHODS[name][3] else "iau", seed, b.qa(tune_f), b.qa(tune_r), None, {})
     budget = iau.metrics["example_gradient_passes"]
     p0 = float(np.mean(M.answer_probability(b.stats(original, retain_eval)["loss"])))
     rows = []
@@ -382,18 +387,19 @@ def run_split(b: Bench, seed: int, split: str, methods: list[str], with_probes: 
         rec["retain_model"]["probes"] = probes(b, gold0, raw_f, seed)
     log(f"  {split}: floor D {rec['floor']['ks_distance_mean']:.3f}; original D {rec['original']['ks_distance']:.3f} "
         f"p {rec['original']['ks_p_value_r0']:.1e}")
-    budget = None
+    budgets: dict[bool, float] = {}  # LoRA or not -> IAU's passes with the same parameters
     for m in methods:
         try:
             choice = tune(b, original, m, seed, split, log) if METHODS[m][2] else None
             opts = {"learning_rate": choice["learning_rate"]} if choice else {}
-            model, r = unlearn(b, original, m, seed, forget, retain, budget if METHODS[m][2] else None, opts)
+            budget = budgets.get(METHODS[m][3], budgets.get(False)) if METHODS[m][2] else None
+            model, r = unlearn(b, original, m, seed, forget, retain, budget, opts)
         except (RuntimeError, ValueError) as exc:  # a failed method is a row, not a crash
             rec["methods"][m] = {"error": f"{type(exc).__name__}: {exc}"[:300]}
             log(f"    {m}: {rec['methods'][m]['error']}")
             continue
-        if m == "iau":
-            budget = r.metrics["example_gradient_passes"]
+        if METHODS[m][0] == "iau":
+            budgets[METHODS[m][3]] = r.metrics["example_gradient_passes"]
         row = grade(b.evaluate(model, raw_f, retain_eval), golds)
         row.update(passes=r.metrics["example_gradient_passes"], seconds=r.metrics["wall_time_s"],
                    passes_pct=100 * r.metrics["example_gradient_passes"] / gold_passes,
@@ -526,7 +532,8 @@ def main(argv: list[str] | None = None) -> int:
     size = SIZES[name]
     torch.set_num_threads(a.threads)
     datasets.disable_progress_bars()
-    methods = ["iau", *[m for m in a.methods if m != "iau"]]  # IAU first: it sets the budget
+    # IAU first (and IAU+LoRA before the LoRA baselines): they set the budgets
+    methods = ["iau", *sorted((m for m in a.methods if m != "iau"), key=lambda m: m != "iau_lora")]
     run_dir = Path(a.run_dir or f"/tmp/llm_unlearning_{name}")
     t0 = time.perf_counter()
 
