@@ -31,6 +31,7 @@ VARIANTS: dict[str, dict[str, Any] | None] = {
     "default": {},
     "held_out_quantile targets": {"unlearn_targets": "held_out_quantile"},
     "mean_target stop": {"unlearn_stop": "mean_target"},
+    "calibration by author": {"unlearn_target_group_column": "author"},
     "influence step alone": {"unlearn_steps": 1, "unlearn_stop": "fixed", "unlearn_learning_rate": 1e-12},
 }
 
@@ -53,8 +54,11 @@ def main() -> None:
         tune_r = b.raw_train.filter(lambda r: r["author"] not in gone)
         retain_eval = tune_r.select(range(0, len(tune_r), max(1, len(tune_r) // b.size["retain_eval"])))
         p0 = float(np.mean(M.answer_probability(b.stats(original, retain_eval)["loss"])))
+        forget, retain = b.qa(tune_f), b.qa(tune_r)
+        assert len(retain) == len(tune_r)  # one LM row per QA pair: the author column lines up
+        retain = retain.add_column("author", tune_r["author"])  # read only by unlearn_target_group_column
         for name, opts in VARIANTS.items():
-            model, r = (original, None) if opts is None else L.unlearn(b, original, "iau", seed, b.qa(tune_f), b.qa(tune_r), None, opts)
+            model, r = (original, None) if opts is None else L.unlearn(b, original, "iau", seed, forget, retain, None, opts)
             val_tr = M.truth_ratio(*b.truth_ratios(model, b.raw_val, "paraphrased_answer"))
             tr_f = M.truth_ratio(*b.truth_ratios(model, tune_f, "paraphrased_answer"))
             row = {"seed": seed, "variant": name, "options": opts, "ks_to_unseen": M.ks_test(tr_f, val_tr)["ks_distance"],

@@ -30,6 +30,7 @@ _HYPERPARAMETERS = (  # of the unlearning update; how the model was trained come
     ("unlearn_retain_sample_size", "retain sample per step"),
     ("unlearn_targets", "forget targets"),
     ("unlearn_target_sample_size", "retained rows calibrating the targets"),
+    ("unlearn_target_group_column", "calibration sample drawn by entity (column)"),
     ("unlearn_curvature", "curvature of the estimate"),
     ("unlearn_flipped_targets", "flipped-class target levels"),
     ("unlearn_retain_restore", "retain descent restores only"),

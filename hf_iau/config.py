@@ -152,6 +152,15 @@ class IAUConfig(TrainingArguments):
             "64 were not (benchmarks/results/curvature.md)."
         },
     )
+    unlearn_target_group_column: str | None = field(
+        default=None,
+        metadata={
+            "help": "Counterfactual targets: a retain-set column naming the entity each row belongs to (e.g. "
+            "'author'). The calibration sample is then drawn as whole entities in a seeded order (until "
+            "`unlearn_target_sample_size` rows), so its removal looks like a request that deletes whole entities; "
+            "None draws single rows, whose information is their own. Only the grouping is used; no value is stored."
+        },
+    )
     unlearn_stop: Literal["fixed", "targets", "mean_target"] = field(
         default="targets",
         metadata={
@@ -361,6 +370,8 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "unlearn_stop": (lambda v: v in _choices("unlearn_stop"), "use one of {choices}."),
     "unlearn_stop_tolerance": (lambda v: _finite(v) and 0 <= v < 1, "use a fraction in [0, 1)."),
     "unlearn_influence_step": (lambda v: _finite(v) and 0 <= v <= 1, "use a fraction in [0, 1] (0: off)."),
+    "unlearn_target_group_column": (lambda v: v is None or (isinstance(v, str) and bool(v)),
+                                    "use None or the name of a retain-set column (e.g. 'author')."),
     "unlearn_flipped_targets": (lambda v: isinstance(v, bool), "use True or False."),
     "unlearn_retain_restore": (lambda v: isinstance(v, bool), "use True or False."),
     "unlearn_held_out_sample_size": (lambda v: _int(v, 1), "use an integer >= 1."),

@@ -391,3 +391,42 @@ def test_retain_restore_descends_only_on_retained_rows_whose_loss_rose(tmp_path,
     assert set(levels) == sampled
     np.testing.assert_allclose([levels[i] for i in sorted(sampled)], before[sorted(sampled)], rtol=1e-5, atol=1e-6)
     assert m_on["forget_loss_after"] != m_off["forget_loss_after"]
+
+
+def test_target_group_column_draws_the_calibration_sample_as_whole_entities(tmp_path, monkeypatch):
+    """unlearn_target_group_column: the rows calibrating the targets are whole entities (every row of each entity
+    drawn, each entity's rows together, at least unlearn_target_sample_size of them), the same for the same request
+    on a second model; a missing column is refused naming the field, and the weights are left as they were."""
+    import torch
+
+    from hf_iau.methods import iau as iau_module
+
+    train = learnable(96, seed=0, flip=list(range(8)))
+    train = train.add_column("author", [i % 12 for i in range(96)])  # 12 entities of 8 rows
+    held_out = learnable(24, seed=1)
+    split = forget_retain_split(train, forget=list(range(8)), id_column="id")
+    seen = []
+    estimate = iau_module.estimate_targets
+
+    def spy(engine, forget, retain, sample_rows, *a, **kw):
+        seen.append(list(sample_rows))
+        return estimate(engine, forget, retain, sample_rows, *a, **kw)
+
+    monkeypatch.setattr(iau_module, "estimate_targets", spy)
+    opts = dict(unlearn_target_group_column="author", unlearn_target_sample_size=20, unlearn_steps=1,
+                unlearn_stop="fixed", allow_noop=True)
+    for run in range(2):
+        trainer = trained(tmp_path / str(run), train, held_out, epochs=2)
+        if run == 0:
+            before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+            with pytest.raises(ValueError, match="unlearn_target_group_column='writer'"):
+                trainer.unlearn(split["forget"], split["retain"], unlearn_target_group_column="writer")
+            assert all(torch.equal(before[n], p) for n, p in trainer.model.named_parameters())
+        trainer.unlearn(split["forget"], split["retain"], **opts)
+    assert len(seen) == 2 and seen[0] == seen[1]
+    authors = split["retain"]["author"]
+    picked = [authors[i] for i in seen[0]]
+    runs = [a for k, a in enumerate(picked) if k == 0 or a != picked[k - 1]]
+    assert len(runs) == len(set(runs)) >= 3  # each entity's rows together, no entity split
+    assert all(picked.count(a) == authors.count(a) for a in set(picked))  # every row of each entity drawn
+    assert 20 <= len(seen[0]) < 20 + 8 and sorted(set(picked)) != sorted(set(authors))

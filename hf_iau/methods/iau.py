@@ -162,8 +162,7 @@ class IAURun:
             targets.targets = np.empty(self.n_forget)
             targets.targets[order] = levels
             return targets
-        size = min(self.opts["unlearn_target_sample_size"], len(req.retain))
-        rows = req.retain_sample(size, TARGET_SAMPLE_STREAM)
+        rows = self.calibration_rows(min(self.opts["unlearn_target_sample_size"], len(req.retain)))
         estimate = estimate_targets(req.engine, req.forget, req.retain, rows, held, curvature=req.curvature,
                                     kind=self.opts["unlearn_curvature"])
         self.estimate = estimate
@@ -178,6 +177,28 @@ class IAURun:
         self.info["target_capped_fraction"] = float(np.mean(raw > cap))
         targets.targets = np.maximum(np.minimum(raw, cap), self.flipped_levels(estimate))
         return targets
+
+    def calibration_rows(self, size: int) -> list[int]:
+        """The retained rows whose removal calibrates the targets: a seeded sample of ``size`` rows; with
+        ``unlearn_target_group_column``, whole entities in a seeded order until there are ``size`` rows, each entity's
+        rows together (the estimate removes the sample in consecutive groups, so a group removes whole entities)."""
+        req, column = self.req, self.opts["unlearn_target_group_column"]
+        if column is None:
+            return req.retain_sample(size, TARGET_SAMPLE_STREAM)
+        if column not in req.retain_raw.column_names:
+            raise ValueError(
+                f"unlearn_target_group_column={column!r} is not a column of the retain set (it has "
+                f"{req.retain_raw.column_names}); add the entity of each row as a column, or set it to None."
+            )
+        members: dict[str, list[int]] = {}
+        for i, value in enumerate(req.retain_raw[column]):
+            members.setdefault(str(value), []).append(i)
+        groups, rows = list(members.values()), []
+        for k in req.rng(TARGET_SAMPLE_STREAM).permutation(len(groups)):
+            rows += groups[int(k)]
+            if len(rows) >= size:
+                break
+        return rows
 
     def flipped_levels(self, estimate: TargetEstimate) -> np.ndarray:
         """With ``unlearn_flipped_targets``, classifiers: a forget row whose estimated class c* is not its label y is
