@@ -76,6 +76,7 @@ SIZES: dict[str, dict[str, Any]] = {
 METHODS: dict[str, tuple[str, dict[str, Any], bool, bool]] = {
     "iau": ("iau", {}, False, False),
     "iau_lora": ("iau", {}, False, True),
+    "iau_by_author": ("iau", {"unlearn_target_group_column": "author"}, False, False),
     "gradient_difference": ("gradient_difference", {}, True, False),
     "npo": ("npo", {"retain_weight": 1.0}, True, False),
     "simnpo": ("simnpo", {}, True, False),
@@ -377,6 +378,7 @@ def run_split(b: Bench, seed: int, split: str, methods: list[str], with_probes: 
         gold_secs.append(secs)
         gold0 = gold0 or gold
     rsecs = float(np.mean(gold_secs))
+    retain = retain.add_column("author", raw_r["author"])  # read only by unlearn_target_group_column (iau_by_author)
     rec: dict[str, Any] = {"split": split, "seed": seed, "n_forget": len(raw_f), "forget_authors": len(set(raw_f["author"])),
                            "n_retain": len(raw_r), "retain_seeds": size["retain_seeds"], "retain_train_seconds": rsecs,
                            "retain_train_passes": gold_passes, "floor": floor(golds), "methods": {}}
