@@ -22,9 +22,10 @@ at least to what its label costs on held-out rows of that class (``IAURun.flippe
 mislabelled 0.060 → 0.051; held-out: class_vision 0.016 → 0.035 and lora_text 0.130 → 0.157, worse;
 benchmarks/results/flipped_targets_decision.md). Rows at their target leave the
 backward pass (checked forward only each step, pushed again when they fall back): the same update for fewer passes.
-Two more options, off by default on their decision files' evidence: ``unlearn_stop="mean_target"`` (also stop once the
-forget set's mean loss reaches its mean target) and ``unlearn_retain_restore`` (descend only on retained rows whose
-loss rose above their pre-request loss).
+Three more options, off by default on their measured evidence: ``unlearn_stop="mean_target"`` (also stop once the
+forget set's mean loss reaches its mean target), ``unlearn_retain_restore`` (descend only on retained rows whose
+loss rose above their pre-request loss) and ``unlearn_target_group_column`` (calibrate the targets on removing whole
+entities, e.g. authors: lower targets, but a worse graded KS distance on the LLM benchmark).
 
 Before the steps, with counterfactual targets, the influence step θ ← θ + λ·c·P·G_F takes a share λ
 (``unlearn_influence_step``, 0.5) of the removal step the estimate itself predicts, at no extra pass; it
