@@ -230,7 +230,8 @@ VARIANT_KEYS = {"steps": ("unlearn_steps", int), "rs": ("unlearn_retain_sample_s
                 "tol": ("unlearn_stop_tolerance", float), "opt": ("unlearn_optimizer", str),
                 "jump": ("unlearn_influence_step", float), "curv": ("unlearn_curvature", str), "stop": ("unlearn_stop", str),
                 "restore": ("unlearn_retain_restore", lambda v: v.lower() in ("1", "true", "yes")),
-                "flipt": ("unlearn_flipped_targets", lambda v: v.lower() in ("1", "true", "yes"))}
+                "flipt": ("unlearn_flipped_targets", lambda v: v.lower() in ("1", "true", "yes")),
+                "group": ("unlearn_target_group_column", str)}  # a scenario with info["retain_<group>"] (topic_lm: topic)
 
 
 def method_spec(m: str, s: Scenario) -> tuple[str, dict[str, Any], bool]:
@@ -257,8 +258,14 @@ def unlearn(s: Scenario, m: str, seed: int, budget: float | None, lr: float | No
     if method == "iau":  # rows already at their targets are a recorded no-op (the model as it is), not an error
         opts["allow_noop"] = True
     validation = validation or m.startswith("iau@")  # variants are compared on validation
+    retain = s.retain
+    column = opts.get("unlearn_target_group_column")
+    if column is not None:  # the entity of each retained row, from the scenario (read by the option only)
+        if f"retain_{column}" not in s.info:
+            return {"error": f"scenario {s.name} has no '{column}' of its retained rows (info['retain_{column}'])"}
+        retain = retain.add_column(column, s.info[f"retain_{column}"])
     try:
-        r = run_method(method, tr, s.forget, s.retain, budget=budget if at_budget else None, **opts)
+        r = run_method(method, tr, s.forget, retain, budget=budget if at_budget else None, **opts)
     except (BudgetError, ValueError, RuntimeError) as exc:
         return {"error": f"{type(exc).__name__}: {exc}"[:300]}
     model = tr.model.eval()

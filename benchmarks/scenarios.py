@@ -490,6 +490,8 @@ def topic_lm(seed: int, quick: bool, out: str) -> Scenario:
         "topic_lm", seed, quick, model, args, train, forget, retain, enc(va), enc(te), init, collator, tok, secs, passes,
         description=f"chatterbot-corpus dialogues (one row per conversation, ≤{max_len} tokens), GPT-2 2L/96d from scratch, "
         f"{len(train)} rows, {epochs} epochs; forget = every conversation of topic '{topic}' ({len(forget)} rows)",
+        # each retained row's topic (for unlearn_target_group_column: removal.py's iau@group=topic)
+        info={"retain_topic": [topics[i] for i in rows if i not in fs]},
     )
 
 
