@@ -83,15 +83,23 @@ class TargetEstimate:
 def estimate_targets(
     engine: "Engine", forget: "Dataset", retain: "Dataset", sample_rows: Sequence[int],
     held_out_losses: Sequence[float], curvature: Curvature | None = None, kind: str = "diagonal",
+    groups: Sequence[Sequence[int]] | None = None,
 ) -> TargetEstimate:
     """Counterfactual loss targets of every row of ``forget`` (see the module docstring).
 
-    ``sample_rows``: the random retained rows S (indices into ``retain``, chosen by the caller);
+    ``sample_rows``: the random retained rows S (indices into ``retain``, chosen by the caller); ``groups``: how S is
+    removed for the calibration (a partition of ``sample_rows`` in its order; None: consecutive groups the size of F);
     ``held_out_losses``: per-example losses of never-seen rows; ``curvature``: F̂ saved at training time
     (``None``: measured on F and S); ``kind``: 'diagonal' F̂, or 'kfac' (``hf_iau.kfac``: Kronecker factors measured
     on F and S in the same passes; a saved diagonal is then not used; sharded models keep the diagonal).
     ``forget``/``retain`` hold model columns only."""
     s_rows, f_rows = _check(engine, forget, retain, sample_rows, held_out_losses)
+    if groups is None:
+        step = min(len(s_rows), max(len(f_rows), math.ceil(len(s_rows) / MAX_GROUPS)))
+        groups = [s_rows[i : i + step] for i in range(0, len(s_rows), step)]
+    groups = [[int(i) for i in g] for g in groups]
+    if [i for g in groups for i in g] != s_rows or not all(groups):
+        raise ValueError("groups must split sample_rows, in its order, into non-empty groups (or be None).")
     held_out = np.asarray(held_out_losses, dtype=np.float64)
     measured, factors = None, None
     kfac = kind == "kfac" and not engine.sharded
@@ -110,9 +118,7 @@ def estimate_targets(
         solvers = kronecker_solvers(engine.params, fisher, factors, damping_level(fisher))
         inv = [solvers.get(k, x) for k, x in enumerate(inv)]
     del fisher
-    size = min(len(s_rows), max(len(f_rows), math.ceil(len(s_rows) / MAX_GROUPS)))
-    sample = sample_curves(engine, retain, [s_rows[i : i + size] for i in range(0, len(s_rows), size)], inv,
-                           float(held_out.mean()))
+    sample = sample_curves(engine, retain, groups, inv, float(held_out.mean()))
     scale = calibrate(sample, SCALES, float(held_out.mean()))
     direction = precondition(g_f, inv)
     classes = engine.kind == "classification"
@@ -120,7 +126,7 @@ def estimate_targets(
     s_est = at_scale(sample, SCALES, scale)
     targets, info = calibrated_targets(fc[:, 0], fc[:, 1], s_est, held_out)
     info.update(
-        scale=scale, group_size=float(size), sample_size=float(len(s_rows)), held_out_loss=float(held_out.mean()),
+        scale=scale, group_size=float(max(map(len, groups))), sample_size=float(len(s_rows)), held_out_loss=float(held_out.mean()),
         sample_loss=float(sample[:, 0].mean()), sample_estimate=float(s_est.mean()), forget_loss=float(fc[:, 0].mean()),
         estimate_mean=float(fc[:, 1].mean()), identity_curvature_fraction=uncovered,
         saved_curvature=float(curvature is not None),

@@ -233,6 +233,9 @@ def test_bad_inputs_are_refused_naming_the_field(tmp_path):
         estimate_targets(engine, ds.select(range(3)), ds.select(range(3, 10)), [0, 7], [1.0])
     with pytest.raises(ValueError, match="held_out_losses"):
         estimate_targets(engine, ds.select(range(3)), ds.select(range(3, 10)), [0, 1], [])
+    for bad in ([[0], [2]], [[1], [0]], [[0, 1], []]):  # not a split of sample_rows in order
+        with pytest.raises(ValueError, match="groups must split sample_rows"):
+            estimate_targets(engine, ds.select(range(3)), ds.select(range(3, 10)), [0, 1], [1.0], groups=bad)
 
 
 WORKER = r'''

@@ -395,8 +395,8 @@ def test_retain_restore_descends_only_on_retained_rows_whose_loss_rose(tmp_path,
 
 def test_target_group_column_draws_the_calibration_sample_as_whole_entities(tmp_path, monkeypatch):
     """unlearn_target_group_column: the rows calibrating the targets are whole entities (every row of each entity
-    drawn, each entity's rows together, at least unlearn_target_sample_size of them), the same for the same request
-    on a second model; a missing column is refused naming the field, and the weights are left as they were."""
+    drawn, at least unlearn_target_sample_size of them), each entity removed as its own calibration group, the same for
+    the same request on a second model; a missing column is refused naming the field, the weights left as they were."""
     import torch
 
     from hf_iau.methods import iau as iau_module
@@ -409,7 +409,7 @@ def test_target_group_column_draws_the_calibration_sample_as_whole_entities(tmp_
     estimate = iau_module.estimate_targets
 
     def spy(engine, forget, retain, sample_rows, *a, **kw):
-        seen.append(list(sample_rows))
+        seen.append((list(sample_rows), kw.get("groups")))
         return estimate(engine, forget, retain, sample_rows, *a, **kw)
 
     monkeypatch.setattr(iau_module, "estimate_targets", spy)
@@ -424,9 +424,9 @@ def test_target_group_column_draws_the_calibration_sample_as_whole_entities(tmp_
             assert all(torch.equal(before[n], p) for n, p in trainer.model.named_parameters())
         trainer.unlearn(split["forget"], split["retain"], **opts)
     assert len(seen) == 2 and seen[0] == seen[1]
+    rows, groups = seen[0]
     authors = split["retain"]["author"]
-    picked = [authors[i] for i in seen[0]]
-    runs = [a for k, a in enumerate(picked) if k == 0 or a != picked[k - 1]]
-    assert len(runs) == len(set(runs)) >= 3  # each entity's rows together, no entity split
-    assert all(picked.count(a) == authors.count(a) for a in set(picked))  # every row of each entity drawn
-    assert 20 <= len(seen[0]) < 20 + 8 and sorted(set(picked)) != sorted(set(authors))
+    assert [i for g in groups for i in g] == rows and len(groups) >= 3
+    for g in groups:  # one group per entity, with every retained row of that entity
+        assert len({authors[i] for i in g}) == 1 and len(g) == authors.count(authors[g[0]])
+    assert 20 <= len(rows) < 20 + 8 and len(groups) < len(set(authors))

@@ -163,9 +163,9 @@ class IAURun:
             targets.targets = np.empty(self.n_forget)
             targets.targets[order] = levels
             return targets
-        rows = self.calibration_rows(min(self.opts["unlearn_target_sample_size"], len(req.retain)))
+        rows, groups = self.calibration_rows(min(self.opts["unlearn_target_sample_size"], len(req.retain)))
         estimate = estimate_targets(req.engine, req.forget, req.retain, rows, held, curvature=req.curvature,
-                                    kind=self.opts["unlearn_curvature"])
+                                    kind=self.opts["unlearn_curvature"], groups=groups)
         self.estimate = estimate
         req.curvature = req.curvature or estimate.curvature  # measured on rows: later requests reuse it
         req.grad_passes += estimate.gradient_passes
@@ -179,13 +179,13 @@ class IAURun:
         targets.targets = np.maximum(np.minimum(raw, cap), self.flipped_levels(estimate))
         return targets
 
-    def calibration_rows(self, size: int) -> list[int]:
-        """The retained rows whose removal calibrates the targets: a seeded sample of ``size`` rows; with
-        ``unlearn_target_group_column``, whole entities in a seeded order until there are ``size`` rows, each entity's
-        rows together (the estimate removes the sample in consecutive groups, so a group removes whole entities)."""
+    def calibration_rows(self, size: int) -> tuple[list[int], list[list[int]] | None]:
+        """(rows, groups): the retained rows whose removal calibrates the targets, and how they are removed. A seeded
+        sample of ``size`` rows, removed in the estimate's default groups (None); with ``unlearn_target_group_column``,
+        whole entities in a seeded order until there are ``size`` rows, each entity removed as its own group."""
         req, column = self.req, self.opts["unlearn_target_group_column"]
         if column is None:
-            return req.retain_sample(size, TARGET_SAMPLE_STREAM)
+            return req.retain_sample(size, TARGET_SAMPLE_STREAM), None
         if column not in req.retain_raw.column_names:
             raise ValueError(
                 f"unlearn_target_group_column={column!r} is not a column of the retain set (it has "
@@ -194,12 +194,12 @@ class IAURun:
         members: dict[str, list[int]] = {}
         for i, value in enumerate(req.retain_raw[column]):
             members.setdefault(str(value), []).append(i)
-        groups, rows = list(members.values()), []
-        for k in req.rng(TARGET_SAMPLE_STREAM).permutation(len(groups)):
-            rows += groups[int(k)]
-            if len(rows) >= size:
+        entities, picked = list(members.values()), []
+        for k in req.rng(TARGET_SAMPLE_STREAM).permutation(len(entities)):
+            picked.append(entities[int(k)])
+            if sum(map(len, picked)) >= size:
                 break
-        return rows
+        return [i for g in picked for i in g], picked
 
     def flipped_levels(self, estimate: TargetEstimate) -> np.ndarray:
         """With ``unlearn_flipped_targets``, classifiers: a forget row whose estimated class c* is not its label y is
