@@ -159,9 +159,9 @@ class IAUConfig(TrainingArguments):
             "'author'). The calibration sample is then drawn as whole entities in a seeded order (until "
             "`unlearn_target_sample_size` rows), so its removal looks like a request that deletes whole entities; "
             "None draws single rows, whose information is their own. Only the grouping is used; no value is stored. "
-            "Off by default: on the LLM benchmark's tuning authors it lowered the targets and beat the default on "
-            "both validation counts, but on the graded forget10 split its KS distance was worse on both seeds "
-            "(README, LLM unlearning)."
+            "Each drawn entity is removed as its own calibration group. Off by default: on topic_lm it improved the "
+            "validation gap by about the retrain floor, and on the LLM benchmark's tuning authors it lowered one "
+            "seed's retain probability (benchmarks/results/target_group_decision.md)."
         },
     )
     unlearn_stop: Literal["fixed", "targets", "mean_target"] = field(

@@ -25,7 +25,7 @@ backward pass (checked forward only each step, pushed again when they fall back)
 Three more options, off by default on their measured evidence: ``unlearn_stop="mean_target"`` (also stop once the
 forget set's mean loss reaches its mean target), ``unlearn_retain_restore`` (descend only on retained rows whose
 loss rose above their pre-request loss) and ``unlearn_target_group_column`` (calibrate the targets on removing whole
-entities, e.g. authors: lower targets, but a worse graded KS distance on the LLM benchmark).
+entities, e.g. authors, one group per entity; benchmarks/results/target_group_decision.md).
 
 Before the steps, with counterfactual targets, the influence step θ ← θ + λ·c·P·G_F takes a share λ
 (``unlearn_influence_step``, 0.5) of the removal step the estimate itself predicts, at no extra pass; it
