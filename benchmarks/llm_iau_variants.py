@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import llm_unlearning as L  # noqa: E402
 from common import write_results  # noqa: E402
 
-from hf_iau.fictitious_authors import FORGET_SPLITS, tuning_authors  # noqa: E402
+from hf_iau.fictitious_authors import FORGET_SPLITS  # noqa: E402
 from hf_iau.metrics import llm as M  # noqa: E402
 
 VARIANTS: dict[str, dict[str, Any] | None] = {
@@ -49,20 +49,16 @@ def main() -> None:
     rows = []
     for seed in a.seeds:
         original, _, _ = L.cached_train(b, f"original_s{seed}", b.qa(b.raw_train), seed)
-        gone = set(tuning_authors(b.size["authors"], FORGET_SPLITS[a.split], seed))
-        tune_f = b.raw_train.filter(lambda r: r["author"] in gone)
-        tune_r = b.raw_train.filter(lambda r: r["author"] not in gone)
-        retain_eval = tune_r.select(range(0, len(tune_r), max(1, len(tune_r) // b.size["retain_eval"])))
+        tune_f, tune_r, retain_eval = L.tuning_split(b, a.split, seed)
         p0 = float(np.mean(M.answer_probability(b.stats(original, retain_eval)["loss"])))
         forget, retain = b.qa(tune_f), b.qa(tune_r)
         assert len(retain) == len(tune_r)  # one LM row per QA pair: the author column lines up
         retain = retain.add_column("author", tune_r["author"])  # read only by unlearn_target_group_column
         for name, opts in VARIANTS.items():
             model, r = (original, None) if opts is None else L.unlearn(b, original, "iau", seed, forget, retain, None, opts)
-            val_tr = M.truth_ratio(*b.truth_ratios(model, b.raw_val, "paraphrased_answer"))
-            tr_f = M.truth_ratio(*b.truth_ratios(model, tune_f, "paraphrased_answer"))
-            row = {"seed": seed, "variant": name, "options": opts, "ks_to_unseen": M.ks_test(tr_f, val_tr)["ks_distance"],
-                   "retain_probability_vs_original": float(np.mean(M.answer_probability(b.stats(model, retain_eval)["loss"]))) / p0,
+            proxy = L.tuning_proxy(b, model, tune_f, retain_eval, p0)
+            row = {"seed": seed, "variant": name, "options": opts, "ks_to_unseen": proxy["ks_distance_to_unseen"],
+                   "retain_probability_vs_original": proxy["retain_probability_vs_original"],
                    "tuning_rows_loss": float(np.mean(b.stats(model, tune_f)["loss"])),
                    "validation_authors_loss": float(np.mean(b.stats(model, b.raw_val)["loss"])),
                    "steps": r.metrics.get("steps", 0.0) if r else 0.0, "target_mean": r.metrics.get("target_mean") if r else None}

@@ -301,6 +301,24 @@ def unlearn(b: Bench, original, name: str, seed: int, forget, retain, budget, op
     return model.eval(), r
 
 
+def tuning_split(b: Bench, split: str, seed: int) -> tuple[Any, Any, Any]:
+    """(tuning rows, the rest, a retained evaluation subset): the tuning authors of ``split`` (trained on, never
+    graded) as a forget set."""
+    gone = set(tuning_authors(b.size["authors"], FORGET_SPLITS[split], seed))
+    tune_f = b.raw_train.filter(lambda r: r["author"] in gone)
+    tune_r = b.raw_train.filter(lambda r: r["author"] not in gone)
+    return tune_f, tune_r, tune_r.select(range(0, len(tune_r), max(1, len(tune_r) // b.size["retain_eval"])))
+
+
+def tuning_proxy(b: Bench, model, tune_f, retain_eval, p0: float) -> dict[str, float]:
+    """The validation proxy on the tuning rows: KS distance of their truth ratios to the validation authors' (never
+    trained) under ``model``, and the retain probability relative to ``p0`` (the original model's)."""
+    val_tr = M.truth_ratio(*b.truth_ratios(model, b.raw_val, "paraphrased_answer"))
+    tr_f = M.truth_ratio(*b.truth_ratios(model, tune_f, "paraphrased_answer"))
+    prob = float(np.mean(M.answer_probability(b.stats(model, retain_eval)["loss"])))
+    return {"ks_distance_to_unseen": M.ks_test(tr_f, val_tr)["ks_distance"], "retain_probability_vs_original": prob / p0}
+
+
 def tune(b: Bench, original, name: str, seed: int, split: str, log) -> dict[str, Any]:
     """The learning rate of baseline ``name`` (a multiple of the fine-tuning rate from the size's grid), chosen on
     the tuning authors (trained on, never graded) at IAU's budget there (IAU+LoRA's for a LoRA baseline): the
@@ -311,11 +329,7 @@ def tune(b: Bench, original, name: str, seed: int, split: str, log) -> dict[str,
     lr0 = b.size["finetune_lr"]
     if len(grid) == 1:
         return {"learning_rate": lr0 * grid[0], "grid": [lr0 * g for g in grid], "tuned": False}
-    n = b.size["authors"]
-    gone = set(tuning_authors(n, FORGET_SPLITS[split], seed))
-    tune_f = b.raw_train.filter(lambda r: r["author"] in gone)
-    tune_r = b.raw_train.filter(lambda r: r["author"] not in gone)
-    retain_eval = tune_r.select(range(0, len(tune_r), max(1, len(tune_r) // b.size["retain_eval"])))
+    tune_f, tune_r, retain_eval = tuning_split(b, split, seed)
     _, iau = unlearn(b, original, "iau_lora" if METHODS[name][3] else "iau", seed, b.qa(tune_f), b.qa(tune_r), None, {})
     budget = iau.metrics["example_gradient_passes"]
     p0 = float(np.mean(M.answer_probability(b.stats(original, retain_eval)["loss"])))
@@ -323,11 +337,7 @@ def tune(b: Bench, original, name: str, seed: int, split: str, log) -> dict[str,
     for g in grid:
         model, _ = unlearn(b, original, name, seed, b.qa(tune_f), b.qa(tune_r), budget, {"learning_rate": lr0 * g})
         # the target: the validation authors' truth ratios under the same model (authors it never saw)
-        val_tr = M.truth_ratio(*b.truth_ratios(model, b.raw_val, "paraphrased_answer"))
-        tr_f = M.truth_ratio(*b.truth_ratios(model, tune_f, "paraphrased_answer"))
-        prob = float(np.mean(M.answer_probability(b.stats(model, retain_eval)["loss"])))
-        rows.append({"learning_rate": lr0 * g, "ks_distance_to_unseen": M.ks_test(tr_f, val_tr)["ks_distance"],
-                     "retain_probability_vs_original": prob / p0})
+        rows.append({"learning_rate": lr0 * g, **tuning_proxy(b, model, tune_f, retain_eval, p0)})
     ok = [r for r in rows if r["retain_probability_vs_original"] >= 0.95]
     best = min(ok, key=lambda r: r["ks_distance_to_unseen"]) if ok else max(rows, key=lambda r: r["retain_probability_vs_original"])
     log(f"    tuned {name}: lr {best['learning_rate']:.2g} (grid {[round(r['ks_distance_to_unseen'], 3) for r in rows]})")
@@ -534,8 +544,9 @@ def main(argv: list[str] | None = None) -> int:
     size = SIZES[name]
     torch.set_num_threads(a.threads)
     datasets.disable_progress_bars()
-    # IAU first (and IAU+LoRA before the LoRA baselines): they set the budgets
-    methods = ["iau", *sorted((m for m in a.methods if m != "iau"), key=lambda m: m != "iau_lora")]
+    # IAU first (and IAU+LoRA before the LoRA baselines, added when one runs): they set the budgets
+    asked = set(a.methods) | ({"iau_lora"} if any(METHODS[m][2] and METHODS[m][3] for m in a.methods) else set())
+    methods = ["iau", *sorted((m for m in asked if m != "iau"), key=lambda m: (m != "iau_lora", a.methods.index(m) if m in a.methods else 0))]
     run_dir = Path(a.run_dir or f"/tmp/llm_unlearning_{name}")
     t0 = time.perf_counter()
 
