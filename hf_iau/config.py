@@ -174,13 +174,29 @@ class IAUConfig(TrainingArguments):
             "mislabelled rows early (tune block 0.060 -> 0.238; benchmarks/results/mean_target_stop_decision.md)."
         },
     )
-    unlearn_curvature: Literal["diagonal", "kfac"] = field(
+    unlearn_curvature: Literal["diagonal", "kfac", "training"] = field(
         default="diagonal",
         metadata={
-            "help": "Curvature of the counterfactual estimate (targets and influence step): 'diagonal' Fisher (saved "
-            "at training time when available), or 'kfac' — Kronecker factors of every Linear / Conv1D / Conv2d weight "
-            "measured on the request's rows in the same passes, trace-matched to the diagonal (hf_iau/kfac.py); "
-            "sharded (FSDP2) models keep the diagonal."
+            "help": "Curvature of the counterfactual estimate (targets and influence step): 'diagonal' Fisher from "
+            "per-example gradients of the request's rows (or one an earlier request measured so, kept with the "
+            "weights); 'training' — the diagonal Fisher IAUTrainer.train() saved from its mini-batch gradients, "
+            "when present (no per-example pass; else as 'diagonal'): cheaper, but worse on the tuning scenarios "
+            "(mislabelled 0.060 -> 0.087 mini-batch, 0.070 per-example; benchmarks/results/"
+            "saved_curvature_decision.md); 'kfac' — Kronecker "
+            "factors of every Linear / Conv1D / Conv2d weight measured on the request's rows in the same passes, "
+            "trace-matched to the diagonal (hf_iau/kfac.py); sharded (FSDP2) models keep the diagonal."
+        },
+    )
+    train_curvature: Literal["batch", "per_example"] = field(
+        default="batch",
+        metadata={
+            "help": "The curvature train() saves for later requests (hf_iau/curvature.py): 'batch' — n·B·mean ḡ² from "
+            "the last epoch's optimizer-step gradients (free; requests use it only with "
+            "unlearn_curvature='training'); 'per_example' — Σ_i (∇ℓ_i)² from hooks on the last epoch's own backward "
+            "passes, the estimator requests measure on their rows (1-6% more training time on the tuning scenarios; "
+            "GR steps keep 'batch'; models whose position ids are shared by the batch get them expanded, so their "
+            "gradient is summed in another order and the weights may differ from 'batch' training by rounding). Requests use either only with unlearn_curvature='training': both cost fidelity "
+            "on the tuning scenarios (benchmarks/results/saved_curvature_decision.md)."
         },
     )
     unlearn_influence_step: float = field(
@@ -369,6 +385,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "unlearn_retain_sample_size": (lambda v: v is None or _int(v, 1), "use None (whole retain set) or an integer >= 1."),
     "unlearn_targets": (lambda v: v in _choices("unlearn_targets"), "use one of {choices}."),
     "unlearn_curvature": (lambda v: v in _choices("unlearn_curvature"), "use one of {choices}."),
+    "train_curvature": (lambda v: v in _choices("train_curvature"), "use one of {choices}."),
     "unlearn_target_sample_size": (lambda v: _int(v, 1), "use an integer >= 1 (256 measured stable)."),
     "unlearn_stop": (lambda v: v in _choices("unlearn_stop"), "use one of {choices}."),
     "unlearn_stop_tolerance": (lambda v: _finite(v) and 0 <= v < 1, "use a fraction in [0, 1)."),

@@ -8,7 +8,10 @@ Two ways to get it, both from gradients the library computes anyway:
       F̂ ≈ n·B·mean_t ḡ_t²          (n = training rows; exact up to the mean-gradient term, small at θ*),
 
   saved with the checkpoint as ``curvature.safetensors`` bound to the weights' sha256
-  (:meth:`Curvature.save`, :meth:`Curvature.load`);
+  (:meth:`Curvature.save`, :meth:`Curvature.load`); with ``IAUConfig.train_curvature="per_example"``, the
+  per-example squares below from hooks on the last epoch's own backward passes instead. Requests use either only
+  when asked (``unlearn_curvature="training"``): both cost fidelity on the tuning scenarios
+  (benchmarks/results/saved_curvature_decision.md);
 * **from rows** (:class:`ExampleGradients`, per request): per-example gradients in batches from per-layer
   hooks — the layer input a and the back-propagated output gradient δ = ∂L/∂y that
   ``engine.backward`` (``accelerator.backward``) produces, summed over the positions t of example i:
@@ -35,6 +38,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 from typing import Any, Sequence
 
@@ -170,15 +174,24 @@ class CurvatureCallback(TrainerCallback):
     """Accumulates F̂ ≈ n·B·mean_t ḡ_t² over the last epoch from the gradients training computed (read in
     ``on_pre_optimizer_step``, after gradient accumulation, the DDP all-reduce and clipping).
 
+    With ``per_example`` the trainer also hooks its last epoch's backward passes (:class:`ExampleGradients`, the
+    estimator requests use on their rows) and hands each batch's Σ_i (∇ℓ_i)² to :meth:`add_examples`:
+    F̂ = (n / rows seen)·Σ_i (∇ℓ_i)², summed over processes.
+
     ``curvature(model)`` returns the :class:`Curvature` bound to the trained weights. FSDP2 (DTensor) gradients
     are not collected: ``curvature`` then returns ``None`` and requests recompute F̂ from rows."""
 
-    def __init__(self) -> None:
+    def __init__(self, per_example: bool = False) -> None:
         self.sums: dict[str, torch.Tensor] = {}
         self.steps = 0
         self.sharded = False
         self.examples_per_step = 1
         self.n_train = 0
+        self.per_example = per_example
+        self.last_epoch = False
+        self.example_sums: dict[str, torch.Tensor] = {}
+        self.example_rows = 0
+        self.uncovered: set[str] = set()
 
     def on_train_begin(self, args: Any, state: Any, control: Any, train_dataloader: Any = None, **kw: Any) -> None:
         self.examples_per_step = int(args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size)
@@ -187,6 +200,25 @@ class CurvatureCallback(TrainerCallback):
 
     def on_epoch_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
         self.sums, self.steps = {}, 0  # the last epoch is closest to θ*
+        self.example_sums, self.example_rows, self.uncovered = {}, 0, set()
+        epochs = math.ceil(float(state.num_train_epochs or args.num_train_epochs))
+        self.last_epoch = int(round(float(state.epoch or 0.0))) >= epochs - 1
+
+    def wants_examples(self) -> bool:
+        """Whether the trainer should hook this step's backward (per-example estimator, last epoch)."""
+        return self.per_example and self.last_epoch and not self.sharded
+
+    def add_examples(self, names: Sequence[str], squares: Sequence[torch.Tensor | None], uncovered: set[int],
+                     rows: int) -> None:
+        """One batch's Σ_i (∇ℓ_i)² per trainable parameter (``None``/``uncovered``: no per-example gradient)."""
+        with torch.no_grad():
+            for k, (name, sq) in enumerate(zip(names, squares)):
+                if k in uncovered or sq is None:
+                    self.uncovered.add(name)
+                    continue
+                acc = self.example_sums.get(name)
+                self.example_sums[name] = sq.detach().float().clone() if acc is None else acc.add_(sq.detach().float())
+        self.example_rows += rows
 
     def on_pre_optimizer_step(self, args: Any, state: Any, control: Any, model: Any = None, **kw: Any) -> None:
         scale = _unscale_factor(kw.get("optimizer"))
@@ -206,15 +238,37 @@ class CurvatureCallback(TrainerCallback):
                 self.sums[name] = g2 if acc is None else acc.add_(g2)
         self.steps += 1
 
-    def curvature(self, model: torch.nn.Module) -> Curvature | None:
-        """F̂ bound to ``model``'s weights now (call after training), or ``None`` when nothing was collected."""
+    def curvature(self, model: torch.nn.Module, estimator: str | None = None) -> Curvature | None:
+        """F̂ bound to ``model``'s weights now (call after training), or ``None`` when nothing was collected; the
+        per-example estimate when it was collected (unless ``estimator="batch"``), else the mini-batch one."""
         if self.sharded or not self.steps:
             if self.sharded:
                 logger.warning("curvature not collected: FSDP2-sharded gradients; requests recompute it from rows.")
             return None
+        if self.per_example and self.example_rows and estimator != "batch":
+            return self._per_example_curvature(model)
         factor = max(self.n_train, 1) * self.examples_per_step / self.steps
         fisher = {k: v * factor for k, v in self.sums.items()}
         meta = {"source": "training", "steps": str(self.steps), "examples_per_step": str(self.examples_per_step)}
+        return Curvature(fisher, weights_sha256(model), meta)
+
+    def _per_example_curvature(self, model: torch.nn.Module) -> Curvature:
+        names = [n for n, p in model.named_parameters() if p.requires_grad]
+        rows = torch.tensor([float(self.example_rows)])
+        uncovered = torch.tensor([float(n in self.uncovered or n not in self.example_sums) for n in names])
+        if torch.distributed.is_available() and torch.distributed.is_initialized():  # each process saw its own rows
+            device = next(model.parameters()).device
+            for t in [*[self.example_sums[n] for n in names if n in self.example_sums], rows, uncovered]:
+                moved = t.to(device)
+                torch.distributed.all_reduce(moved)
+                t.copy_(moved.to(t.device))
+        factor = max(self.n_train, 1) / float(rows)
+        covered = {n: self.example_sums[n] * factor for k, n in enumerate(names) if not uncovered[k]}
+        mean = sum(float(v.double().sum()) for v in covered.values()) / max(sum(v.numel() for v in covered.values()), 1)
+        shapes = dict(model.named_parameters())
+        fisher = {n: covered[n] if n in covered else torch.full(tuple(shapes[n].shape), mean) for n in names}
+        meta = {"source": "training", "estimator": "per_example", "rows": str(int(rows)),
+                "identity_curvature_fraction": f"{1 - sum(v.numel() for v in covered.values()) / max(sum(v.numel() for v in fisher.values()), 1):.4g}"}
         return Curvature(fisher, weights_sha256(model), meta)
 
 

@@ -21,7 +21,7 @@ from transformers import (
 from .config import IAUConfig
 from .losses import loss_kind
 from . import saving
-from .curvature import Curvature, CurvatureCallback, CurvatureError
+from .curvature import Curvature, CurvatureCallback, CurvatureError, ExampleGradients
 from .restriction import GradientRestriction
 from .request import DeletionRecord, DeletionRequest
 from .result import UnlearningResult
@@ -115,7 +115,7 @@ class IAUTrainer(Trainer):
         self.unlearning_report: Any = None  # an evaluate_unlearning report, shown in the card
         # influence paid for at training time: train() accumulates the curvature from its own gradients, save_model
         # writes it beside the weights (bound to their sha256), and a model loaded from such a folder reuses it
-        self.curvature_callback = CurvatureCallback()
+        self.curvature_callback = CurvatureCallback(per_example=self.args.train_curvature == "per_example")
         self.add_callback(self.curvature_callback)
         self.curvature: Curvature | None = self._saved_curvature()
         if self.gradient_restriction is not None:
@@ -141,9 +141,31 @@ class IAUTrainer(Trainer):
         (plain steps in between, or the last penalty gradient reused with ``gr_reuse_penalty``), and H·u
         on a ``gr_sub_batch_fraction`` of the rows.
         """
-        if self.gradient_restriction is None:
+        if self.gradient_restriction is not None:
+            return self.gradient_restriction.training_step(self, model, inputs, num_items_in_batch)
+        if not self.curvature_callback.wants_examples():
             return super().training_step(model, inputs, num_items_in_batch)
-        return self.gradient_restriction.training_step(self, model, inputs, num_items_in_batch)
+        # the last epoch's per-example gradient squares, from hooks on this step's own backward (hf_iau.curvature)
+        named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+        rows = next(int(v.shape[0]) for v in inputs.values() if isinstance(v, torch.Tensor) and v.dim() > 0)
+        with ExampleGradients(self.model, [p for _, p in named]) as hooks:
+            hooks.expect(rows)
+            loss = super().training_step(model, inputs, num_items_in_batch)
+            hooks.collect(self._loss_factor(num_items_in_batch) / rows, [None] * len(named))
+        self.curvature_callback.add_examples([n for n, _ in named], hooks.squares, hooks.uncovered, rows)
+        return loss
+
+    def _loss_factor(self, num_items_in_batch: Any) -> float:
+        """k in the loss Trainer.training_step differentiates, k·(1/B)·Σ_i ℓ_i: × the process count when the loss is
+        averaged over every device's items, ÷ the accumulation steps when the loss is not normalised by the items
+        (Trainer.compute_loss / training_step). A loss normalised by tokens is treated as a mean over rows: only
+        the shape of F̂ is used downstream."""
+        by_items = num_items_in_batch is not None and (self.model_accepts_loss_kwargs or self.compute_loss_func is not None)
+        k = float(self.accelerator.num_processes) if by_items and self.args.average_tokens_across_devices else 1.0
+        scaled_for_ga = getattr(self, "loss_is_scaled_for_ga", None)
+        if not (by_items if scaled_for_ga is None else scaled_for_ga) and self.compute_loss_func is None:
+            k /= self.current_gradient_accumulation_steps
+        return k
 
     def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
         """Adds the mean GR penalty ‖∇ℓ‖ since the last log to training logs."""

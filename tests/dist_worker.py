@@ -106,6 +106,26 @@ def run_case(name: str, out_dir: str | None = None) -> dict[str, torch.Tensor]:
     return {n: p.detach().float().cpu().clone().contiguous() for n, p in trainer.model.named_parameters() if p.requires_grad}
 
 
+def training_curvature(out_dir: str) -> dict[str, torch.Tensor]:
+    """IAUConfig.train_curvature='per_example' at learning rate 0 (fixed weights): F̂ = Σ_i (∇ℓ_i)² over every row of
+    the last epoch, whichever process saw it (2 processes: half the rows each, summed)."""
+    from transformers import default_data_collator
+
+    from hf_iau import IAUConfig, IAUTrainer
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    args = IAUConfig(
+        output_dir=out_dir, use_cpu=True, ddp_find_unused_parameters=False, report_to="none", disable_tqdm=True,
+        save_strategy="no", num_train_epochs=2, per_device_train_batch_size=4 // world, learning_rate=0.0,
+        max_grad_norm=0.0, seed=0, train_curvature="per_example", unlearn_learning_rate=1e-3,
+    )
+    trainer = IAUTrainer(tiny.tiny_bert(0), args=args, train_dataset=tiny.text_cls_dataset(8, seed=0).remove_columns("id"),
+                         data_collator=default_data_collator)
+    trainer.train()
+    assert trainer.curvature.meta["rows"] == "8"
+    return {k: v.clone().contiguous() for k, v in trainer.curvature.fisher.items()}
+
+
 def key_mismatch(out_dir: str) -> None:
     """Every process holds its own fingerprint key: each must refuse the request (none may wait in a collective)."""
     from hf_iau import IAUConfig, IAUTrainer
@@ -135,6 +155,9 @@ def main(out_dir: str) -> None:
         weights = run(name, out_dir)
         if int(os.environ.get("RANK", "0")) == 0:
             save_file(weights, os.path.join(out_dir, f"{name}.safetensors"))
+    fisher = training_curvature(out_dir)
+    if int(os.environ.get("RANK", "0")) == 0:
+        save_file(fisher, os.path.join(out_dir, "train_curvature.safetensors"))
     world = dist.get_world_size() if dist.is_initialized() else 1
     if int(os.environ.get("RANK", "0")) == 0:
         with open(os.path.join(out_dir, "world_size.txt"), "w") as fh:

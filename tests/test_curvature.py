@@ -114,6 +114,38 @@ def test_training_time_fisher_is_n_b_times_the_mean_squared_batch_gradient(tmp_p
     assert curv.meta["steps"] == "1"  # the last epoch only
 
 
+def test_per_example_training_fisher_is_the_sum_of_each_rows_squared_gradient(tmp_path: Path) -> None:
+    """IAUConfig.train_curvature='per_example', learning rate 0, 3 epochs of 2 batches: F̂ = Σ_i (∇ℓ_i)² over the
+    training rows of the last epoch only (one-example loop as the reference), the estimator requests use on rows."""
+    from transformers import default_data_collator
+
+    from hf_iau import IAUConfig, IAUTrainer
+
+    ds = text_cls_dataset(8, seed=0)
+    model = tiny_bert(0)  # dropout off
+    args = IAUConfig(output_dir=str(tmp_path / "run"), use_cpu=True, report_to=[], disable_tqdm=True,
+                     save_strategy="no", num_train_epochs=3, per_device_train_batch_size=4, learning_rate=0.0,
+                     max_grad_norm=0.0, seed=0, train_curvature="per_example", unlearn_learning_rate=1e-3)
+    trainer = IAUTrainer(model, args=args, train_dataset=ds.remove_columns("id"), data_collator=default_data_collator)
+    trainer.train()
+    curv = trainer.curvature
+    assert curv.meta["estimator"] == "per_example" and curv.meta["rows"] == "8"  # the last epoch's 8 rows
+    assert float(curv.meta["identity_curvature_fraction"]) == 0.0
+    model.eval()
+    ref = {n: torch.zeros_like(p) for n, p in model.named_parameters()}
+    for i in range(8):
+        model.zero_grad()
+        row = {"input_ids": torch.tensor(ds["input_ids"][i : i + 1]),
+               "attention_mask": torch.tensor(ds["attention_mask"][i : i + 1]), "labels": torch.tensor(ds["label"][i : i + 1])}
+        model(**row).loss.backward()
+        for n, p in model.named_parameters():
+            ref[n] += p.grad.pow(2)
+    for name, f in curv.fisher.items():
+        torch.testing.assert_close(f, ref[name], rtol=1e-4, atol=1e-9 * float(ref[name].abs().max()) + 1e-12, msg=name)
+    batch = trainer.curvature_callback.curvature(model, estimator="batch")
+    assert batch.meta.get("estimator") is None and batch.meta["steps"] == "2"  # the mini-batch one is still there
+
+
 def test_saved_curvature_is_bound_to_the_weights(tmp_path: Path) -> None:
     model, curv, _ = _trained_curvature(tmp_path)
     assert Curvature.load(str(tmp_path), model) is None  # nothing saved: the caller recomputes

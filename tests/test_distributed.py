@@ -58,6 +58,19 @@ def test_every_baseline_two_processes_equal_one(case: str, two_process_weights: 
     assert any(not torch.allclose(single[n], before[n]) for n in single), f"{case}: changed no weight"
 
 
+def test_per_example_training_curvature_on_two_processes_equals_one(two_process_weights: Path, tmp_path: Path) -> None:
+    """train_curvature='per_example': each process hooks its own rows; the sums meet in one all-reduce."""
+    import torch
+    from safetensors.torch import load_file
+
+    multi = load_file(str(two_process_weights / "train_curvature.safetensors"))
+    single = dist_worker.training_curvature(str(tmp_path))
+    assert set(multi) == set(single)
+    for name, f in single.items():
+        assert float(f.abs().max()) > 0 or name.endswith("bias"), name
+        torch.testing.assert_close(multi[name], f, rtol=1e-5, atol=1e-6 * float(f.abs().max()) + 1e-12, msg=name)
+
+
 def test_different_fingerprint_keys_on_two_processes_are_refused_on_both(tmp_path: Path) -> None:
     """Before: the process whose record could not be read raised while the other entered a collective (a hang).
     Now every process compares key ids first and refuses, naming the fix."""

@@ -140,10 +140,11 @@ def test_options_never_write_the_trainer_args(tmp_path):
 
 def test_curvature_paid_at_training_time_is_saved_reused_and_refused_when_stale(tmp_path):
     """train() measures F̂ from its own gradients, save_model writes it bound to the weights' sha256, a trainer
-    loaded from the folder reuses it (the estimate then costs |S| + |F| passes, not 2|S| + |F|), and a file made for
-    other weights is refused with a warning, never used."""
+    loaded from the folder uses it when asked (unlearn_curvature='training': the estimate then costs |S| + |F|
+    passes, not 2|S| + |F|), the default measures F̂ on the request's rows instead and keeps that one, and a file
+    made for other weights is refused with a warning, never used."""
     from hf_iau import IAUConfig
-    from hf_iau.curvature import FILE
+    from hf_iau.curvature import FILE, Curvature
 
     ds = text_cls_dataset(32)
     held_out = text_cls_dataset(12, seed=5)
@@ -151,22 +152,27 @@ def test_curvature_paid_at_training_time_is_saved_reused_and_refused_when_stale(
     trainer = IAUTrainer(tiny_bert(), args=args, train_dataset=ds, data_collator=default_data_collator)
     assert trainer.curvature is None
     trainer.train()
-    assert trainer.curvature is not None
+    assert trainer.curvature is not None and trainer.curvature.meta["source"] == "training"
     trainer.save_model()
     assert (tmp_path / "a" / FILE).is_file()
 
-    def request(folder, out):
+    def request(folder, out, **kw):
         args = IAUConfig(output_dir=str(out), use_cpu=True, report_to=[], disable_tqdm=True, save_strategy="no",
-                         unlearn_steps=1, unlearn_stop="fixed")
+                         unlearn_steps=1, unlearn_stop="fixed", **kw)
         again = IAUTrainer(str(folder), args=args, train_dataset=ds, eval_dataset=held_out,
                            data_collator=default_data_collator)
         m = again.unlearn(ds.select([0, 1, 2]), allow_noop=True).metrics
         return again, m
 
-    again, m = request(tmp_path / "a", tmp_path / "b")
-    assert again.curvature is not None and m["target_saved_curvature"] == 1.0
-    n_s = min(again.args.unlearn_target_sample_size, 29)
+    n_s = min(IAUConfig(output_dir=str(tmp_path)).unlearn_target_sample_size, 29)
+    again, m = request(tmp_path / "a", tmp_path / "b", unlearn_curvature="training")
+    assert again.curvature.meta["source"] == "training" and m["target_saved_curvature"] == 1.0
     assert m["example_gradient_passes"] == (n_s + 3) + (3 + 29)  # estimate with saved F̂, then one step
+    default, m = request(tmp_path / "a", tmp_path / "e")  # the default: F̂ from the request's rows, kept for the next
+    assert m["target_saved_curvature"] == 0.0 and m["example_gradient_passes"] == (2 * n_s + 3) + (3 + 29)
+    assert default.curvature.meta["source"] == "rows"
+    default.save_model()
+    assert Curvature.load(str(tmp_path / "e"), default.model).meta["source"] == "rows"
     again.save_model()  # the curvature is carried to the new weights (bound to their hash)
     assert IAUTrainer(str(tmp_path / "b"), args=parity_args(tmp_path / "c")).curvature is not None
 

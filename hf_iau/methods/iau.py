@@ -164,10 +164,14 @@ class IAURun:
             targets.targets[order] = levels
             return targets
         rows, groups = self.calibration_rows(min(self.opts["unlearn_target_sample_size"], len(req.retain)))
-        estimate = estimate_targets(req.engine, req.forget, req.retain, rows, held, curvature=req.curvature,
-                                    kind=self.opts["unlearn_curvature"], groups=groups)
+        kind = self.opts["unlearn_curvature"]
+        saved = req.curvature
+        if saved is not None and saved.meta.get("source") == "training" and kind != "training":
+            saved = None  # the mini-batch estimate from training: only when asked (saved_curvature_decision.md)
+        estimate = estimate_targets(req.engine, req.forget, req.retain, rows, held, curvature=saved,
+                                    kind="diagonal" if kind == "training" else kind, groups=groups)
         self.estimate = estimate
-        req.curvature = req.curvature or estimate.curvature  # measured on rows: later requests reuse it
+        req.curvature = saved or estimate.curvature or req.curvature  # measured on rows: later requests reuse it
         req.grad_passes += estimate.gradient_passes
         req.fwd_passes += estimate.forward_passes
         self.info.update({f"target_{k}": float(v) for k, v in estimate.diagnostics.items()})
