@@ -231,7 +231,10 @@ VARIANT_KEYS = {"steps": ("unlearn_steps", int), "rs": ("unlearn_retain_sample_s
                 "jump": ("unlearn_influence_step", float), "curv": ("unlearn_curvature", str), "stop": ("unlearn_stop", str),
                 "restore": ("unlearn_retain_restore", lambda v: v.lower() in ("1", "true", "yes")),
                 "flipt": ("unlearn_flipped_targets", lambda v: v.lower() in ("1", "true", "yes")),
-                "group": ("unlearn_target_group_column", str)}  # a scenario with info["retain_<group>"] (topic_lm: topic)
+                "group": ("unlearn_target_group_column", str),  # a scenario with info["retain_<group>"] (topic_lm: topic)
+                # F̂ IAUTrainer.train() saved: 1 = the mini-batch estimator, pe = per-example (with curv=training since
+                # saved_curvature_decision.md; its runs were made before, when the default used a saved one)
+                "saved": ("saved_curvature", lambda v: {"1": "batch", "pe": "per_example"}.get(v.lower()))}
 
 
 def method_spec(m: str, s: Scenario) -> tuple[str, dict[str, Any], bool]:
@@ -253,7 +256,8 @@ def method_spec(m: str, s: Scenario) -> tuple[str, dict[str, Any], bool]:
 def unlearn(s: Scenario, m: str, seed: int, budget: float | None, lr: float | None, validation: bool) -> dict[str, Any]:
     """Method ``m`` on a fresh copy of the original, unlearning seed ``seed``; its measurements."""
     method, options, at_budget = method_spec(m, s)
-    tr = s.trainer(seed=seed, data_seed=seed)
+    options = dict(options)
+    tr = s.trainer(saved_curvature=options.pop("saved_curvature", None), seed=seed, data_seed=seed)
     opts = dict(options, **({"learning_rate": lr} if lr is not None else {}))
     if method == "iau":  # rows already at their targets are a recorded no-op (the model as it is), not an error
         opts["allow_noop"] = True

@@ -55,6 +55,7 @@ NEW_HELD_OUT = ("outlier_vision", "lora_text", "wiki_lm")
 SCENARIOS = TUNE + HELD_OUT + NEW_HELD_OUT
 # removal.py --quick: one image, one text, one LM scenario (the everyday check)
 QUICK = ("mislabelled", "poison_text", "qa_lm")
+PER_EXAMPLE = "per_example"  # sub-folder of a cached original holding its per-example training-time curvature
 
 
 @dataclass
@@ -78,14 +79,34 @@ class Scenario:
     train_passes: float = 0.0
     description: str = ""
     info: dict[str, Any] = field(default_factory=dict)
+    # hf_iau.curvature.Curvature that IAUTrainer.train() measured on the original, by estimator ("batch",
+    # "per_example"; loaded from the cache below)
+    curvatures: dict[str, Any] = field(default_factory=dict)
 
-    def trainer(self, model: torch.nn.Module | None = None, **overrides: Any) -> IAUTrainer:
-        """A fresh ``IAUTrainer`` on a copy of the original model (or ``model``); ``overrides`` set IAUConfig fields."""
+    def __post_init__(self) -> None:
+        from hf_iau.curvature import Curvature, CurvatureError
+
+        for estimator, folder in (("batch", Path(self.args.output_dir)), ("per_example", Path(self.args.output_dir) / PER_EXAMPLE)):
+            try:
+                found = Curvature.load(str(folder), self.original)
+            except CurvatureError as err:
+                print(f"{self.name}: {err}")
+                found = None
+            if found is not None:
+                self.curvatures.setdefault(estimator, found)
+
+    def trainer(self, model: torch.nn.Module | None = None, saved_curvature: str | None = None, **overrides: Any) -> IAUTrainer:
+        """A fresh ``IAUTrainer`` on a copy of the original model (or ``model``); ``overrides`` set IAUConfig fields.
+        ``saved_curvature`` ("batch" / "per_example"): the trainer holds that curvature training measured (as after
+        ``train()`` or loading a folder saved by ``IAUTrainer``); None: none (a model trained elsewhere)."""
         args = copy.deepcopy(self.args)
         for k, v in overrides.items():
             setattr(args, k, v)
         check_fields({k: getattr(args, k) for k in RULES}, "IAUConfig")
-        return IAUTrainer(
+        if saved_curvature and (model is not None or saved_curvature not in self.curvatures):
+            raise ValueError(f"{self.name}: saved_curvature={saved_curvature!r} needs the original model and that "
+                             f"training-time curvature (cached: {sorted(self.curvatures)})")
+        tr = IAUTrainer(
             model=model if model is not None else copy.deepcopy(self.original),
             args=args,
             train_dataset=self.train,
@@ -93,6 +114,8 @@ class Scenario:
             data_collator=self.data_collator,
             processing_class=self.tokenizer,
         )
+        tr.curvature = self.curvatures[saved_curvature] if saved_curvature else None
+        return tr
 
 
 def _args(out: str, seed: int, **kw: Any) -> IAUConfig:
@@ -110,33 +133,66 @@ def _train(init: Callable[[], torch.nn.Module], args: IAUConfig, train: Dataset,
     """``set_seed(args.seed)``, ``init()`` (LoRA-wrapped with ``peft_config``), then train on ``train``.
 
     The trained weights are cached as ``<output_dir>/original.safetensors`` (+ ``.json``: seconds, passes)
-    and loaded from there on a rerun with the same ``output_dir``.
+    and loaded from there on a rerun with the same ``output_dir``; the curvature ``IAUTrainer.train()`` measured
+    from its own gradients is saved beside them, bound to the weights: the mini-batch estimator in
+    ``curvature.safetensors``, the per-example one in ``per_example/`` (the original's training pays for its hooked
+    last epoch; retrains do not). A cache missing either is trained again once to measure them, and the new weights
+    must equal the cached ones bitwise (else the cache is left as it was, without them).
     """
     from safetensors.torch import load_model, save_model
     from transformers import set_seed
 
-    cache = Path(args.output_dir) / "original.safetensors"
-    set_seed(args.seed)
-    model = init()
-    if peft_config is not None:
-        from peft import get_peft_model
+    from hf_iau.curvature import FILE, weights_sha256
 
-        model = get_peft_model(model, peft_config)
+    def fresh() -> torch.nn.Module:
+        set_seed(args.seed)
+        model = init()
+        if peft_config is not None:
+            from peft import get_peft_model
+
+            model = get_peft_model(model, peft_config)
+        return model
+
+    cache = Path(args.output_dir) / "original.safetensors"
+    kept = [cache.parent / FILE, cache.parent / PER_EXAMPLE / FILE]
+    model = fresh()
+    cached = None
     if cache.exists() and cache.with_suffix(".json").exists():
         load_model(model, str(cache))
         meta = json.loads(cache.with_suffix(".json").read_text())
-        return model.eval(), meta["train_seconds"], meta["train_passes"]
+        if all(f.exists() for f in kept):
+            return model.eval(), meta["train_seconds"], meta["train_passes"]
+        cached, model = (model.eval(), meta), fresh()
     t0 = time.perf_counter()
-    trainer = IAUTrainer(model=model, args=args, train_dataset=train, data_collator=collator, processing_class=tokenizer)
+    hooked = copy.deepcopy(args)  # the original also keeps the per-example estimate (retrains do not pay for it)
+    hooked.train_curvature = "per_example"
+    trainer = IAUTrainer(model=model, args=hooked, train_dataset=train, data_collator=collator, processing_class=tokenizer)
     trainer.train()
     passes = float(trainer.state.global_step * args.per_device_train_batch_size)
     passes = min(passes, float(args.num_train_epochs) * len(train)) if args.max_steps <= 0 else passes
     model = trainer.model.eval()
     secs = time.perf_counter() - t0
+    if cached is not None:  # only the curvature was missing
+        if weights_sha256(model) != weights_sha256(cached[0]):
+            print(f"{cache}: training again did not reproduce the cached weights; kept them without a curvature")
+        else:
+            _save_curvatures(trainer, model, cache.parent)
+        return cached[0], cached[1]["train_seconds"], cached[1]["train_passes"]
     cache.parent.mkdir(parents=True, exist_ok=True)
     save_model(model, str(cache))
     cache.with_suffix(".json").write_text(json.dumps({"train_seconds": secs, "train_passes": passes}))
+    _save_curvatures(trainer, model, cache.parent)
     return model, secs, passes
+
+
+def _save_curvatures(trainer: IAUTrainer, model: torch.nn.Module, folder: Path) -> None:
+    """Both training-time estimators of F̂: the mini-batch one in ``folder``, the per-example one in
+    ``folder/per_example`` (see ``IAUConfig.train_curvature``)."""
+    batch = trainer.curvature_callback.curvature(model, estimator="batch")
+    if batch is not None:
+        batch.save(str(folder))
+    if trainer.curvature is not None and trainer.curvature.meta.get("estimator") == "per_example":
+        trainer.curvature.save(str(folder / PER_EXAMPLE))
 
 
 def _split3(n: int, n_test: int, n_val: int, n_train: int, seed: int) -> tuple[list[int], list[int], list[int]]:

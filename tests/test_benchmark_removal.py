@@ -86,3 +86,51 @@ def test_model_init_takes_its_seed_from_the_caller():
 
     assert torch.equal(weights(1), weights(1))
     assert not torch.equal(weights(1), weights(2))
+
+
+def test_the_cached_original_keeps_the_curvature_training_measured(tmp_path, capsys):
+    """The scenario cache keeps IAUTrainer.train()'s curvature beside the weights; a cache without it is trained
+    again once and the curvature kept only when the weights come out bitwise equal; trainer(saved_curvature=True)
+    hands it to requests."""
+    import torch
+    from datasets import Dataset
+    from safetensors.torch import save_model
+
+    import scenarios
+    from hf_iau.curvature import FILE, Curvature
+
+    rng = np.random.default_rng(0)
+    train = Dataset.from_dict({"pixel_values": rng.random((24, 1, 14, 14), dtype=np.float32).tolist(),
+                               "label": rng.integers(0, 10, 24).tolist()})
+    args = scenarios._args(str(tmp_path), 3, num_train_epochs=2, per_device_train_batch_size=8, learning_rate=1e-3)
+    model, _, passes = scenarios._train(scenarios._cnn, args, train, None, None)
+    assert passes == 48
+    first = Curvature.load(str(tmp_path), model)  # bound to the cached weights, else CurvatureError
+    assert first is not None and first.meta["source"] == "training" and first.meta["steps"] == "3"
+    assert sum(float(f.sum()) for f in first.fisher.values()) > 0
+
+    assert (tmp_path / scenarios.PER_EXAMPLE / FILE).exists()
+    (tmp_path / FILE).unlink()  # a cache from before the curvature was kept: trained again, same weights
+    again, _, _ = scenarios._train(scenarios._cnn, args, train, None, None)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))
+    second = Curvature.load(str(tmp_path), again)
+    assert all(torch.equal(first.fisher[k], second.fisher[k]) for k in first.fisher)
+
+    s = scenarios.Scenario("toy", 3, True, again, args, train, train.select([0]), train.select(range(1, 24)),
+                           train, train, scenarios._cnn)
+    assert s.trainer(saved_curvature="batch").curvature is s.curvatures["batch"]
+    assert s.trainer(saved_curvature="per_example").curvature.meta["estimator"] == "per_example"
+    assert s.trainer().curvature is None
+
+    (tmp_path / FILE).unlink()  # cached weights that training does not reproduce: no curvature is kept for them
+    (tmp_path / scenarios.PER_EXAMPLE / FILE).unlink()
+    with torch.no_grad():
+        next(again.parameters()).add_(1.0)
+    save_model(again, str(tmp_path / "original.safetensors"))
+    kept, _, _ = scenarios._train(scenarios._cnn, args, train, None, None)
+    assert torch.equal(next(kept.parameters()), next(again.parameters()))
+    assert not (tmp_path / FILE).exists() and "did not reproduce" in capsys.readouterr().out
+    assert not (tmp_path / scenarios.PER_EXAMPLE / FILE).exists()
+    with pytest.raises(ValueError, match="saved_curvature"):
+        scenarios.Scenario("toy", 3, True, kept, args, train, train.select([0]), train.select(range(1, 24)),
+                           train, train, scenarios._cnn).trainer(saved_curvature="batch")
