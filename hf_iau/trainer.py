@@ -114,7 +114,8 @@ class IAUTrainer(Trainer):
         self.parent_checkpoint: str | None = None  # folder this model came from, when not `model_id`
         self.unlearning_report: Any = None  # an evaluate_unlearning report, shown in the card
         # influence paid for at training time: train() accumulates the curvature from its own gradients, save_model
-        # writes it beside the weights (bound to their sha256), and a model loaded from such a folder reuses it
+        # writes it beside the weights (bound to their sha256), and a model loaded from such a folder holds it;
+        # requests use a training-time one only with unlearn_curvature='training', one measured on rows always
         self.curvature_callback = CurvatureCallback(per_example=self.args.train_curvature == "per_example")
         self.add_callback(self.curvature_callback)
         self.curvature: Curvature | None = self._saved_curvature()
