@@ -65,8 +65,9 @@ def test_memorised_random_rows_whose_targets_are_their_losses_are_a_noop(tmp_pat
     assert "target_mean" in m and "held_out_loss" in m and "held_out_accuracy" in m
     assert m["stopped_targets_reached"] == 1.0 and m["steps"] == 0 and m["forget_active_fraction_final"] == 0.0
     assert m["example_forward_passes"] >= 24 + 6  # held-out pass + forget passes are counted
-    # the estimate (|S| + |D_f| with the curvature train() saved; S = all 42 retained rows) and the step that stopped
-    assert m["example_gradient_passes"] == (42 + 6) + (6 + trainer.args.unlearn_retain_sample_size)
+    # the estimate (2|S| + |D_f|: F̂ measured on the rows, then the calibration groups; S = all 42 retained rows) and
+    # the step that stopped
+    assert m["example_gradient_passes"] == (2 * 42 + 6) + (6 + trainer.args.unlearn_retain_sample_size)
 
 
 def test_auto_pushes_mislabelled_rows_until_forgotten(tmp_path):
@@ -254,7 +255,8 @@ def test_influence_step_takes_lambda_of_the_estimated_removal_step(tmp_path, mon
         torch.testing.assert_close(full[n], half[n], rtol=0, atol=0)
     assert m5["influence_step_norm"] == pytest.approx(2 * m25["influence_step_norm"], rel=1e-5)
     assert m5["forget_loss_after"] > m5["forget_loss_before"] and m0["forget_loss_after"] == m0["forget_loss_before"]
-    assert m5["example_gradient_passes"] == m0["example_gradient_passes"]
+    # the first request measured F̂ on its rows (kept by the trainer); the later ones reuse it, whatever their λ
+    assert m5["example_gradient_passes"] == m25["example_gradient_passes"] < m0["example_gradient_passes"]
     assert m5["retain_loss_after"] <= m5["held_out_loss"] < m5["retain_loss_after"] + 10  # the guard's condition
 
     original = IAURun.held_out_losses
@@ -278,7 +280,8 @@ def test_influence_step_is_validated(tmp_path, value):
 
 def test_rows_at_their_target_leave_the_backward_pass_without_changing_the_update(tmp_path, monkeypatch):
     """Rows that reached their target are checked forward only: fewer gradient passes, the same steps and the same
-    weights as pushing every row with the mask (the old path, forced here)."""
+    weights as pushing every row with the mask (the old path, forced here). SGD: a batch of other rows changes the
+    forward by float rounding, which Adam's normalisation would amplify in near-zero gradient coordinates."""
     import torch
 
     from hf_iau.methods.iau import IAURun
@@ -286,7 +289,7 @@ def test_rows_at_their_target_leave_the_backward_pass_without_changing_the_updat
     flip = list(range(8))
     train = learnable(96, seed=0, flip=flip)
     held_out = learnable(24, seed=1)
-    kw = dict(epochs=4, unlearn_learning_rate=1e-2, unlearn_steps=12, unlearn_stop="fixed")
+    kw = dict(epochs=4, unlearn_learning_rate=0.1, unlearn_optimizer="sgd", unlearn_steps=12, unlearn_stop="fixed")
     runs = {}
     for name in ("pruned", "every_row"):
         trainer = trained(tmp_path / name, train, held_out, **kw)
