@@ -234,7 +234,7 @@ VARIANT_KEYS = {"steps": ("unlearn_steps", int), "rs": ("unlearn_retain_sample_s
                 "group": ("unlearn_target_group_column", str),  # a scenario with info["retain_<group>"] (topic_lm: topic)
                 # F̂ IAUTrainer.train() saved: 1 = the mini-batch estimator, pe = per-example (with curv=training since
                 # saved_curvature_decision.md; its runs were made before, when the default used a saved one)
-                "saved": ("saved_curvature", lambda v: {"1": "batch", "pe": "per_example"}.get(v.lower()))}
+                "saved": ("saved_curvature", lambda v: {"1": "batch", "pe": "per_example", "final": "final"}.get(v.lower()))}
 
 
 def method_spec(m: str, s: Scenario) -> tuple[str, dict[str, Any], bool]:

@@ -86,7 +86,8 @@ class Scenario:
     def __post_init__(self) -> None:
         from hf_iau.curvature import Curvature, CurvatureError
 
-        for estimator, folder in (("batch", Path(self.args.output_dir)), ("per_example", Path(self.args.output_dir) / PER_EXAMPLE)):
+        root = Path(self.args.output_dir)
+        for estimator, folder in (("batch", root), ("per_example", root / PER_EXAMPLE), ("final", root / "final")):
             try:
                 found = Curvature.load(str(folder), self.original)
             except CurvatureError as err:
