@@ -96,14 +96,36 @@ class Scenario:
             if found is not None:
                 self.curvatures.setdefault(estimator, found)
 
+    def eval_curvature(self) -> Any:
+        """F̂ = Σ_{i∈train} (∇ℓ_i)², per-example (``ExampleGradients``), in eval mode at the original's weights: one
+        hooked pass over the training rows, cached in ``<output_dir>/final`` (saved_curvature_decision.md)."""
+        from hf_iau.counterfactual import group_gradient
+        from hf_iau.curvature import Curvature, ExampleGradients
+        from hf_iau.engine import Engine
+
+        engine = Engine(self.trainer())
+        engine.model.eval()
+        rows = engine.model_columns(self.train)
+        with ExampleGradients(engine.model, engine.params) as hooks:
+            group_gradient(engine, rows, list(range(len(rows))), hooks)
+        covered = [f for f in hooks.squares if f is not None]
+        mean = sum(float(f.double().sum()) for f in covered) / max(sum(f.numel() for f in covered), 1)
+        fisher = [torch.full(p.shape, mean) if f is None else f.float() for p, f in zip(engine.params, hooks.squares)]
+        found = Curvature.of(engine.model, fisher, {"source": "final_eval", "rows": str(len(rows))})
+        found.save(str(Path(self.args.output_dir) / "final"))
+        return found
+
     def trainer(self, model: torch.nn.Module | None = None, saved_curvature: str | None = None, **overrides: Any) -> IAUTrainer:
         """A fresh ``IAUTrainer`` on a copy of the original model (or ``model``); ``overrides`` set IAUConfig fields.
         ``saved_curvature`` ("batch" / "per_example"): the trainer holds that curvature training measured (as after
-        ``train()`` or loading a folder saved by ``IAUTrainer``); None: none (a model trained elsewhere)."""
+        ``train()`` or loading a folder saved by ``IAUTrainer``); "final": :meth:`eval_curvature`; None: none (a model
+        trained elsewhere)."""
         args = copy.deepcopy(self.args)
         for k, v in overrides.items():
             setattr(args, k, v)
         check_fields({k: getattr(args, k) for k in RULES}, "IAUConfig")
+        if saved_curvature == "final" and model is None and "final" not in self.curvatures:
+            self.curvatures["final"] = self.eval_curvature()
         if saved_curvature and (model is not None or saved_curvature not in self.curvatures):
             raise ValueError(f"{self.name}: saved_curvature={saved_curvature!r} needs the original model and that "
                              f"training-time curvature (cached: {sorted(self.curvatures)})")
