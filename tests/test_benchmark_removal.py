@@ -121,6 +121,17 @@ def test_the_cached_original_keeps_the_curvature_training_measured(tmp_path, cap
     assert s.trainer(saved_curvature="batch").curvature is s.curvatures["batch"]
     assert s.trainer(saved_curvature="per_example").curvature.meta["estimator"] == "per_example"
     assert s.trainer().curvature is None
+    final = s.trainer(saved_curvature="final").curvature  # eval mode, per example, over every training row
+    assert final.meta == {"source": "final_eval", "rows": "24"} and (tmp_path / "final" / FILE).exists()
+    again.eval()
+    name, weight = next((n, p) for n, p in again.named_parameters() if p.dim() == 4)
+    ref = torch.zeros_like(weight)
+    for i in range(24):
+        again.zero_grad()
+        row = train[i]
+        again(pixel_values=torch.tensor([row["pixel_values"]]), labels=torch.tensor([row["label"]])).loss.backward()
+        ref += weight.grad.pow(2)
+    torch.testing.assert_close(final.fisher[name], ref, rtol=1e-4, atol=1e-9 * float(ref.max()))
 
     (tmp_path / FILE).unlink()  # cached weights that training does not reproduce: no curvature is kept for them
     (tmp_path / scenarios.PER_EXAMPLE / FILE).unlink()
