@@ -187,6 +187,16 @@ class IAUConfig(TrainingArguments):
             "trace-matched to the diagonal (hf_iau/kfac.py); sharded (FSDP2) models keep the diagonal."
         },
     )
+    unlearn_leverage: bool = field(
+        default=False,
+        metadata={
+            "help": "Counterfactual targets, diagonal curvature: precondition each removed set (the forget set and each "
+            "calibration group) by the curvature of the data that remains, (F̂ − Σ_set g² + d)⁻¹ — the Newton step to "
+            "the model retrained without it. Rows only the set constrains (memorised, mislabelled) then move further "
+            "than under the full F̂. Costs hooked instead of plain passes over the calibration groups "
+            "(hf_iau/counterfactual.py: leave_out)."
+        },
+    )
     train_curvature: Literal["batch", "per_example"] = field(
         default="batch",
         metadata={
@@ -393,6 +403,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "unlearn_target_group_column": (lambda v: v is None or (isinstance(v, str) and bool(v)),
                                     "use None or the name of a retain-set column (e.g. 'author')."),
     "unlearn_flipped_targets": (lambda v: isinstance(v, bool), "use True or False."),
+    "unlearn_leverage": (lambda v: isinstance(v, bool), "use True or False."),
     "unlearn_retain_restore": (lambda v: isinstance(v, bool), "use True or False."),
     "unlearn_held_out_sample_size": (lambda v: _int(v, 1), "use an integer >= 1."),
     "unlearn_batch_size": (lambda v: v is None or _int(v, 1), "use None or an integer >= 1."),

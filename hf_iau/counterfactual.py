@@ -83,7 +83,7 @@ class TargetEstimate:
 def estimate_targets(
     engine: "Engine", forget: "Dataset", retain: "Dataset", sample_rows: Sequence[int],
     held_out_losses: Sequence[float], curvature: Curvature | None = None, kind: str = "diagonal",
-    groups: Sequence[Sequence[int]] | None = None,
+    groups: Sequence[Sequence[int]] | None = None, leverage: bool = False,
 ) -> TargetEstimate:
     """Counterfactual loss targets of every row of ``forget`` (see the module docstring).
 
@@ -92,7 +92,9 @@ def estimate_targets(
     ``held_out_losses``: per-example losses of never-seen rows; ``curvature``: F̂ saved at training time
     (``None``: measured on F and S); ``kind``: 'diagonal' F̂, or 'kfac' (``hf_iau.kfac``: Kronecker factors measured
     on F and S in the same passes; a saved diagonal is then not used; sharded models keep the diagonal).
-    ``forget``/``retain`` hold model columns only."""
+    ``leverage`` (diagonal only): each removed set (F, and each calibration group) is preconditioned by the curvature
+    of the data that remains, (F̂ − Σ_{i∈set} g_i² + d)⁻¹, the Newton step to the model retrained without it (see
+    :func:`leave_out`). ``forget``/``retain`` hold model columns only."""
     s_rows, f_rows = _check(engine, forget, retain, sample_rows, held_out_losses)
     if groups is None:
         step = min(len(s_rows), max(len(f_rows), math.ceil(len(s_rows) / MAX_GROUPS)))
@@ -103,24 +105,26 @@ def estimate_targets(
     held_out = np.asarray(held_out_losses, dtype=np.float64)
     measured, factors = None, None
     kfac = kind == "kfac" and not engine.sharded
+    leverage = leverage and not kfac
     if curvature is None or kfac:
-        fisher, g_f, uncovered, factors = fisher_from_rows(engine, forget, f_rows, retain, s_rows, kfac)
+        fisher, g_f, uncovered, factors, own_f = fisher_from_rows(engine, forget, f_rows, retain, s_rows, kfac)
         passes = 2 * len(s_rows) + len(f_rows)
         if not engine.sharded:
             measured = Curvature.of(engine.model, fisher, {"source": "rows", "rows": str(len(s_rows) + len(f_rows)),
                                                            "identity_curvature_fraction": f"{uncovered:.4g}"})
     else:
         fisher, uncovered = curvature.diagonal(engine.model), 0.0
-        g_f = group_gradient(engine, forget, f_rows)
+        g_f, own_f = squared_group_gradient(engine, forget, f_rows) if leverage else (group_gradient(engine, forget, f_rows), None)
         passes = len(s_rows) + len(f_rows)
     inv: list = preconditioner(fisher)
     if factors is not None:  # K-FAC where a weight has factors, the diagonal elsewhere, one damping level
         solvers = kronecker_solvers(engine.params, fisher, factors, damping_level(fisher))
         inv = [solvers.get(k, x) for k, x in enumerate(inv)]
-    del fisher
-    sample = sample_curves(engine, retain, groups, inv, float(held_out.mean()))
+    left_out = (fisher, damping_level(fisher)) if leverage else None
+    sample = sample_curves(engine, retain, groups, inv, float(held_out.mean()), left_out)
     scale = calibrate(sample, SCALES, float(held_out.mean()))
-    direction = precondition(g_f, inv)
+    direction = precondition(g_f, leave_out(fisher, own_f, left_out[1]) if leverage else inv)
+    del fisher
     classes = engine.kind == "classification"
     fc = example_curves(engine, forget, f_rows, direction, [0.0, scale], classes)
     s_est = at_scale(sample, SCALES, scale)
@@ -129,7 +133,7 @@ def estimate_targets(
         scale=scale, group_size=float(max(map(len, groups))), sample_size=float(len(s_rows)), held_out_loss=float(held_out.mean()),
         sample_loss=float(sample[:, 0].mean()), sample_estimate=float(s_est.mean()), forget_loss=float(fc[:, 0].mean()),
         estimate_mean=float(fc[:, 1].mean()), identity_curvature_fraction=uncovered,
-        saved_curvature=float(curvature is not None),
+        saved_curvature=float(curvature is not None), leverage=float(leverage),
     )
     return TargetEstimate(targets, float(passes), float(3 * (len(s_rows) + len(f_rows))), info, measured, direction,
                           fc[:, 0], fc[:, 2].astype(int) if classes else None, fc[:, 3].astype(int) if classes else None)
@@ -181,9 +185,10 @@ def group_gradient(engine: "Engine", dataset: "Dataset", rows: Sequence[int],
 
 
 def fisher_from_rows(engine: "Engine", forget: "Dataset", f_rows: list[int], retain: "Dataset", s_rows: list[int],
-                     kfac: bool = False) -> tuple[list[torch.Tensor], list[torch.Tensor], float, KroneckerFactors | None]:
-    """(F̂ = (|D_r|/|S|)·Σ_S g² + Σ_F g², G_F, share of parameter elements with identity curvature, and with
-    ``kfac`` the Kronecker factors weighted alike)."""
+                     kfac: bool = False) -> tuple[list[torch.Tensor], list[torch.Tensor], float, KroneckerFactors | None,
+                                                  list[torch.Tensor | None]]:
+    """(F̂ = (|D_r|/|S|)·Σ_S g² + Σ_F g², G_F, share of parameter elements with identity curvature, with ``kfac``
+    the Kronecker factors weighted alike, and Σ_F g² alone (None where a parameter has no per-example gradient))."""
     with ExampleGradients(engine.model, engine.params, KroneckerFactors() if kfac else None) as on_s:
         group_gradient(engine, retain, s_rows, on_s)
     with ExampleGradients(engine.model, engine.params, KroneckerFactors() if kfac else None) as on_f:
@@ -204,21 +209,47 @@ def fisher_from_rows(engine: "Engine", forget: "Dataset", f_rows: list[int], ret
                        len(uncovered))
     fisher = [shard_like(p, torch.full(p.shape, mean, device=g.device) if f is None else f.float())
               for p, f, g in zip(engine.params, full, g_f)]
-    return fisher, g_f, 1.0 - covered / max(sum(sizes), 1), factors
+    own = [None if k in uncovered or on_f.squares[k] is None else on_f.squares[k] for k in range(len(engine.params))]
+    engine.sum_([f for f in own if f is not None])
+    own = [None if f is None else shard_like(p, f.float()) for p, f in zip(engine.params, own)]
+    return fisher, g_f, 1.0 - covered / max(sum(sizes), 1), factors, own
+
+
+def squared_group_gradient(engine: "Engine", dataset: "Dataset", rows: Sequence[int]
+                           ) -> tuple[list[torch.Tensor], list[torch.Tensor | None]]:
+    """(G, Σ_{i∈rows} g_i²) in the same hooked passes, both summed over processes (None: no per-example gradient)."""
+    with ExampleGradients(engine.model, engine.params) as hooks:
+        g = group_gradient(engine, dataset, rows, hooks)
+    own = [None if k in hooks.uncovered or sq is None else sq for k, sq in enumerate(hooks.squares)]
+    engine.sum_([f for f in own if f is not None])
+    return g, [None if f is None else shard_like(p, f.float()) for p, f in zip(engine.params, own)]
+
+
+def leave_out(fisher: Sequence[torch.Tensor], own: Sequence[torch.Tensor | None], damp: float) -> list[torch.Tensor]:
+    """P_set = (F̂ − Σ_{i∈set} g_i² + d)⁻¹: the damped curvature of the data left after removing the set (clamped at
+    0; a parameter without per-example gradients keeps F̂). Removing a set moves the optimum by H_rest⁻¹·G_set
+    (a Newton step on the remaining loss from θ*, where its gradient is −G_set); F̂ stands for the full H, which
+    for rows only the set constrains (memorised, mislabelled) is mostly the set's own curvature."""
+    return [1.0 / ((f if o is None else (f - o).clamp_min(0.0)) + damp) for f, o in zip(fisher, own)]
 
 
 def sample_curves(engine: "Engine", retain: "Dataset", groups: list[list[int]], inv: Sequence,
-                  level: float) -> np.ndarray:
+                  level: float, left_out: tuple[Sequence[torch.Tensor], float] | None = None) -> np.ndarray:
     """[|S|, len(SCALES)]: each sample row's loss along the removal of its own group (P·G of the group), groups in
     order. Only where the sample's mean loss first reaches ``level`` is ever read (:func:`calibrate`, :func:`at_scale`),
     so a scale is computed only while that place is unproven: the losses are ≥ 0, so once the rows computed so far
     (earlier groups, plus one batch) sum to |S|·level at a scale, the mean reaches it there, and later scales are left
-    +inf for the remaining rows of that batch and for every later group."""
+    +inf for the remaining rows of that batch and for every later group. With ``left_out`` = (F̂, d), each group is
+    preconditioned by :func:`leave_out` of its own squares (measured in the same hooked pass) instead of ``inv``."""
     n = sum(len(g) for g in groups)
     enough = n * level * (1 + 1e-9) + 1e-12
     running, last, parts = np.zeros(len(SCALES)), len(SCALES), []
     for group in groups:
-        direction = precondition(group_gradient(engine, retain, group), inv)
+        if left_out is None:
+            direction = precondition(group_gradient(engine, retain, group), inv)
+        else:
+            g, own = squared_group_gradient(engine, retain, group)
+            direction = precondition(g, leave_out(left_out[0], own, left_out[1]))
         curves = example_curves(engine, retain, group, direction, SCALES[:last], stop_above=enough - running[:last])
         curves = np.pad(curves, ((0, 0), (0, len(SCALES) - last)), constant_values=np.inf)
         running = running + curves.sum(0)

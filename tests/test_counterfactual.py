@@ -213,7 +213,7 @@ def test_a_saved_curvature_replaces_the_per_example_pass(tmp_path):
     forget, retain, sample = ds.select(range(5)), ds.select(range(5, 30)), list(range(0, 25, 3))
     held = [1.3, 1.1, 1.6, 0.9]
     fresh = estimate_targets(engine, forget, retain, sample, held)
-    fisher, _, _, _ = fisher_from_rows(engine, forget, list(range(5)), retain, sample)
+    fisher, _, _, _, _ = fisher_from_rows(engine, forget, list(range(5)), retain, sample)
     names = [n for n, p in engine.model.named_parameters() if p.requires_grad]
     saved = Curvature(dict(zip(names, fisher)), weights_sha256(engine.model))
     reused = estimate_targets(engine, forget, retain, sample, held, curvature=saved)
@@ -221,6 +221,42 @@ def test_a_saved_curvature_replaces_the_per_example_pass(tmp_path):
     assert reused.gradient_passes == len(sample) + 5 < fresh.gradient_passes
     assert reused.diagnostics["saved_curvature"] == 1.0
     assert fresh.diagnostics["group_size"] == 5  # S removed in groups the size of F (not of a batch, 8)
+
+
+def test_leverage_preconditions_each_removed_set_by_the_curvature_of_the_rest(tmp_path):
+    """unlearn_leverage: the forget direction is G_F / (F̂ − Σ_F g² + d), d from the full F̂; each calibration group
+    likewise with its own squares (one-example loop as the reference); same passes as without it."""
+    from hf_iau.counterfactual import estimate_targets, fisher_from_rows, leave_out
+    from hf_iau.curvature import damping_level
+    from tiny import text_cls_dataset, tiny_bert
+
+    f, o = [torch.tensor([4.0, 1.0]), torch.tensor([2.0])], [torch.tensor([3.0, 2.0]), None]
+    out = leave_out(f, o, 0.5)  # hand computation: (4 − 3 + 0.5)⁻¹, (max(1 − 2, 0) + 0.5)⁻¹, untouched (2 + 0.5)⁻¹
+    assert torch.allclose(out[0], torch.tensor([1 / 1.5, 1 / 0.5])) and torch.allclose(out[1], torch.tensor([1 / 2.5]))
+
+    ds = text_cls_dataset(30).remove_columns("id")
+    engine = _engine(tmp_path, tiny_bert(0), per_device_eval_batch_size=8)
+    forget, retain, sample = ds.select(range(5)), ds.select(range(5, 30)), list(range(0, 25, 3))
+    held = [1.3, 1.1, 1.6, 0.9]
+    plain = estimate_targets(engine, forget, retain, sample, held)
+    lev = estimate_targets(engine, forget, retain, sample, held, leverage=True)
+    fisher, g_f, _, _, _ = fisher_from_rows(engine, forget, list(range(5)), retain, sample)
+    own = [torch.zeros_like(p) for p in engine.params]
+    for i in range(5):  # Σ_F g² by the one-example loop
+        engine.model.zero_grad()
+        row = forget[i]
+        engine.model(input_ids=torch.tensor([row["input_ids"]]), attention_mask=torch.tensor([row["attention_mask"]]),
+                     labels=torch.tensor([row["label"]])).loss.backward()
+        for t, p in zip(own, engine.params):
+            t += p.grad.pow(2)
+    engine.model.zero_grad()
+    d = damping_level(fisher)
+    for got, g, fi, o in zip(lev.direction, g_f, fisher, own):
+        torch.testing.assert_close(got, g / ((fi - o).clamp_min(0) + d), rtol=1e-4, atol=1e-6 * float(got.abs().max()) + 1e-12)
+    assert lev.diagnostics["leverage"] == 1.0 and plain.diagnostics["leverage"] == 0.0
+    assert lev.gradient_passes == plain.gradient_passes and lev.diagnostics["scale"] != plain.diagnostics["scale"]
+    # the forget rows lose their own curvature, so they are estimated to move further
+    assert sum(float((a.abs() - b.abs()).clamp_min(0).sum()) for a, b in zip(lev.direction, plain.direction)) > 0
 
 
 def test_bad_inputs_are_refused_naming_the_field(tmp_path):

@@ -169,7 +169,8 @@ class IAURun:
         if saved is not None and saved.meta.get("source") == "training" and kind != "training":
             saved = None  # the mini-batch estimate from training: only when asked (saved_curvature_decision.md)
         estimate = estimate_targets(req.engine, req.forget, req.retain, rows, held, curvature=saved,
-                                    kind="diagonal" if kind == "training" else kind, groups=groups)
+                                    kind="diagonal" if kind == "training" else kind, groups=groups,
+                                    leverage=self.opts["unlearn_leverage"])
         self.estimate = estimate
         req.curvature = saved or estimate.curvature or req.curvature  # measured on rows: later requests reuse it
         req.grad_passes += estimate.gradient_passes
