@@ -238,6 +238,10 @@ VARIANT_KEYS = {"steps": ("unlearn_steps", int), "rs": ("unlearn_retain_sample_s
                 "saved": ("saved_curvature", lambda v: {"1": "batch", "pe": "per_example", "final": "final"}.get(v.lower()))}
 
 
+# a request's wall time, broken down (IAU's metrics; other methods report the total only)
+BREAKDOWN = {"wall_time_estimate_s": "wall_time_targets_s", "wall_time_steps_s": "wall_time_steps_s"}
+
+
 def method_spec(m: str, s: Scenario) -> tuple[str, dict[str, Any], bool]:
     """(registered method, options, runs at IAU's budget) of ``m``: a METHODS name, or an IAU variant
     ``iau@steps=5:lr=4`` (lr: a multiple of the scenario's unlearn_learning_rate; other keys: VARIANT_KEYS)."""
@@ -275,6 +279,7 @@ def unlearn(s: Scenario, m: str, seed: int, budget: float | None, lr: float | No
         return {"error": f"{type(exc).__name__}: {exc}"[:300]}
     model = tr.model.eval()
     row = {"passes": r.metrics["example_gradient_passes"], "wall_time_s": r.metrics["wall_time_s"],
+           **{k: r.metrics[m] for k, m in BREAKDOWN.items() if m in r.metrics},
            "steps": r.metrics.get("steps"), "budget": budget if at_budget else None, "test": measure(s, model)}
     if validation:
         row["validation"] = measure(s, model, "validation")
@@ -369,6 +374,7 @@ def grade(runs: list[dict[str, Any]], golds: list[dict[str, Any]], fl: dict[str,
         out.update(passes=float(np.mean([r["passes"] for r in runs])), wall_time_s=float(np.mean([r["wall_time_s"] for r in runs])))
         out.update(passes_pct_of_retrain=100 * out["passes"] / fl["passes"], wall_pct_of_retrain=100 * out["wall_time_s"] / fl["wall_time_s"],
                    steps=float(np.mean([r["steps"] for r in runs if r.get("steps") is not None] or [np.nan])))
+        out.update({k: float(np.mean([r[k] for r in runs])) for k in BREAKDOWN if all(k in r for r in runs)})
     return out
 
 
@@ -442,7 +448,9 @@ def _scenario_lines(rec: dict[str, Any]) -> list[str]:
             continue
         kf, kr = _klom(g["klom"])
         cost = ("—", "—") if "passes" not in g else (
-            f"{g['passes']:.0f} ({g['passes_pct_of_retrain']:.1f}%)", f"{g['wall_time_s']:.1f} ({g['wall_pct_of_retrain']:.1f}%)")
+            f"{g['passes']:.0f} ({g['passes_pct_of_retrain']:.1f}%)", f"{g['wall_time_s']:.1f} ({g['wall_pct_of_retrain']:.1f}%"
+            + (f"; estimate {g['wall_time_estimate_s']:.1f} + steps {g['wall_time_steps_s']:.1f}" if "wall_time_steps_s" in g else "")
+            + ")")
         star = "*" if m in METHODS and METHODS[m][2] else ""
         lines.append(f"| {m}{star} | {g['seeds']} | {_pm(g['gap'], g['gap_std'] if g['seeds'] > 1 else None)} | "
                      f"{g['x_floor']:.1f} | {g['forget_metric']:.3f} | {g['test_metric']:.3f} | {g['mia_auc']:.3f} | {_landing(g)} | {kf} | {kr} | "

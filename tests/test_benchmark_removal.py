@@ -47,6 +47,10 @@ def test_grade_against_the_retrain_mean_in_floor_units():
     assert g["x_floor"] == pytest.approx((0.2 / 3) / (0.4 / 9))
     assert g["passes_pct_of_retrain"] == pytest.approx(20.0)
     assert g["wall_pct_of_retrain"] == pytest.approx(100 * 4.0 / 12.0)
+    assert "wall_time_steps_s" not in g  # the breakdown is reported only when every run has it
+    timed = [dict(r, wall_time_estimate_s=e, wall_time_steps_s=t) for r, e, t in zip(runs, (1.0, 2.0), (1.5, 2.5))]
+    g2 = removal.grade(timed, GOLDS, fl)
+    assert (g2["wall_time_estimate_s"], g2["wall_time_steps_s"]) == (1.5, 2.0)
     # forget margin -2 against each pair of retrains: {-2,-3}: 0.5²/(2·0.75); {-1,-3}: 0; {-1,-2}: 0.5²/(2·0.75)
     assert g["klom"]["forget_median"] == pytest.approx(2 * 0.25 / 1.5 / 3)
     assert np.isfinite(g["klom_seeds"]["rest_p95"])
