@@ -205,8 +205,9 @@ class IAUConfig(TrainingArguments):
             "unlearn_curvature='training'); 'per_example' — Σ_i (∇ℓ_i)² from hooks on the last epoch's own backward "
             "passes, the estimator requests measure on their rows (1-6% more training time on the tuning scenarios; "
             "GR steps keep 'batch'; models whose position ids are shared by the batch get them expanded, so their "
-            "gradient is summed in another order and the weights may differ from 'batch' training by rounding). Requests use either only with unlearn_curvature='training': both cost fidelity "
-            "on the tuning scenarios (benchmarks/results/saved_curvature_decision.md)."
+            "gradient is summed in another order and the weights may differ from 'batch' training by rounding). "
+            "Requests use either only with unlearn_curvature='training': both cost fidelity on the tuning scenarios "
+            "(benchmarks/results/saved_curvature_decision.md)."
         },
     )
     unlearn_influence_step: float = field(

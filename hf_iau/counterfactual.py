@@ -209,10 +209,7 @@ def fisher_from_rows(engine: "Engine", forget: "Dataset", f_rows: list[int], ret
                        len(uncovered))
     fisher = [shard_like(p, torch.full(p.shape, mean, device=g.device) if f is None else f.float())
               for p, f, g in zip(engine.params, full, g_f)]
-    own = [None if k in uncovered or on_f.squares[k] is None else on_f.squares[k] for k in range(len(engine.params))]
-    engine.sum_([f for f in own if f is not None])
-    own = [None if f is None else shard_like(p, f.float()) for p, f in zip(engine.params, own)]
-    return fisher, g_f, 1.0 - covered / max(sum(sizes), 1), factors, own
+    return fisher, g_f, 1.0 - covered / max(sum(sizes), 1), factors, _summed_squares(engine, on_f.squares, uncovered)
 
 
 def squared_group_gradient(engine: "Engine", dataset: "Dataset", rows: Sequence[int]
@@ -220,9 +217,15 @@ def squared_group_gradient(engine: "Engine", dataset: "Dataset", rows: Sequence[
     """(G, Σ_{i∈rows} g_i²) in the same hooked passes, both summed over processes (None: no per-example gradient)."""
     with ExampleGradients(engine.model, engine.params) as hooks:
         g = group_gradient(engine, dataset, rows, hooks)
-    own = [None if k in hooks.uncovered or sq is None else sq for k, sq in enumerate(hooks.squares)]
+    return g, _summed_squares(engine, hooks.squares, hooks.uncovered)
+
+
+def _summed_squares(engine: "Engine", squares: Sequence[torch.Tensor | None], uncovered: set[int]
+                    ) -> list[torch.Tensor | None]:
+    """This process's per-example squares summed over processes, placed like the parameters (None: uncovered)."""
+    own = [None if k in uncovered or sq is None else sq for k, sq in enumerate(squares)]
     engine.sum_([f for f in own if f is not None])
-    return g, [None if f is None else shard_like(p, f.float()) for p, f in zip(engine.params, own)]
+    return [None if f is None else shard_like(p, f.float()) for p, f in zip(engine.params, own)]
 
 
 def leave_out(fisher: Sequence[torch.Tensor], own: Sequence[torch.Tensor | None], damp: float) -> list[torch.Tensor]:
