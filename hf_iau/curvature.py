@@ -124,6 +124,20 @@ class Curvature:
         fisher = {n: f.detach().float().cpu().clone() for n, f in zip(names, diagonal)}
         return cls(fisher, weights_sha256(model), meta)
 
+    def content_sha256(self) -> str:
+        """sha256 over every entry's name, shape and float32 bytes, in name order: what a request that used this
+        curvature depends on (recorded in the ledger)."""
+        h = hashlib.sha256()
+        for name in sorted(self.fisher):
+            t = self.fisher[name].detach().float().contiguous().cpu()
+            h.update(f"{name}|{tuple(t.shape)}\n".encode())
+            h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        return h.hexdigest()
+
+    def record(self) -> dict[str, str]:
+        """What the ledger keeps of a curvature a request reused: its source and content hash."""
+        return {"source": self.meta.get("source", "unknown"), "content_sha256": self.content_sha256()}
+
     def bind(self, model: torch.nn.Module, reason: str) -> "Curvature":
         """This curvature carried over to ``model``'s current weights (e.g. after an unlearning update, whose small
         change leaves F̂ valid to first order); ``reason`` is recorded with the previous hash."""

@@ -425,6 +425,8 @@ def request_entry(rec: Mapping[str, Any], position: int) -> dict[str, Any]:
         "request_index": int(rec.get("request_index", position)),
         "forget_fingerprint": str(rec["forget_fingerprint"]),
         **{k: _jsonable(rec[k]) for k in _KEYED_FIELDS if rec.get(k) is not None},
+        # a kept curvature the estimate used (source, content hash); absent: measured on the request's rows, or none
+        **({"curvature": {str(k): str(v) for k, v in rec["curvature"].items()}} if rec.get("curvature") else {}),
         "forget_size": int(rec["forget_size"]),
         "retain_size": int(rec.get("retain_size", 0)),
         "config": config,

@@ -47,7 +47,8 @@ def sha256_file(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
-NOT_WEIGHTS = {"curvature.safetensors"}  # saved beside the weights (hf_iau.curvature), bound to their hash, not weights
+FILE_CURVATURE = "curvature.safetensors"
+NOT_WEIGHTS = {FILE_CURVATURE}  # saved beside the weights (hf_iau.curvature), bound to their hash, not weights
 
 
 def weight_files(folder: str | os.PathLike) -> list[Path]:
@@ -409,6 +410,13 @@ def reproduction(entry: Mapping[str, Any]) -> str:
     ]
     if unset:
         lines.append("     left unset (None): " + ", ".join(unset))
+    used = entry.get("curvature")
+    if used:
+        lines.append(f"     the estimate used the curvature kept beside the starting checkpoint ({FILE_CURVATURE}, "
+                     f"source {used.get('source')}, content sha256 {str(used.get('content_sha256'))[:16]}…): start "
+                     "from the folder that holds it")
+    elif method == "iau":
+        lines.append("     the estimate measured its curvature on the request's own rows (no kept curvature used)")
     if index:
         lines.append(f"     random choices derive from (seed, request index {index}): replay requests 0..{index - 1} "
                      "of the same run first, in order")

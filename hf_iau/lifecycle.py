@@ -105,6 +105,7 @@ class Request:
         self.held_out_loss: float | None = None  # set by a method that measures the held-out level
         # F̂ saved at training time (hf_iau.curvature), or None; a method that measures it on rows sets it for reuse
         self.curvature = getattr(trainer, "curvature", None)
+        self.curvature_used: Any = None  # a kept curvature the method's estimate used (None: measured, or none)
         self.grad_passes = self.fwd_passes = 0.0
         self.was_training = self.model.training
         self.original: list[torch.Tensor] = []
@@ -280,6 +281,8 @@ class Request:
         self._close_bar()
         self.model.train(self.was_training)
         inputs = {"seed": self.seed, "request_index": self.request_index, "allow_noop": self.allow_noop}
+        if self.curvature_used is not None:  # the update depends on it: an auditor must start from the same file
+            inputs["curvature"] = self.curvature_used.record()
         return self.trainer.record_unlearning(result, self.deletion, self.request_id, self.method, config, inputs,
                                               curvature=self.curvature)
 

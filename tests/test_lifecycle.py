@@ -236,3 +236,25 @@ def test_a_curvature_measured_by_one_request_is_reused_by_the_next(tmp_path):
     assert second["target_saved_curvature"] == 1.0
     n_s = min(trainer.args.unlearn_target_sample_size, 36)  # the second request's retained sample (40 − 4 rows)
     assert first["example_gradient_passes"] - second["example_gradient_passes"] >= n_s  # its |S| pass saved
+
+
+def test_the_ledger_names_the_kept_curvature_a_request_used(tmp_path):
+    """The second request's update depends on the curvature the first one measured: its ledger entry records that
+    curvature's source and content hash (the first, which measured its own, records none), `hf-iau ledger show` tells
+    the auditor to start from the folder that holds it, and the chain still verifies."""
+    from hf_iau.ledger import read_ledger, reproduction, verify_ledger
+
+    ds = text_cls_dataset(40)
+    args = parity_args(tmp_path / "out", unlearn_targets="counterfactual", unlearn_steps=1, unlearn_stop="fixed")
+    trainer = IAUTrainer(tiny_bert(), args=args, train_dataset=ds, eval_dataset=text_cls_dataset(12, seed=5),
+                         data_collator=default_data_collator)
+    trainer.unlearn(ds.select([0, 1]), allow_noop=True)
+    kept = trainer.curvature.content_sha256()
+    trainer.unlearn(ds.select([2, 3]), allow_noop=True)
+    trainer.save_model()
+    first, second = read_ledger(tmp_path / "out")
+    assert "curvature" not in first and "own rows" in reproduction(first)
+    assert second["curvature"] == {"source": "rows", "content_sha256": kept}
+    assert f"content sha256 {kept[:16]}" in reproduction(second)
+    assert trainer.curvature.content_sha256() == kept  # carried over to the new weights, same content
+    assert verify_ledger(tmp_path / "out") == []

@@ -172,6 +172,7 @@ class IAURun:
                                     kind="diagonal" if kind == "training" else kind, groups=groups,
                                     leverage=self.opts["unlearn_leverage"])
         self.estimate = estimate
+        req.curvature_used = saved  # recorded in the ledger: the update depends on it
         req.curvature = saved or estimate.curvature or req.curvature  # measured on rows: later requests reuse it
         req.grad_passes += estimate.gradient_passes
         req.fwd_passes += estimate.forward_passes
