@@ -33,6 +33,7 @@ _HYPERPARAMETERS = (  # of the unlearning update; how the model was trained come
     ("unlearn_target_group_column", "calibration sample drawn by entity (column)"),
     ("unlearn_curvature", "curvature of the estimate"),
     ("unlearn_flipped_targets", "flipped-class target levels"),
+    ("unlearn_leverage", "leave-out curvature of each removed set"),
     ("unlearn_retain_restore", "retain descent restores only"),
     ("unlearn_influence_step", "influence step λ (share of the estimated removal step)"),
     ("unlearn_stop", "stop rule"),
