@@ -51,7 +51,7 @@ import torch
 import torch.nn.functional as F
 
 from .curvature import Curvature, ExampleGradients, damping_level, full_total, preconditioner, shard_like
-from .kfac import KroneckerFactors, kronecker_solvers
+from .kfac import KroneckerFactors, kronecker_solvers, without
 from .losses import IGNORE_INDEX, batch_losses
 
 if TYPE_CHECKING:
@@ -92,9 +92,9 @@ def estimate_targets(
     ``held_out_losses``: per-example losses of never-seen rows; ``curvature``: F̂ saved at training time
     (``None``: measured on F and S); ``kind``: 'diagonal' F̂, or 'kfac' (``hf_iau.kfac``: Kronecker factors measured
     on F and S in the same passes; a saved diagonal is then not used; sharded models keep the diagonal).
-    ``leverage`` (diagonal only): each removed set (F, and each calibration group) is preconditioned by the curvature
-    of the data that remains, (F̂ − Σ_{i∈set} g_i² + d)⁻¹, the Newton step to the model retrained without it (see
-    :func:`leave_out`). ``forget``/``retain`` hold model columns only."""
+    ``leverage``: each removed set (F, and each calibration group) is preconditioned by the curvature of the data
+    that remains, (F̂ − Σ_{i∈set} g_i² + d)⁻¹ (with K-FAC, the factors less the set's own), the Newton step to the
+    model retrained without it (see :func:`leave_out`). ``forget``/``retain`` hold model columns only."""
     s_rows, f_rows = _check(engine, forget, retain, sample_rows, held_out_losses)
     if groups is None:
         step = min(len(s_rows), max(len(f_rows), math.ceil(len(s_rows) / MAX_GROUPS)))
@@ -105,7 +105,6 @@ def estimate_targets(
     held_out = np.asarray(held_out_losses, dtype=np.float64)
     measured, factors = None, None
     kfac = kind == "kfac" and not engine.sharded
-    leverage = leverage and not kfac
     if curvature is None or kfac:
         fisher, g_f, uncovered, factors, own_f = fisher_from_rows(engine, forget, f_rows, retain, s_rows, kfac)
         passes = 2 * len(s_rows) + len(f_rows)
@@ -120,10 +119,10 @@ def estimate_targets(
     if factors is not None:  # K-FAC where a weight has factors, the diagonal elsewhere, one damping level
         solvers = kronecker_solvers(engine.params, fisher, factors, damping_level(fisher))
         inv = [solvers.get(k, x) for k, x in enumerate(inv)]
-    left_out = (fisher, damping_level(fisher)) if leverage else None
+    left_out = (fisher, damping_level(fisher), factors) if leverage else None
     sample = sample_curves(engine, retain, groups, inv, float(held_out.mean()), left_out)
     scale = calibrate(sample, SCALES, float(held_out.mean()))
-    direction = precondition(g_f, leave_out(fisher, own_f, left_out[1]) if leverage else inv)
+    direction = precondition(g_f, leave_out(engine.params, own_f, *left_out) if leverage else inv)
     del fisher
     classes = engine.kind == "classification"
     fc = example_curves(engine, forget, f_rows, direction, [0.0, scale], classes)
@@ -194,10 +193,7 @@ def fisher_from_rows(engine: "Engine", forget: "Dataset", f_rows: list[int], ret
     with ExampleGradients(engine.model, engine.params, KroneckerFactors() if kfac else None) as on_f:
         g_f = group_gradient(engine, forget, f_rows, on_f)
     weight = len(retain) / len(s_rows)
-    factors = on_s.factors.merged(on_f.factors, weight) if kfac else None
-    if factors is not None:
-        for k in sorted(factors.a):  # every process: its own rows' factors
-            engine.sum_([factors.a[k], factors.s[k]])
+    factors = _summed_factors(engine, on_s.factors.merged(on_f.factors, weight)) if kfac else None
     uncovered = on_s.uncovered | on_f.uncovered
     full = [None if k in uncovered else weight * on_s.squares[k] + on_f.squares[k] for k in range(len(engine.params))]
     engine.sum_([f for f in full if f is not None])  # every process: its own rows' squares
@@ -209,15 +205,33 @@ def fisher_from_rows(engine: "Engine", forget: "Dataset", f_rows: list[int], ret
                        len(uncovered))
     fisher = [shard_like(p, torch.full(p.shape, mean, device=g.device) if f is None else f.float())
               for p, f, g in zip(engine.params, full, g_f)]
-    return fisher, g_f, 1.0 - covered / max(sum(sizes), 1), factors, _summed_squares(engine, on_f.squares, uncovered)
+    own = SetCurvature(_summed_squares(engine, on_f.squares, uncovered), _summed_factors(engine, on_f.factors) if kfac else None)
+    return fisher, g_f, 1.0 - covered / max(sum(sizes), 1), factors, own
 
 
-def squared_group_gradient(engine: "Engine", dataset: "Dataset", rows: Sequence[int]
-                           ) -> tuple[list[torch.Tensor], list[torch.Tensor | None]]:
-    """(G, Σ_{i∈rows} g_i²) in the same hooked passes, both summed over processes (None: no per-example gradient)."""
-    with ExampleGradients(engine.model, engine.params) as hooks:
+@dataclass
+class SetCurvature:
+    """A removed set's own share of the curvature: Σ_{i∈set} g_i² per parameter (None: no per-example gradient),
+    and with K-FAC its own factors."""
+
+    squares: list[torch.Tensor | None]
+    factors: KroneckerFactors | None = None
+
+
+def squared_group_gradient(engine: "Engine", dataset: "Dataset", rows: Sequence[int], kfac: bool = False
+                           ) -> tuple[list[torch.Tensor], SetCurvature]:
+    """(G, the set's own curvature) from the same hooked passes, summed over processes."""
+    with ExampleGradients(engine.model, engine.params, KroneckerFactors() if kfac else None) as hooks:
         g = group_gradient(engine, dataset, rows, hooks)
-    return g, _summed_squares(engine, hooks.squares, hooks.uncovered)
+    return g, SetCurvature(_summed_squares(engine, hooks.squares, hooks.uncovered),
+                           _summed_factors(engine, hooks.factors) if kfac else None)
+
+
+def _summed_factors(engine: "Engine", factors: KroneckerFactors) -> KroneckerFactors:
+    """Every process's own rows' factors, summed over processes (in place)."""
+    for k in sorted(factors.a):
+        engine.sum_([factors.a[k], factors.s[k]])
+    return factors
 
 
 def _summed_squares(engine: "Engine", squares: Sequence[torch.Tensor | None], uncovered: set[int]
@@ -228,22 +242,31 @@ def _summed_squares(engine: "Engine", squares: Sequence[torch.Tensor | None], un
     return [None if f is None else shard_like(p, f.float()) for p, f in zip(engine.params, own)]
 
 
-def leave_out(fisher: Sequence[torch.Tensor], own: Sequence[torch.Tensor | None], damp: float) -> list[torch.Tensor]:
+def leave_out(params: Sequence[torch.Tensor], own: SetCurvature, fisher: Sequence[torch.Tensor], damp: float,
+              factors: KroneckerFactors | None = None) -> list:
     """P_set = (F̂ − Σ_{i∈set} g_i² + d)⁻¹: the damped curvature of the data left after removing the set (clamped at
-    0; a parameter without per-example gradients keeps F̂). Removing a set moves the optimum by H_rest⁻¹·G_set
-    (a Newton step on the remaining loss from θ*, where its gradient is −G_set); F̂ stands for the full H, which
-    for rows only the set constrains (memorised, mislabelled) is mostly the set's own curvature."""
-    return [1.0 / ((f if o is None else (f - o).clamp_min(0.0)) + damp) for f, o in zip(fisher, own)]
+    0; a parameter without per-example gradients keeps F̂); with ``factors``, K-FAC of the factors less the set's
+    own (``kfac.without``) where a weight has them. Removing a set moves the optimum by H_rest⁻¹·G_set (a Newton
+    step on the remaining loss from θ*, where its gradient is −G_set); F̂ stands for the full H, which for rows only
+    the set constrains (memorised, mislabelled) is mostly the set's own curvature."""
+    rest = [f if o is None else (f - o).clamp_min(0.0) for f, o in zip(fisher, own.squares)]
+    inv: list = [1.0 / (f + damp) for f in rest]
+    if factors is not None:
+        solvers = kronecker_solvers(params, rest, without(factors, own.factors or KroneckerFactors()), damp)
+        inv = [solvers.get(k, x) for k, x in enumerate(inv)]
+    return inv
 
 
 def sample_curves(engine: "Engine", retain: "Dataset", groups: list[list[int]], inv: Sequence,
-                  level: float, left_out: tuple[Sequence[torch.Tensor], float] | None = None) -> np.ndarray:
+                  level: float, left_out: tuple[Sequence[torch.Tensor], float, KroneckerFactors | None] | None = None
+                  ) -> np.ndarray:
     """[|S|, len(SCALES)]: each sample row's loss along the removal of its own group (P·G of the group), groups in
     order. Only where the sample's mean loss first reaches ``level`` is ever read (:func:`calibrate`, :func:`at_scale`),
     so a scale is computed only while that place is unproven: the losses are ≥ 0, so once the rows computed so far
     (earlier groups, plus one batch) sum to |S|·level at a scale, the mean reaches it there, and later scales are left
-    +inf for the remaining rows of that batch and for every later group. With ``left_out`` = (F̂, d), each group is
-    preconditioned by :func:`leave_out` of its own squares (measured in the same hooked pass) instead of ``inv``."""
+    +inf for the remaining rows of that batch and for every later group. With ``left_out`` = (F̂, d, K-FAC factors or
+    None), each group is preconditioned by :func:`leave_out` of its own curvature (measured in the same hooked pass)
+    instead of ``inv``."""
     n = sum(len(g) for g in groups)
     enough = n * level * (1 + 1e-9) + 1e-12
     running, last, parts = np.zeros(len(SCALES)), len(SCALES), []
@@ -251,8 +274,8 @@ def sample_curves(engine: "Engine", retain: "Dataset", groups: list[list[int]], 
         if left_out is None:
             direction = precondition(group_gradient(engine, retain, group), inv)
         else:
-            g, own = squared_group_gradient(engine, retain, group)
-            direction = precondition(g, leave_out(left_out[0], own, left_out[1]))
+            g, own = squared_group_gradient(engine, retain, group, kfac=left_out[2] is not None)
+            direction = precondition(g, leave_out(engine.params, own, *left_out))
         curves = example_curves(engine, retain, group, direction, SCALES[:last], stop_above=enough - running[:last])
         curves = np.pad(curves, ((0, 0), (0, len(SCALES) - last)), constant_values=np.inf)
         running = running + curves.sum(0)

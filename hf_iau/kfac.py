@@ -73,6 +73,17 @@ class KroneckerFactors:
         return out
 
 
+def without(factors: KroneckerFactors, own: KroneckerFactors) -> KroneckerFactors:
+    """The factors of the data left after removing a set whose own factors are ``own`` (A − A_set, S − S_set; a
+    weight the set has no factors for keeps its own)."""
+    out = KroneckerFactors()
+    for k in factors.a:
+        out.kinds[k] = factors.kinds[k]
+        out.a[k] = factors.a[k] - own.a[k] if k in own.a else factors.a[k]
+        out.s[k] = factors.s[k] - own.s[k] if k in own.s else factors.s[k]
+    return out
+
+
 def kronecker_solvers(
     params: Sequence[torch.Tensor], diagonal: Sequence[torch.Tensor], factors: KroneckerFactors, damping: float,
 ) -> dict[int, Callable[[torch.Tensor], torch.Tensor]]:

@@ -225,13 +225,14 @@ def test_a_saved_curvature_replaces_the_per_example_pass(tmp_path):
 
 def test_leverage_preconditions_each_removed_set_by_the_curvature_of_the_rest(tmp_path):
     """unlearn_leverage: the forget direction is G_F / (F̂ − Σ_F g² + d), d from the full F̂; each calibration group
-    likewise with its own squares (one-example loop as the reference); same passes as without it."""
-    from hf_iau.counterfactual import estimate_targets, fisher_from_rows, leave_out
+    likewise with its own squares (one-example loop as the reference); same passes as without it. With K-FAC, the
+    factors less the set's own."""
+    from hf_iau.counterfactual import SetCurvature, estimate_targets, fisher_from_rows, leave_out
     from hf_iau.curvature import damping_level
     from tiny import text_cls_dataset, tiny_bert
 
     f, o = [torch.tensor([4.0, 1.0]), torch.tensor([2.0])], [torch.tensor([3.0, 2.0]), None]
-    out = leave_out(f, o, 0.5)  # hand computation: (4 − 3 + 0.5)⁻¹, (max(1 − 2, 0) + 0.5)⁻¹, untouched (2 + 0.5)⁻¹
+    out = leave_out(f, SetCurvature(o), f, 0.5)  # hand computation: (4 − 3 + 0.5)⁻¹, (max(1 − 2, 0) + 0.5)⁻¹, untouched (2 + 0.5)⁻¹
     assert torch.allclose(out[0], torch.tensor([1 / 1.5, 1 / 0.5])) and torch.allclose(out[1], torch.tensor([1 / 2.5]))
 
     ds = text_cls_dataset(30).remove_columns("id")
@@ -257,6 +258,19 @@ def test_leverage_preconditions_each_removed_set_by_the_curvature_of_the_rest(tm
     assert lev.gradient_passes == plain.gradient_passes and lev.diagnostics["scale"] != plain.diagnostics["scale"]
     # the forget rows lose their own curvature, so they are estimated to move further
     assert sum(float((a.abs() - b.abs()).clamp_min(0).sum()) for a, b in zip(lev.direction, plain.direction)) > 0
+
+    # K-FAC: the factors less the set's own (hand computation), then the same solvers
+    from hf_iau.kfac import KroneckerFactors, without
+
+    full, own_k = KroneckerFactors(), KroneckerFactors()
+    full.kinds[0], full.a[0], full.s[0] = "linear", torch.eye(2) * 2, torch.eye(3)
+    own_k.a[0], own_k.s[0] = torch.diag(torch.tensor([1.0, 0.0])), torch.eye(3) * 0.5
+    rest = without(full, own_k)
+    assert torch.equal(rest.a[0], torch.diag(torch.tensor([1.0, 2.0]))) and torch.equal(rest.s[0], torch.eye(3) * 0.5)
+    kfac = estimate_targets(engine, forget, retain, sample, held, kind="kfac")
+    kfac_lev = estimate_targets(engine, forget, retain, sample, held, kind="kfac", leverage=True)
+    assert kfac_lev.diagnostics["leverage"] == 1.0 and kfac_lev.gradient_passes == kfac.gradient_passes
+    assert kfac_lev.diagnostics["scale"] != kfac.diagnostics["scale"] and np.isfinite(kfac_lev.targets).all()
 
 
 def test_bad_inputs_are_refused_naming_the_field(tmp_path):
