@@ -134,9 +134,23 @@ def _child(out: Path, log: Path, kill_at: str | None, max_saves: int) -> None:
             os.fsync(fh.fileno())
 
 
+def _private_tqdm_lock() -> None:
+    """tqdm's default write lock holds a multiprocessing semaphore, shared across fork, and every bar (a disabled
+    one too) takes it: a child killed while holding it would block the parent's next bar (``from_pretrained``'s)
+    forever. The child takes a lock of its own instead."""
+    import threading
+
+    import tqdm
+    import tqdm.auto
+
+    for cls in {tqdm.tqdm, tqdm.auto.tqdm}:
+        cls.set_lock(threading.RLock())
+
+
 def _fork(out: Path, log: Path, kill_at: str | None, max_saves: int) -> int:
     pid = os.fork()
     if pid == 0:  # child: never return into pytest
+        _private_tqdm_lock()
         code = 0
         try:
             _child(out, log, kill_at, max_saves)
@@ -233,6 +247,27 @@ def test_sigkill_inside_the_first_save_leaves_no_folder(tmp_path):
     assert done is None and pending[0] == 1
     assert os.listdir(out) == []  # the folder Trainer.__init__ created, still empty: no half-written checkpoint
     assert _check_folder(out, log) is None
+
+
+def test_a_child_killed_inside_a_progress_bar_does_not_block_the_parent():
+    """A child killed while it holds tqdm's write lock (as a random SIGKILL can catch it) leaves the parent's lock
+    free: the parent still gets it (with the shared default lock it would wait forever)."""
+    import tqdm
+
+    tqdm.tqdm.get_lock()  # made before the fork, as any earlier progress bar makes it
+    pid = os.fork()
+    if pid == 0:
+        _private_tqdm_lock()
+        tqdm.tqdm.get_lock().acquire()
+        os.kill(os.getpid(), signal.SIGKILL)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFSIGNALED(status)
+    lock = tqdm.tqdm.get_lock()
+    got = [bool(one.acquire(timeout=5)) for one in lock.locks]
+    for one, held in zip(lock.locks, got):
+        if held:
+            one.release()
+    assert all(got)
 
 
 def test_sigkill_at_random_moments_while_unlearning_and_saving(tmp_path):
