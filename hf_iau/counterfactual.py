@@ -115,11 +115,13 @@ def estimate_targets(
         fisher, uncovered = curvature.diagonal(engine.model), 0.0
         g_f, own_f = squared_group_gradient(engine, forget, f_rows) if leverage else (group_gradient(engine, forget, f_rows), None)
         passes = len(s_rows) + len(f_rows)
-    inv: list = preconditioner(fisher)
-    if factors is not None:  # K-FAC where a weight has factors, the diagonal elsewhere, one damping level
-        solvers = kronecker_solvers(engine.params, fisher, factors, damping_level(fisher))
-        inv = [solvers.get(k, x) for k, x in enumerate(inv)]
+    inv: list | None = None  # with leverage, each removed set gets its own preconditioner (leave_out) instead
     left_out = (fisher, damping_level(fisher), factors) if leverage else None
+    if not leverage:
+        inv = preconditioner(fisher)
+        if factors is not None:  # K-FAC where a weight has factors, the diagonal elsewhere, one damping level
+            solvers = kronecker_solvers(engine.params, fisher, factors, damping_level(fisher))
+            inv = [solvers.get(k, x) for k, x in enumerate(inv)]
     sample = sample_curves(engine, retain, groups, inv, float(held_out.mean()), left_out)
     scale = calibrate(sample, SCALES, float(held_out.mean()))
     direction = precondition(g_f, leave_out(engine.params, own_f, *left_out) if leverage else inv)
@@ -257,7 +259,7 @@ def leave_out(params: Sequence[torch.Tensor], own: SetCurvature, fisher: Sequenc
     return inv
 
 
-def sample_curves(engine: "Engine", retain: "Dataset", groups: list[list[int]], inv: Sequence,
+def sample_curves(engine: "Engine", retain: "Dataset", groups: list[list[int]], inv: Sequence | None,
                   level: float, left_out: tuple[Sequence[torch.Tensor], float, KroneckerFactors | None] | None = None
                   ) -> np.ndarray:
     """[|S|, len(SCALES)]: each sample row's loss along the removal of its own group (P·G of the group), groups in
