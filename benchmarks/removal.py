@@ -231,6 +231,7 @@ VARIANT_KEYS = {"steps": ("unlearn_steps", int), "rs": ("unlearn_retain_sample_s
                 "jump": ("unlearn_influence_step", float), "curv": ("unlearn_curvature", str), "stop": ("unlearn_stop", str),
                 "restore": ("unlearn_retain_restore", lambda v: v.lower() in ("1", "true", "yes")),
                 "flipt": ("unlearn_flipped_targets", lambda v: v.lower() in ("1", "true", "yes")),
+                "stepc": ("unlearn_influence_curvature", str),
                 "lev": ("unlearn_leverage", lambda v: v.lower() in ("1", "true", "yes")),
                 "group": ("unlearn_target_group_column", str),  # a scenario with info["retain_<group>"] (topic_lm: topic)
                 # F̂ IAUTrainer.train() saved: 1 = the mini-batch estimator, pe = per-example (with curv=training since

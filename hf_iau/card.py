@@ -36,6 +36,7 @@ _HYPERPARAMETERS = (  # of the unlearning update; how the model was trained come
     ("unlearn_leverage", "leave-out curvature of each removed set"),
     ("unlearn_retain_restore", "retain descent restores only"),
     ("unlearn_influence_step", "influence step λ (share of the estimated removal step)"),
+    ("unlearn_influence_curvature", "curvature of the influence step"),
     ("unlearn_stop", "stop rule"),
     ("unlearn_max_retain_loss_rise", "max retain-loss rise"),
     ("seed", "seed"),

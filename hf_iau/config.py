@@ -221,6 +221,15 @@ class IAUConfig(TrainingArguments):
             "lands the forget losses on their targets but breaks the retain loss (diagonal curvature)."
         },
     )
+    unlearn_influence_curvature: Literal["estimate", "kfac"] = field(
+        default="estimate",
+        metadata={
+            "help": "Curvature P of the influence step (unlearn_influence_step): 'estimate' — the targets' own "
+            "(unlearn_curvature); 'kfac' — Kronecker factors measured in the estimate's own hooked passes, the step's "
+            "scale c calibrated on the same removed groups (2 more forward passes per calibration row), the targets "
+            "unchanged. Not with unlearn_leverage."
+        },
+    )
     unlearn_flipped_targets: bool = field(
         default=False,
         metadata={
@@ -401,6 +410,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "unlearn_stop": (lambda v: v in _choices("unlearn_stop"), "use one of {choices}."),
     "unlearn_stop_tolerance": (lambda v: _finite(v) and 0 <= v < 1, "use a fraction in [0, 1)."),
     "unlearn_influence_step": (lambda v: _finite(v) and 0 <= v <= 1, "use a fraction in [0, 1] (0: off)."),
+    "unlearn_influence_curvature": (lambda v: v in _choices("unlearn_influence_curvature"), "use one of {choices}."),
     "unlearn_target_group_column": (lambda v: v is None or (isinstance(v, str) and bool(v)),
                                     "use None or the name of a retain-set column (e.g. 'author')."),
     "unlearn_flipped_targets": (lambda v: isinstance(v, bool), "use True or False."),
@@ -420,6 +430,10 @@ CROSS_RULES: list[tuple[Callable[[Mapping[str, Any]], bool], str, str]] = [
      "gr_sub_batch_fraction", "a GR sub-batch needs gr_mode='finite_difference'; set it to 1.0 for gr_mode='exact'."),
     (lambda c: c.get("unlearn_forget_weight", 1) > 0 or c.get("unlearn_retain_weight", 1) > 0,
      "unlearn_forget_weight", "unlearn_forget_weight and unlearn_retain_weight cannot both be 0."),
+    (lambda c: c.get("unlearn_influence_curvature", "estimate") == "estimate" or not c.get("unlearn_leverage", False)
+     or c.get("unlearn_curvature") == "kfac",
+     "unlearn_influence_curvature", "a K-FAC influence step does not combine with unlearn_leverage: set "
+     "unlearn_influence_curvature='estimate', or unlearn_curvature='kfac' for K-FAC leave-out targets and step."),
 ]
 UNLEARNING_FIELDS = tuple(n for n in RULES if n.startswith("unlearn_")) + ("gr_alpha", "gr_mode", "gr_norm", "seed")
 

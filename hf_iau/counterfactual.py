@@ -83,7 +83,7 @@ class TargetEstimate:
 def estimate_targets(
     engine: "Engine", forget: "Dataset", retain: "Dataset", sample_rows: Sequence[int],
     held_out_losses: Sequence[float], curvature: Curvature | None = None, kind: str = "diagonal",
-    groups: Sequence[Sequence[int]] | None = None, leverage: bool = False,
+    groups: Sequence[Sequence[int]] | None = None, leverage: bool = False, step_kind: str | None = None,
 ) -> TargetEstimate:
     """Counterfactual loss targets of every row of ``forget`` (see the module docstring).
 
@@ -94,7 +94,10 @@ def estimate_targets(
     on F and S in the same passes; a saved diagonal is then not used; sharded models keep the diagonal).
     ``leverage``: each removed set (F, and each calibration group) is preconditioned by the curvature of the data
     that remains, (F̂ − Σ_{i∈set} g_i² + d)⁻¹ (with K-FAC, the factors less the set's own), the Newton step to the
-    model retrained without it (see :func:`leave_out`). ``forget``/``retain`` hold model columns only."""
+    model retrained without it (see :func:`leave_out`). ``step_kind``: the curvature of the returned removal
+    ``direction`` (the influence step) when it differs from ``kind`` ('kfac': factors measured in the same passes, a
+    saved diagonal then not used; its own scale ``step_scale``, calibrated on the same groups at 2|S| more forward
+    passes; not with ``leverage``). ``forget``/``retain`` hold model columns only."""
     s_rows, f_rows = _check(engine, forget, retain, sample_rows, held_out_losses)
     if groups is None:
         step = min(len(s_rows), max(len(f_rows), math.ceil(len(s_rows) / MAX_GROUPS)))
@@ -105,8 +108,11 @@ def estimate_targets(
     held_out = np.asarray(held_out_losses, dtype=np.float64)
     measured, factors = None, None
     kfac = kind == "kfac" and not engine.sharded
-    if curvature is None or kfac:
-        fisher, g_f, uncovered, factors, own_f = fisher_from_rows(engine, forget, f_rows, retain, s_rows, kfac)
+    step_kfac = step_kind == "kfac" and not kfac and not engine.sharded  # K-FAC for the step only
+    if step_kfac and leverage:
+        raise ValueError("a K-FAC influence step with leverage: use kind='kfac' (both) or leverage=False.")
+    if curvature is None or kfac or step_kfac:
+        fisher, g_f, uncovered, factors, own_f = fisher_from_rows(engine, forget, f_rows, retain, s_rows, kfac or step_kfac)
         passes = 2 * len(s_rows) + len(f_rows)
         if not engine.sharded:
             measured = Curvature.of(engine.model, fisher, {"source": "rows", "rows": str(len(s_rows) + len(f_rows)),
@@ -116,27 +122,35 @@ def estimate_targets(
         g_f, own_f = squared_group_gradient(engine, forget, f_rows) if leverage else (group_gradient(engine, forget, f_rows), None)
         passes = len(s_rows) + len(f_rows)
     inv: list | None = None  # with leverage, each removed set gets its own preconditioner (leave_out) instead
+    step_inv: list | None = None  # the influence step's, when its curvature differs
     left_out = (fisher, damping_level(fisher), factors) if leverage else None
     if not leverage:
         inv = preconditioner(fisher)
         if factors is not None:  # K-FAC where a weight has factors, the diagonal elsewhere, one damping level
             solvers = kronecker_solvers(engine.params, fisher, factors, damping_level(fisher))
-            inv = [solvers.get(k, x) for k, x in enumerate(inv)]
-    sample = sample_curves(engine, retain, groups, inv, float(held_out.mean()), left_out)
-    scale = calibrate(sample, SCALES, float(held_out.mean()))
+            kron = [solvers.get(k, x) for k, x in enumerate(inv)]
+            inv, step_inv = (inv, kron) if step_kfac else (kron, None)
+    level = float(held_out.mean())
+    sample, step_sample = sample_curves(engine, retain, groups, inv, level, left_out, step_inv)
+    scale = calibrate(sample, SCALES, level)
+    step_scale = scale if step_sample is None else calibrate(step_sample, SCALES, level)
     direction = precondition(g_f, leave_out(engine.params, own_f, *left_out) if leverage else inv)
     del fisher
     classes = engine.kind == "classification"
     fc = example_curves(engine, forget, f_rows, direction, [0.0, scale], classes)
+    if step_inv is not None:
+        direction = precondition(g_f, step_inv)
     s_est = at_scale(sample, SCALES, scale)
     targets, info = calibrated_targets(fc[:, 0], fc[:, 1], s_est, held_out)
     info.update(
         scale=scale, group_size=float(max(map(len, groups))), sample_size=float(len(s_rows)), held_out_loss=float(held_out.mean()),
         sample_loss=float(sample[:, 0].mean()), sample_estimate=float(s_est.mean()), forget_loss=float(fc[:, 0].mean()),
         estimate_mean=float(fc[:, 1].mean()), identity_curvature_fraction=uncovered,
-        saved_curvature=float(curvature is not None), leverage=float(leverage),
+        saved_curvature=float(curvature is not None and not step_kfac), leverage=float(leverage), step_scale=step_scale,
+        step_kfac=float(step_kfac),
     )
-    return TargetEstimate(targets, float(passes), float(3 * (len(s_rows) + len(f_rows))), info, measured, direction,
+    forwards = 3 * (len(s_rows) + len(f_rows)) + 2 * len(s_rows) * (step_sample is not None)
+    return TargetEstimate(targets, float(passes), float(forwards), info, measured, direction,
                           fc[:, 0], fc[:, 2].astype(int) if classes else None, fc[:, 3].astype(int) if classes else None)
 
 
@@ -260,31 +274,47 @@ def leave_out(params: Sequence[torch.Tensor], own: SetCurvature, fisher: Sequenc
 
 
 def sample_curves(engine: "Engine", retain: "Dataset", groups: list[list[int]], inv: Sequence | None,
-                  level: float, left_out: tuple[Sequence[torch.Tensor], float, KroneckerFactors | None] | None = None
-                  ) -> np.ndarray:
+                  level: float, left_out: tuple[Sequence[torch.Tensor], float, KroneckerFactors | None] | None = None,
+                  step_inv: Sequence | None = None) -> tuple[np.ndarray, np.ndarray | None]:
     """[|S|, len(SCALES)]: each sample row's loss along the removal of its own group (P·G of the group), groups in
     order. Only where the sample's mean loss first reaches ``level`` is ever read (:func:`calibrate`, :func:`at_scale`),
     so a scale is computed only while that place is unproven: the losses are ≥ 0, so once the rows computed so far
     (earlier groups, plus one batch) sum to |S|·level at a scale, the mean reaches it there, and later scales are left
     +inf for the remaining rows of that batch and for every later group. With ``left_out`` = (F̂, d, K-FAC factors or
     None), each group is preconditioned by :func:`leave_out` of its own curvature (measured in the same hooked pass)
-    instead of ``inv``."""
+    instead of ``inv``. With ``step_inv``, the same rows' curves along each group's gradient preconditioned by it too
+    (second array; else None): the influence step's own calibration, from the same gradient passes."""
     n = sum(len(g) for g in groups)
     enough = n * level * (1 + 1e-9) + 1e-12
-    running, last, parts = np.zeros(len(SCALES)), len(SCALES), []
+    tallies = [_Tally() for _ in range(1 + (step_inv is not None))]
     for group in groups:
         if left_out is None:
-            direction = precondition(group_gradient(engine, retain, group), inv)
+            g = group_gradient(engine, retain, group)
+            directions = [precondition(g, p) for p in ([inv, step_inv] if step_inv is not None else [inv])]
         else:
             g, own = squared_group_gradient(engine, retain, group, kfac=left_out[2] is not None)
-            direction = precondition(g, leave_out(engine.params, own, *left_out))
-        curves = example_curves(engine, retain, group, direction, SCALES[:last], stop_above=enough - running[:last])
-        curves = np.pad(curves, ((0, 0), (0, len(SCALES) - last)), constant_values=np.inf)
-        running = running + curves.sum(0)
-        proven = np.flatnonzero(running >= enough)
-        last = min(last, int(proven[0]) + 1) if len(proven) else last
-        parts.append(curves)
-    return np.concatenate(parts)
+            directions = [precondition(g, leave_out(engine.params, own, *left_out))]
+        for tally, direction in zip(tallies, directions):
+            last = tally.last
+            curves = example_curves(engine, retain, group, direction, SCALES[:last], stop_above=enough - tally.running[:last])
+            tally.add(np.pad(curves, ((0, 0), (0, len(SCALES) - last)), constant_values=np.inf), enough)
+    out = [np.concatenate(t.parts) for t in tallies]
+    return out[0], (out[1] if len(out) > 1 else None)
+
+
+@dataclass
+class _Tally:
+    """One direction's sample curves so far: their running sum per scale and the scales still unproven."""
+
+    running: np.ndarray = field(default_factory=lambda: np.zeros(len(SCALES)))
+    last: int = len(SCALES)
+    parts: list[np.ndarray] = field(default_factory=list)
+
+    def add(self, curves: np.ndarray, enough: float) -> None:
+        self.running = self.running + curves.sum(0)
+        proven = np.flatnonzero(self.running >= enough)
+        self.last = min(self.last, int(proven[0]) + 1) if len(proven) else self.last
+        self.parts.append(curves)
 
 
 def precondition(g: Sequence[torch.Tensor], inv: Sequence) -> list[torch.Tensor]:

@@ -170,7 +170,8 @@ class IAURun:
             saved = None  # the mini-batch estimate from training: only when asked (saved_curvature_decision.md)
         estimate = estimate_targets(req.engine, req.forget, req.retain, rows, held, curvature=saved,
                                     kind="diagonal" if kind == "training" else kind, groups=groups,
-                                    leverage=self.opts["unlearn_leverage"])
+                                    leverage=self.opts["unlearn_leverage"],
+                                    step_kind=self.opts["unlearn_influence_curvature"])
         self.estimate = estimate
         req.curvature_used = saved  # recorded in the ledger: the update depends on it
         req.curvature = saved or estimate.curvature or req.curvature  # measured on rows: later requests reuse it
@@ -251,7 +252,7 @@ class IAURun:
         direction, est.direction = est.direction, None
         norm = math.sqrt(sum(full_total(d.double().pow(2).sum()) for d in direction))
         for _ in range(INFLUENCE_HALVINGS + 1):
-            c = lam * est.diagnostics["scale"]
+            c = lam * est.diagnostics["step_scale"]
             for p, d in zip(req.params, direction):
                 p.add_(d.to(p.dtype), alpha=c)
             after = req.evaluate(req.retain, req.retain_eval) if req.retain_eval else Stats()
