@@ -289,7 +289,7 @@ def estimate_cost_part(quick: bool) -> tuple[dict, list[str]]:
     held_losses = engine.per_example(held, range(64))["loss"]
     sizes = (32, 64, 256) if quick else (32, 64, 128, 256)
     samples = {n: sorted(rng.choice(1000, n, replace=False).tolist()) for n in sizes}
-    fisher, _, _, _, _ = fisher_from_rows(engine, forget, list(range(64)), retain, samples[sizes[-1]])
+    fisher = fisher_from_rows(engine, forget, list(range(64)), retain, samples[sizes[-1]]).fisher
     saved = Curvature(dict(zip([n for n, p in model.named_parameters() if p.requires_grad], fisher)), "-")
     fns = {"G_F": lambda: group_gradient(engine, forget, range(64))}
     for n in sizes:

@@ -1,8 +1,11 @@
-"""Cost of the counterfactual target estimate: the scale grid as it was (every scale, every position, float64, every
-calibration group over the whole grid) vs now (labelled positions only, float32 logsumexp on label-relative logits,
-grid cut once the rows computed so far prove the crossing), side by side in one run, next to one retrain.
+"""Cost of the counterfactual target estimate before and after a change, side by side in one run, next to one retrain.
 
-    python benchmarks/target_cost.py [--scenarios canary,wiki_lm,qa_lm,topic_lm,mislabelled] [--repeats 2]
+    python benchmarks/target_cost.py [--change grid|groups] [--scenarios canary,wiki_lm,qa_lm,topic_lm,mislabelled] [--repeats 2]
+
+Changes: 'grid' — the scale grid as it was (every scale, every position, float64, every calibration group over the
+whole grid) vs now (labelled positions only, float32 logsumexp on label-relative logits, grid cut once the rows
+computed so far prove the crossing); 'groups' — each calibration group's gradient in a pass of its own (|S| more
+example-gradient passes) vs kept from the hooked F̂ pass over S (``counterfactual.KEPT_GRADIENT_BYTES``).
 
 Each scenario (benchmarks/scenarios.py, quick sizes, seed 0, original model read from ``--cache-dir``) runs one
 default IAU request per variant, variants interleaved ``--repeats`` times (medians), then one retrain on D \\ D_f. The
@@ -32,7 +35,6 @@ from hf_iau import counterfactual  # noqa: E402
 from hf_iau.methods import run_method  # noqa: E402
 from hf_iau.methods import iau as iau_module  # noqa: E402
 
-CURRENT = counterfactual.scaled_cross_entropy
 
 
 def reference(z, dz, labels, causal, scales, stop_above=None, dtype=None):  # noqa: ANN001, ANN201
@@ -48,12 +50,28 @@ def reference_sample_curves(engine, retain, groups, inv, level):  # noqa: ANN001
             counterfactual.group_gradient(engine, retain, g), inv), counterfactual.SCALES) for g in groups])
 
 
-CURRENT_SAMPLE = counterfactual.sample_curves
+def reference_sample_curves_grid(engine, retain, groups, inv, level, left_out=None, step_inv=None, gradients=None):  # noqa: ANN001, ANN201
+    return reference_sample_curves(engine, retain, groups, inv, level), None
 
 
-def request(s: sc.Scenario, grid) -> dict:  # noqa: ANN001
-    """One default IAU request on a fresh copy of the original model with ``grid`` as the scale-grid loss (and, for
-    the reference, the calibration curves computed as before)."""
+BEFORE = {  # change -> (module attribute, its value before the change)
+    "grid": [("scaled_cross_entropy", reference), ("sample_curves", reference_sample_curves_grid)],
+    "groups": [("KEPT_GRADIENT_BYTES", 0)],
+}
+DESCRIBE = {
+    "grid": "'before' = the per-scale cross-entropy of the full shifted logits (every position, float64), as the library "
+    "computed it until that change; 'now' = `counterfactual.scaled_cross_entropy` (labelled positions, float32 "
+    "logsumexp of label-relative logits; a scale is computed only while the rows computed so far do not yet prove "
+    "where the sample's mean crosses the held-out level: `counterfactual.sample_curves`). Same directions, same passes.",
+    "groups": "'before' = each calibration group's gradient G in a pass of its own after the hooked F̂ pass over S "
+    "(2|S| + |F| example-gradient passes); 'now' = S passed group by group in the hooked F̂ pass, each G kept "
+    "(`counterfactual.KEPT_GRADIENT_BYTES`; |S| + |F|). Same directions up to summation order.",
+}
+
+
+def request(s: sc.Scenario, change: str, before: bool) -> dict:
+    """One default IAU request on a fresh copy of the original model, with the library as it was before ``change``
+    when ``before``."""
     saved: dict = {}
     resolve = iau_module.IAURun.resolve_targets
 
@@ -62,21 +80,24 @@ def request(s: sc.Scenario, grid) -> dict:  # noqa: ANN001
         saved["targets"] = np.array(t.targets, dtype=np.float64)
         return t
 
-    counterfactual.scaled_cross_entropy = grid
-    counterfactual.sample_curves = CURRENT_SAMPLE if grid is CURRENT else reference_sample_curves
+    current = {name: getattr(counterfactual, name) for name, _ in BEFORE[change]}
+    if before:
+        for name, value in BEFORE[change]:
+            setattr(counterfactual, name, value)
     iau_module.IAURun.resolve_targets = keep
     try:
         m = run_method("iau", s.trainer(), s.forget, s.retain, allow_noop=True).metrics
     finally:
-        counterfactual.scaled_cross_entropy = CURRENT
-        counterfactual.sample_curves = CURRENT_SAMPLE
+        for name, value in current.items():
+            setattr(counterfactual, name, value)
         iau_module.IAURun.resolve_targets = resolve
     return {"estimate_s": m["wall_time_targets_s"], "request_s": m["wall_time_s"], "steps": m["steps"],
-            "scale": m["target_scale"], "targets": saved["targets"]}
+            "scale": m["target_scale"], "targets": saved["targets"], "passes": m["example_gradient_passes"]}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--change", choices=sorted(BEFORE), default="groups")
     ap.add_argument("--scenarios", default="canary,wiki_lm,qa_lm,topic_lm,mislabelled")
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--cache-dir", default=str(Path(__file__).resolve().parents[1] / "runs" / "removal_cache"))
@@ -89,34 +110,34 @@ def main() -> None:
         runs: dict[str, list[dict]] = {"reference": [], "current": []}
         for r in range(a.repeats):
             for v in (["reference", "current"] if r % 2 == 0 else ["current", "reference"]):
-                runs[v].append(request(s, reference if v == "reference" else CURRENT))
+                runs[v].append(request(s, a.change, before=v == "reference"))
         tr = s.trainer()
         t = time.perf_counter()
         run_method("retrain", tr, s.forget, s.retain, model_init=s.model_init)
         retrain_s = time.perf_counter() - t
         med = {v: {k: statistics.median(x[k] for x in runs[v]) for k in ("estimate_s", "request_s")} for v in runs}
         ref, cur = runs["reference"][0], runs["current"][0]
-        row = {"scenario": name, "retrain_s": retrain_s, "steps": cur["steps"], **{f"{v}_{k}": med[v][k] for v in med for k in med[v]},
+        row = {"scenario": name, "retrain_s": retrain_s, "steps": cur["steps"], "passes_before": ref["passes"],
+               "passes_now": cur["passes"], **{f"{v}_{k}": med[v][k] for v in med for k in med[v]},
                "targets_max_rel_diff": float(np.max(np.abs(cur["targets"] - ref["targets"]) / np.maximum(np.abs(ref["targets"]), 1e-12))),
                "scale_rel_diff": abs(cur["scale"] - ref["scale"]) / max(abs(ref["scale"]), 1e-30)}
         rows.append(row)
         print(name, {k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}, flush=True)
-    md = ["# Cost of the counterfactual target estimate: the scale grid before and now", "",
+    md = [f"# Cost of the counterfactual target estimate before and after a change: {a.change}", "",
+          f"Command: `python benchmarks/target_cost.py --change {a.change} --scenarios {a.scenarios} --repeats {a.repeats}`", "",
           f"Default IAU request on each quick scenario (seed 0), variants interleaved, medians of {a.repeats}; one retrain "
-          "on D \\ D_f in the same run. 'before' = the per-scale cross-entropy of the full shifted logits (every "
-          "position, float64), as the library computed it until this change; 'now' = `counterfactual.scaled_cross_entropy` "
-          "(labelled positions, float32 logsumexp of label-relative logits; a scale is computed only while the rows "
-          "computed so far do not yet prove where the sample's mean crosses the held-out level: "
-          "`counterfactual.sample_curves`). Same directions, same passes.", "",
-          "| scenario | retrain s | estimate s before → now | request s before → now | request % of retrain before → now | IAU steps | targets max rel. diff | scale rel. diff |",
-          "|---|---:|---:|---:|---:|---:|---:|---:|"]
+          "on D \\ D_f in the same run. " + DESCRIBE[a.change], "",
+          "| scenario | retrain s | gradient passes before → now | estimate s before → now | request s before → now | request % of retrain before → now | IAU steps | targets max rel. diff | scale rel. diff |",
+          "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
-        md.append(f"| {r['scenario']} | {r['retrain_s']:.1f} | {r['reference_estimate_s']:.2f} → {r['current_estimate_s']:.2f} | "
+        md.append(f"| {r['scenario']} | {r['retrain_s']:.1f} | {r['passes_before']:.0f} → {r['passes_now']:.0f} | "
+                  f"{r['reference_estimate_s']:.2f} → {r['current_estimate_s']:.2f} | "
                   f"{r['reference_request_s']:.2f} → {r['current_request_s']:.2f} | "
                   f"{100 * r['reference_request_s'] / r['retrain_s']:.1f}% → {100 * r['current_request_s'] / r['retrain_s']:.1f}% | "
                   f"{r['steps']:.0f} | {r['targets_max_rel_diff']:.1e} | {r['scale_rel_diff']:.1e} |")
     md += ["", f"Whole script: {time.perf_counter() - t0:.0f} s on the shared CPU (1 torch thread)."]
-    write_results("target_cost", {"rows": rows, "repeats": a.repeats}, md, quick=False)
+    write_results("target_cost" if a.change == "grid" else f"target_cost_{a.change}", {"rows": rows, "repeats": a.repeats},
+                  md, quick=False)
 
 
 if __name__ == "__main__":

@@ -33,8 +33,9 @@ second level, read from held-out rows rather than from the linear move (which un
 mislabelled digits, estimate 2.0 against retrained losses of 9.2): the median of −log p(y | x_j) over the
 held-out rows the model predicts as c* (``flipped_label_losses``; the caller takes the larger level).
 
-Cost per request: G_F and each group's G (|F| + |S| example-gradient passes, in batches through
-``engine.backward``), plus |F| + |S| for F̂ when no saved curvature is given, and 3(|F| + |S|)
+Cost per request: |F| + |S| example-gradient passes (in batches through ``engine.backward``): the hooked
+passes that measure F̂ give G_F and, passing S group by group, each group's G (kept while they fit in
+``KEPT_GRADIENT_BYTES``, else |S| more passes; a saved curvature: plain passes), and 3(|F| + |S|)
 forward passes. Multi-process: every process takes its share of each set; gradients and per-example
 values are summed over processes, so every process gets the same targets.
 """
@@ -63,6 +64,7 @@ logger = logging.getLogger(__name__)
 Logits = Callable[[dict], tuple[torch.Tensor, torch.Tensor]]  # batch -> (logits, labels)
 SCALES = np.concatenate([[0.0], np.geomspace(1e-9, 1e9, 73)])  # grid searched for c (0 = the unshifted loss)
 MAX_GROUPS = 64  # the sample is removed in groups the size of F, at most this many (a tiny F: larger groups)
+KEPT_GRADIENT_BYTES = 2 << 30  # the calibration groups' gradients are kept from the F̂ pass up to this size in all
 
 
 @dataclass
@@ -111,9 +113,12 @@ def estimate_targets(
     step_kfac = step_kind == "kfac" and not kfac and not engine.sharded  # K-FAC for the step only
     if step_kfac and leverage:
         raise ValueError("a K-FAC influence step with leverage: use kind='kfac' (both) or leverage=False.")
+    kept = None  # the calibration groups' gradients, when the hooked pass over S kept them
     if curvature is None or kfac or step_kfac:
-        fisher, g_f, uncovered, factors, own_f = fisher_from_rows(engine, forget, f_rows, retain, s_rows, kfac or step_kfac)
-        passes = 2 * len(s_rows) + len(f_rows)
+        rows = fisher_from_rows(engine, forget, f_rows, retain, s_rows, kfac or step_kfac, None if leverage else groups)
+        fisher, g_f, uncovered, factors, own_f, kept = (rows.fisher, rows.g_f, rows.uncovered, rows.factors, rows.own_f,
+                                                        rows.group_gradients)
+        passes = len(s_rows) * (1 + (kept is None)) + len(f_rows)
         if not engine.sharded:
             measured = Curvature.of(engine.model, fisher, {"source": "rows", "rows": str(len(s_rows) + len(f_rows)),
                                                            "identity_curvature_fraction": f"{uncovered:.4g}"})
@@ -131,7 +136,7 @@ def estimate_targets(
             kron = [solvers.get(k, x) for k, x in enumerate(inv)]
             inv, step_inv = (inv, kron) if step_kfac else (kron, None)
     level = float(held_out.mean())
-    sample, step_sample = sample_curves(engine, retain, groups, inv, level, left_out, step_inv)
+    sample, step_sample = sample_curves(engine, retain, groups, inv, level, left_out, step_inv, kept)
     scale = calibrate(sample, SCALES, level)
     step_scale = scale if step_sample is None else calibrate(step_sample, SCALES, level)
     direction = precondition(g_f, leave_out(engine.params, own_f, *left_out) if leverage else inv)
@@ -199,13 +204,41 @@ def group_gradient(engine: "Engine", dataset: "Dataset", rows: Sequence[int],
     return total
 
 
+@dataclass
+class SetCurvature:
+    """A removed set's own share of the curvature: Σ_{i∈set} g_i² per parameter (None: no per-example gradient),
+    and with K-FAC its own factors."""
+
+    squares: list[torch.Tensor | None]
+    factors: KroneckerFactors | None = None
+
+
+@dataclass
+class RowsFisher:
+    """What the hooked passes over F and S measure (:func:`fisher_from_rows`)."""
+
+    fisher: list[torch.Tensor]  # F̂ = (|D_r|/|S|)·Σ_S g² + Σ_F g² (the mean F̂ where a parameter has no per-example gradient)
+    g_f: list[torch.Tensor]  # G_F
+    uncovered: float  # share of parameter elements with identity curvature
+    factors: KroneckerFactors | None  # with kfac: the Kronecker factors, weighted alike
+    own_f: SetCurvature  # Σ_F g² alone (None where a parameter has no per-example gradient)
+    group_gradients: list[list[torch.Tensor]] | None  # each calibration group's G, from the same passes (or None)
+
+
 def fisher_from_rows(engine: "Engine", forget: "Dataset", f_rows: list[int], retain: "Dataset", s_rows: list[int],
-                     kfac: bool = False) -> tuple[list[torch.Tensor], list[torch.Tensor], float, KroneckerFactors | None,
-                                                  list[torch.Tensor | None]]:
-    """(F̂ = (|D_r|/|S|)·Σ_S g² + Σ_F g², G_F, share of parameter elements with identity curvature, with ``kfac``
-    the Kronecker factors weighted alike, and Σ_F g² alone (None where a parameter has no per-example gradient))."""
+                     kfac: bool = False, groups: Sequence[Sequence[int]] | None = None) -> RowsFisher:
+    """F̂, G_F and the rest of :class:`RowsFisher` from |S| + |F| hooked example-gradient passes. With ``groups`` (a
+    partition of ``s_rows``, in order), S is passed group by group and each group's gradient G is kept (summed over
+    processes) for the calibration, so it needs no pass of its own — unless the groups' gradients together would
+    exceed ``KEPT_GRADIENT_BYTES`` (then ``group_gradients`` is None)."""
+    size = sum(p.numel() * 4 for p in engine.params)  # float32 sums, this process's (shard of the) parameters
+    keep = groups is not None and len(groups) * size <= KEPT_GRADIENT_BYTES
+    kept: list[list[torch.Tensor]] | None = [] if keep else None
     with ExampleGradients(engine.model, engine.params, KroneckerFactors() if kfac else None) as on_s:
-        group_gradient(engine, retain, s_rows, on_s)
+        if kept is None:
+            group_gradient(engine, retain, s_rows, on_s)
+        else:
+            kept.extend(group_gradient(engine, retain, g, on_s) for g in groups)
     with ExampleGradients(engine.model, engine.params, KroneckerFactors() if kfac else None) as on_f:
         g_f = group_gradient(engine, forget, f_rows, on_f)
     weight = len(retain) / len(s_rows)
@@ -222,16 +255,7 @@ def fisher_from_rows(engine: "Engine", forget: "Dataset", f_rows: list[int], ret
     fisher = [shard_like(p, torch.full(p.shape, mean, device=g.device) if f is None else f.float())
               for p, f, g in zip(engine.params, full, g_f)]
     own = SetCurvature(_summed_squares(engine, on_f.squares, uncovered), _summed_factors(engine, on_f.factors) if kfac else None)
-    return fisher, g_f, 1.0 - covered / max(sum(sizes), 1), factors, own
-
-
-@dataclass
-class SetCurvature:
-    """A removed set's own share of the curvature: Σ_{i∈set} g_i² per parameter (None: no per-example gradient),
-    and with K-FAC its own factors."""
-
-    squares: list[torch.Tensor | None]
-    factors: KroneckerFactors | None = None
+    return RowsFisher(fisher, g_f, 1.0 - covered / max(sum(sizes), 1), factors, own, kept)
 
 
 def squared_group_gradient(engine: "Engine", dataset: "Dataset", rows: Sequence[int], kfac: bool = False
@@ -275,7 +299,8 @@ def leave_out(params: Sequence[torch.Tensor], own: SetCurvature, fisher: Sequenc
 
 def sample_curves(engine: "Engine", retain: "Dataset", groups: list[list[int]], inv: Sequence | None,
                   level: float, left_out: tuple[Sequence[torch.Tensor], float, KroneckerFactors | None] | None = None,
-                  step_inv: Sequence | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+                  step_inv: Sequence | None = None, gradients: Sequence[Sequence[torch.Tensor]] | None = None
+                  ) -> tuple[np.ndarray, np.ndarray | None]:
     """[|S|, len(SCALES)]: each sample row's loss along the removal of its own group (P·G of the group), groups in
     order. Only where the sample's mean loss first reaches ``level`` is ever read (:func:`calibrate`, :func:`at_scale`),
     so a scale is computed only while that place is unproven: the losses are ≥ 0, so once the rows computed so far
@@ -283,13 +308,14 @@ def sample_curves(engine: "Engine", retain: "Dataset", groups: list[list[int]], 
     +inf for the remaining rows of that batch and for every later group. With ``left_out`` = (F̂, d, K-FAC factors or
     None), each group is preconditioned by :func:`leave_out` of its own curvature (measured in the same hooked pass)
     instead of ``inv``. With ``step_inv``, the same rows' curves along each group's gradient preconditioned by it too
-    (second array; else None): the influence step's own calibration, from the same gradient passes."""
+    (second array; else None): the influence step's own calibration, from the same gradient passes. ``gradients``:
+    each group's G when already measured (:func:`fisher_from_rows`), else a pass over each group."""
     n = sum(len(g) for g in groups)
     enough = n * level * (1 + 1e-9) + 1e-12
     tallies = [_Tally() for _ in range(1 + (step_inv is not None))]
-    for group in groups:
+    for k, group in enumerate(groups):
         if left_out is None:
-            g = group_gradient(engine, retain, group)
+            g = group_gradient(engine, retain, group) if gradients is None else gradients[k]
             directions = [precondition(g, p) for p in ([inv, step_inv] if step_inv is not None else [inv])]
         else:
             g, own = squared_group_gradient(engine, retain, group, kfac=left_out[2] is not None)

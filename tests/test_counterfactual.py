@@ -192,9 +192,9 @@ def test_estimate_targets_runs_in_batches_through_accelerator_backward(tmp_path,
     monkeypatch.setattr(torch.autograd, "grad", lambda *a, **k: (_ for _ in ()).throw(AssertionError("autograd.grad")))
     forget, retain = ds.select(range(6)), ds.select(range(6, 40))
     est = estimate_targets(engine, forget, retain, sample_rows=list(range(0, 34, 2)), held_out_losses=[4.0, 4.2, 4.5])
-    # F̂ pass: S (17 rows) + F (6 rows); G per group of |F| = 6 rows (6, 6, 5): batches of 4
-    assert len(calls) == (5 + 2) + (2 + 2 + 2)
-    assert est.gradient_passes == 2 * 17 + 6 and est.forward_passes == 3 * (17 + 6)
+    # F̂ pass: S group by group (|F| = 6 rows: 6, 6, 5), each group's G kept from it, then F (6 rows); batches of 4
+    assert len(calls) == (2 + 2 + 2) + 2
+    assert est.gradient_passes == 17 + 6 and est.forward_passes == 3 * (17 + 6)
     assert est.targets.shape == (6,) and np.isfinite(est.targets).all()
     current = engine.per_example(forget, range(6))["loss"]
     assert np.all(est.targets >= current - 1e-5)  # (float32 forward passes)
@@ -203,7 +203,9 @@ def test_estimate_targets_runs_in_batches_through_accelerator_backward(tmp_path,
 
 
 def test_a_saved_curvature_replaces_the_per_example_pass(tmp_path):
-    """Given the same F̂ as a saved Curvature, the targets are the same, for |F| + |S| gradient passes."""
+    """Given the same F̂ as a saved Curvature, the targets are the same, for the same |F| + |S| gradient passes (plain
+    instead of hooked: the measured path keeps each group's G from its F̂ pass); without the groups' gradients kept
+    (over the memory limit) the measured path costs |S| more and gives the same targets."""
     from hf_iau.counterfactual import estimate_targets, fisher_from_rows
     from hf_iau.curvature import Curvature, weights_sha256
     from tiny import text_cls_dataset, tiny_bert
@@ -213,13 +215,21 @@ def test_a_saved_curvature_replaces_the_per_example_pass(tmp_path):
     forget, retain, sample = ds.select(range(5)), ds.select(range(5, 30)), list(range(0, 25, 3))
     held = [1.3, 1.1, 1.6, 0.9]
     fresh = estimate_targets(engine, forget, retain, sample, held)
-    fisher, _, _, _, _ = fisher_from_rows(engine, forget, list(range(5)), retain, sample)
+    fisher = fisher_from_rows(engine, forget, list(range(5)), retain, sample).fisher
     names = [n for n, p in engine.model.named_parameters() if p.requires_grad]
     saved = Curvature(dict(zip(names, fisher)), weights_sha256(engine.model))
     reused = estimate_targets(engine, forget, retain, sample, held, curvature=saved)
     assert np.allclose(reused.targets, fresh.targets, rtol=1e-6, atol=1e-9)
-    assert reused.gradient_passes == len(sample) + 5 < fresh.gradient_passes
+    assert reused.gradient_passes == len(sample) + 5 == fresh.gradient_passes
     assert reused.diagnostics["saved_curvature"] == 1.0
+    import hf_iau.counterfactual as cf
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(cf, "KEPT_GRADIENT_BYTES", 0)
+        twice = estimate_targets(engine, forget, retain, sample, held)
+    assert twice.gradient_passes == 2 * len(sample) + 5
+    assert np.allclose(twice.targets, fresh.targets, rtol=1e-6, atol=1e-9)
+    assert twice.diagnostics["scale"] == pytest.approx(fresh.diagnostics["scale"], rel=1e-6)
     assert fresh.diagnostics["group_size"] == 5  # S removed in groups the size of F (not of a batch, 8)
 
 
@@ -241,7 +251,8 @@ def test_leverage_preconditions_each_removed_set_by_the_curvature_of_the_rest(tm
     held = [1.3, 1.1, 1.6, 0.9]
     plain = estimate_targets(engine, forget, retain, sample, held)
     lev = estimate_targets(engine, forget, retain, sample, held, leverage=True)
-    fisher, g_f, _, _, _ = fisher_from_rows(engine, forget, list(range(5)), retain, sample)
+    rows = fisher_from_rows(engine, forget, list(range(5)), retain, sample)
+    fisher, g_f = rows.fisher, rows.g_f
     own = [torch.zeros_like(p) for p in engine.params]
     for i in range(5):  # Σ_F g² by the one-example loop
         engine.model.zero_grad()
@@ -255,7 +266,8 @@ def test_leverage_preconditions_each_removed_set_by_the_curvature_of_the_rest(tm
     for got, g, fi, o in zip(lev.direction, g_f, fisher, own):
         torch.testing.assert_close(got, g / ((fi - o).clamp_min(0) + d), rtol=1e-4, atol=1e-6 * float(got.abs().max()) + 1e-12)
     assert lev.diagnostics["leverage"] == 1.0 and plain.diagnostics["leverage"] == 0.0
-    assert lev.gradient_passes == plain.gradient_passes and lev.diagnostics["scale"] != plain.diagnostics["scale"]
+    # the leave-out takes each group's own squares in a hooked pass of its own: |S| more than the plain estimate
+    assert lev.gradient_passes == plain.gradient_passes + len(sample) and lev.diagnostics["scale"] != plain.diagnostics["scale"]
     # the forget rows lose their own curvature, so they are estimated to move further
     assert sum(float((a.abs() - b.abs()).clamp_min(0).sum()) for a, b in zip(lev.direction, plain.direction)) > 0
 
@@ -269,8 +281,36 @@ def test_leverage_preconditions_each_removed_set_by_the_curvature_of_the_rest(tm
     assert torch.equal(rest.a[0], torch.diag(torch.tensor([1.0, 2.0]))) and torch.equal(rest.s[0], torch.eye(3) * 0.5)
     kfac = estimate_targets(engine, forget, retain, sample, held, kind="kfac")
     kfac_lev = estimate_targets(engine, forget, retain, sample, held, kind="kfac", leverage=True)
-    assert kfac_lev.diagnostics["leverage"] == 1.0 and kfac_lev.gradient_passes == kfac.gradient_passes
+    assert kfac_lev.diagnostics["leverage"] == 1.0 and kfac_lev.gradient_passes == kfac.gradient_passes + len(sample)
     assert kfac_lev.diagnostics["scale"] != kfac.diagnostics["scale"] and np.isfinite(kfac_lev.targets).all()
+
+
+def test_kfac_influence_step_keeps_the_targets_and_takes_the_kfac_direction_and_scale(tmp_path):
+    """step_kind='kfac': targets, their scale and the gradient passes are the diagonal estimate's; the returned
+    direction and step_scale are those K-FAC gives on the same rows and groups (kind='kfac'), at 2|S| more forward
+    passes. Not with leverage."""
+    from hf_iau.counterfactual import estimate_targets
+    from tiny import text_cls_dataset, tiny_bert
+
+    ds = text_cls_dataset(30).remove_columns("id")
+    engine = _engine(tmp_path, tiny_bert(0), per_device_eval_batch_size=8)
+    forget, retain, sample = ds.select(range(5)), ds.select(range(5, 30)), list(range(0, 25, 3))
+    held = [1.3, 1.1, 1.6, 0.9]
+    plain = estimate_targets(engine, forget, retain, sample, held)
+    kfac = estimate_targets(engine, forget, retain, sample, held, kind="kfac")
+    step = estimate_targets(engine, forget, retain, sample, held, step_kind="kfac")
+    np.testing.assert_allclose(step.targets, plain.targets, rtol=1e-9, atol=1e-12)
+    assert step.diagnostics["scale"] == pytest.approx(plain.diagnostics["scale"], rel=1e-9)
+    assert step.diagnostics["step_scale"] == pytest.approx(kfac.diagnostics["scale"], rel=1e-6)
+    assert step.diagnostics["step_scale"] != step.diagnostics["scale"] and plain.diagnostics["step_scale"] == plain.diagnostics["scale"]
+    for got, want, diag in zip(step.direction, kfac.direction, plain.direction):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7 * float(want.abs().max()) + 1e-12)
+    assert any(not torch.allclose(a, b) for a, b in zip(step.direction, plain.direction))
+    assert step.gradient_passes == plain.gradient_passes == kfac.gradient_passes
+    assert step.forward_passes == plain.forward_passes + 2 * len(sample)
+    assert (step.diagnostics["step_kfac"], plain.diagnostics["step_kfac"], kfac.diagnostics["step_kfac"]) == (1.0, 0.0, 0.0)
+    with pytest.raises(ValueError, match="leverage"):
+        estimate_targets(engine, forget, retain, sample, held, step_kind="kfac", leverage=True)
 
 
 def test_bad_inputs_are_refused_naming_the_field(tmp_path):
@@ -366,7 +406,7 @@ def test_targets_are_the_same_on_two_processes(tmp_path):
     # the zero-gradient position filter: not the factors' bookkeeping)
     assert outs[2]["kfac_scale"] == pytest.approx(outs[1]["kfac_scale"], rel=1e-5)
     assert np.allclose(outs[1]["kfac_targets"], outs[2]["kfac_targets"], rtol=5e-4, atol=1e-5)
-    assert outs[1]["passes"] == outs[2]["passes"] == 2 * 11 + 7
+    assert outs[1]["passes"] == outs[2]["passes"] == 11 + 7  # each group's G kept from the F̂ pass
     # leverage: each set's own squares are summed over processes before they leave the curvature. F̂ − Σ_set g²
     # cancels where the set is most of F̂, so the summation order of two processes shows more (up to 2.8e-4
     # relative on one row here, the rest within 1e-6), as with K-FAC

@@ -65,9 +65,9 @@ def test_memorised_random_rows_whose_targets_are_their_losses_are_a_noop(tmp_pat
     assert "target_mean" in m and "held_out_loss" in m and "held_out_accuracy" in m
     assert m["stopped_targets_reached"] == 1.0 and m["steps"] == 0 and m["forget_active_fraction_final"] == 0.0
     assert m["example_forward_passes"] >= 24 + 6  # held-out pass + forget passes are counted
-    # the estimate (2|S| + |D_f|: F̂ measured on the rows, then the calibration groups; S = all 42 retained rows) and
-    # the step that stopped
-    assert m["example_gradient_passes"] == (2 * 42 + 6) + (6 + trainer.args.unlearn_retain_sample_size)
+    # the estimate (|S| + |D_f|: F̂ measured on the rows, the calibration groups' G from the same passes; S = all 42
+    # retained rows) and the step that stopped
+    assert m["example_gradient_passes"] == (42 + 6) + (6 + trainer.args.unlearn_retain_sample_size)
 
 
 def test_auto_pushes_mislabelled_rows_until_forgotten(tmp_path):
@@ -214,7 +214,7 @@ def test_stop_tolerance_is_validated(tmp_path, value):
         make_args(tmp_path, unlearn_stop_tolerance=value)
 
 
-def _jump_only(trainer, split, lam, monkeypatch):
+def _jump_only(trainer, split, lam, monkeypatch, **options):
     """(weight change, metrics) of a request whose steps are skipped: only the influence step moves the weights."""
     import torch
 
@@ -223,7 +223,7 @@ def _jump_only(trainer, split, lam, monkeypatch):
     monkeypatch.setattr(IAURun, "loop", lambda self, targets, restore=None: ([], self.opts["unlearn_learning_rate"], 0, "max_steps"))
     before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
     m = trainer.unlearn(split["forget"], split["retain"], unlearn_influence_step=lam, allow_noop=True,
-                        unlearn_target_sample_size=10_000).metrics  # S = every retained row: the same c each time
+                        unlearn_target_sample_size=10_000, **options).metrics  # S = every retained row: the same c each time
     delta = {n: (p.detach() - before[n]).clone() for n, p in trainer.model.named_parameters()}
     with torch.no_grad():
         for n, p in trainer.model.named_parameters():
@@ -255,8 +255,9 @@ def test_influence_step_takes_lambda_of_the_estimated_removal_step(tmp_path, mon
         torch.testing.assert_close(full[n], half[n], rtol=0, atol=0)
     assert m5["influence_step_norm"] == pytest.approx(2 * m25["influence_step_norm"], rel=1e-5)
     assert m5["forget_loss_after"] > m5["forget_loss_before"] and m0["forget_loss_after"] == m0["forget_loss_before"]
-    # the first request measured F̂ on its rows (kept by the trainer); the later ones reuse it, whatever their λ
-    assert m5["example_gradient_passes"] == m25["example_gradient_passes"] < m0["example_gradient_passes"]
+    # the first request measured F̂ on its rows (kept by the trainer); the later ones reuse it, whatever their λ, in
+    # as many plain passes
+    assert m5["example_gradient_passes"] == m25["example_gradient_passes"] == m0["example_gradient_passes"]
     assert m5["retain_loss_after"] <= m5["held_out_loss"] < m5["retain_loss_after"] + 10  # the guard's condition
 
     original = IAURun.held_out_losses
@@ -270,6 +271,42 @@ def test_influence_step_takes_lambda_of_the_estimated_removal_step(tmp_path, mon
     none, m = _jump_only(trainer, split, 0.5, monkeypatch)
     assert all(float(d.abs().max()) == 0.0 for d in none.values())
     assert m["influence_step_lambda"] == 0.0 and m["example_forward_passes"] > m0["example_forward_passes"]
+
+
+def test_kfac_influence_step_moves_the_weights_by_lambda_times_its_own_scale_and_direction(tmp_path, monkeypatch):
+    """unlearn_influence_curvature='kfac': the weights move by λ·c_K·P_K·G_F, the estimate's K-FAC direction and
+    scale (not the targets' c); the targets are the default's. Refused with unlearn_leverage, naming the field."""
+    import torch
+
+    from hf_iau.methods import iau as iau_module
+
+    flip = list(range(8))
+    train = learnable(96, seed=0, flip=flip)
+    trainer = trained(tmp_path, train, learnable(24, seed=1), epochs=4)
+    split = forget_retain_split(train, forget=flip, id_column="id")
+    seen = []
+    real = iau_module.estimate_targets
+
+    def spy(*a, **kw):
+        est = real(*a, **kw)
+        seen.append((kw.get("step_kind"), [d.clone() for d in est.direction], dict(est.diagnostics), est.targets.copy()))
+        return est
+
+    monkeypatch.setattr(iau_module, "estimate_targets", spy)
+    delta, m = _jump_only(trainer, split, 0.25, monkeypatch, unlearn_influence_curvature="kfac")
+    _, m_diag = _jump_only(trainer, split, 0.25, monkeypatch)
+    (kind, direction, info, targets), (_, _, info_diag, targets_diag) = seen
+    assert kind == "kfac" and info["step_kfac"] == 1.0 and m["influence_step_lambda"] == 0.25
+    assert info["step_scale"] != info["scale"] == pytest.approx(info_diag["scale"])
+    np.testing.assert_allclose(targets, targets_diag, rtol=1e-9)
+    c = 0.25 * info["step_scale"]
+    for (n, p), d in zip(trainer.model.named_parameters(), direction):
+        torch.testing.assert_close(delta[n], c * d, rtol=1e-4, atol=1e-6)
+    assert m["forget_loss_after"] > m["forget_loss_before"]
+    with pytest.raises(ValueError, match="unlearn_influence_curvature"):
+        make_args(tmp_path, unlearn_influence_curvature="kfac", unlearn_leverage=True)
+    with pytest.raises(ValueError, match="unlearn_influence_curvature"):
+        make_args(tmp_path, unlearn_influence_curvature="ekfac")
 
 
 @pytest.mark.parametrize("value", [-0.1, 1.5, float("nan")])
