@@ -1,17 +1,18 @@
 """Cost of the counterfactual target estimate before and after a change, side by side in one run, next to one retrain.
 
-    python benchmarks/target_cost.py [--change grid|groups] [--scenarios canary,wiki_lm,qa_lm,topic_lm,mislabelled] [--repeats 2]
+    python benchmarks/target_cost.py [--change grid|groups|level] [--scenarios canary,wiki_lm,qa_lm,topic_lm,mislabelled] [--repeats 2]
 
-Changes: 'grid' — the scale grid as it was (every scale, every position, float64, every calibration group over the
+Changes (``--change``): 'grid' — the scale grid as it was (every scale, every position, float64, every calibration group over the
 whole grid) vs now (labelled positions only, float32 logsumexp on label-relative logits, grid cut once the rows
 computed so far prove the crossing); 'groups' — each calibration group's gradient in a pass of its own (|S| more
-example-gradient passes) vs kept from the hooked F̂ pass over S (``counterfactual.KEPT_GRADIENT_BYTES``).
+example-gradient passes) vs kept from the hooked F̂ pass over S (``counterfactual.KEPT_GRADIENT_BYTES``);
+'level' — the whole estimate vs the shortcut when the retained sample is already at the held-out level.
 
 Each scenario (benchmarks/scenarios.py, quick sizes, seed 0, original model read from ``--cache-dir``) runs one
 default IAU request per variant, variants interleaved ``--repeats`` times (medians), then one retrain on D \\ D_f. The
-'reference' variant replaces ``counterfactual.scaled_cross_entropy`` by the per-scale full cross-entropy the library
-computed before (``counterfactual.cross_entropy`` of z + s·dz at every scale) and ``counterfactual.sample_curves`` by
-every group over the whole grid: same directions, same forward passes.
+'reference' variant sets the ``counterfactual`` attributes in ``BEFORE[change]`` to what they were before the change
+(for 'grid': ``scaled_cross_entropy`` by the per-scale full cross-entropy, ``sample_curves`` by every group over the
+whole grid).
 Reported: estimate seconds, request seconds, both as % of the retrain, and the largest relative difference of the
 targets and of the calibrated scale between the variants (the float32 logsumexp; the cut itself is exact).
 """
@@ -57,6 +58,7 @@ def reference_sample_curves_grid(engine, retain, groups, inv, level, left_out=No
 BEFORE = {  # change -> (module attribute, its value before the change)
     "grid": [("scaled_cross_entropy", reference), ("sample_curves", reference_sample_curves_grid)],
     "groups": [("KEPT_GRADIENT_BYTES", 0)],
+    "level": [("_at_current_losses", lambda *a, **k: None)],
 }
 DESCRIBE = {
     "grid": "'before' = the per-scale cross-entropy of the full shifted logits (every position, float64), as the library "
@@ -66,6 +68,9 @@ DESCRIBE = {
     "groups": "'before' = each calibration group's gradient G in a pass of its own after the hooked F̂ pass over S "
     "(2|S| + |F| example-gradient passes); 'now' = S passed group by group in the hooked F̂ pass, each G kept "
     "(`counterfactual.KEPT_GRADIENT_BYTES`; |S| + |F|). Same directions up to summation order.",
+    "level": "'before' = the whole estimate even when the calibration sample's mean loss already reaches the held-out "
+    "level (the calibrated scale is then 0); 'now' = that case found from the losses of the pass over S, the targets "
+    "read from the current losses (`counterfactual._at_current_losses`): no forget gradients, no scale grid.",
 }
 
 

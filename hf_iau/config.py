@@ -180,7 +180,7 @@ class IAUConfig(TrainingArguments):
             "help": "Curvature of the counterfactual estimate (targets and influence step): 'diagonal' Fisher from "
             "per-example gradients of the request's rows (or one an earlier request measured so, kept with the "
             "weights); 'training' — the diagonal Fisher IAUTrainer.train() saved from its mini-batch gradients, "
-            "when present (no per-example pass; else as 'diagonal'): cheaper, but worse on the tuning scenarios "
+            "when present (plain instead of hooked passes over the request's rows; else as 'diagonal'): cheaper, but worse on the tuning scenarios "
             "(mislabelled 0.060 -> 0.087 mini-batch, 0.070 per-example; benchmarks/results/"
             "saved_curvature_decision.md); 'kfac' — Kronecker "
             "factors of every Linear / Conv1D / Conv2d weight measured on the request's rows in the same passes, "

@@ -42,6 +42,7 @@ values are summed over processes, so every process gets the same targets.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 from dataclasses import dataclass, field
@@ -113,19 +114,27 @@ def estimate_targets(
     step_kfac = step_kind == "kfac" and not kfac and not engine.sharded  # K-FAC for the step only
     if step_kfac and leverage:
         raise ValueError("a K-FAC influence step with leverage: use kind='kfac' (both) or leverage=False.")
-    kept = None  # the calibration groups' gradients, when the hooked pass over S kept them
-    if curvature is None or kfac or step_kfac:
-        rows = fisher_from_rows(engine, forget, f_rows, retain, s_rows, kfac or step_kfac, None if leverage else groups)
-        fisher, g_f, uncovered, factors, own_f, kept = (rows.fisher, rows.g_f, rows.uncovered, rows.factors, rows.own_f,
-                                                        rows.group_gradients)
-        passes = len(s_rows) * (1 + (kept is None)) + len(f_rows)
+    level = float(held_out.mean())
+    measure = curvature is None or kfac or step_kfac
+    hooks = ExampleGradients(engine.model, engine.params, KroneckerFactors() if kfac or step_kfac else None) if measure else None
+    keep = not leverage and keeps_gradients(engine, groups)  # (the leave-out passes each group hooked, on its own)
+    on_s = sample_pass(engine, retain, s_rows, groups if keep else None, hooks) if measure or keep else None
+    if on_s is not None and on_s.loss >= level:  # retained rows already look never-seen: no removal moves them (c = 0)
+        early = _at_current_losses(engine, forget, f_rows, retain, s_rows, held_out)
+        if early is not None:
+            early.diagnostics.update(saved_curvature=float(curvature is not None and not measure), leverage=float(leverage))
+            return early
+    kept = on_s.group_gradients if on_s is not None else None  # the calibration groups' G, when the pass kept them
+    if measure:
+        rows = fisher_from_rows(engine, forget, f_rows, retain, s_rows, kfac or step_kfac, on_sample=on_s)
+        fisher, g_f, uncovered, factors, own_f = rows.fisher, rows.g_f, rows.uncovered, rows.factors, rows.own_f
         if not engine.sharded:
             measured = Curvature.of(engine.model, fisher, {"source": "rows", "rows": str(len(s_rows) + len(f_rows)),
                                                            "identity_curvature_fraction": f"{uncovered:.4g}"})
     else:
         fisher, uncovered = curvature.diagonal(engine.model), 0.0
         g_f, own_f = squared_group_gradient(engine, forget, f_rows) if leverage else (group_gradient(engine, forget, f_rows), None)
-        passes = len(s_rows) + len(f_rows)
+    passes = len(f_rows) + len(s_rows) * (1 + (on_s is not None and kept is None))  # S once more unless kept
     inv: list | None = None  # with leverage, each removed set gets its own preconditioner (leave_out) instead
     step_inv: list | None = None  # the influence step's, when its curvature differs
     left_out = (fisher, damping_level(fisher), factors) if leverage else None
@@ -135,7 +144,6 @@ def estimate_targets(
             solvers = kronecker_solvers(engine.params, fisher, factors, damping_level(fisher))
             kron = [solvers.get(k, x) for k, x in enumerate(inv)]
             inv, step_inv = (inv, kron) if step_kfac else (kron, None)
-    level = float(held_out.mean())
     sample, step_sample = sample_curves(engine, retain, groups, inv, level, left_out, step_inv, kept)
     scale = calibrate(sample, SCALES, level)
     step_scale = scale if step_sample is None else calibrate(step_sample, SCALES, level)
@@ -152,11 +160,31 @@ def estimate_targets(
         sample_loss=float(sample[:, 0].mean()), sample_estimate=float(s_est.mean()), forget_loss=float(fc[:, 0].mean()),
         estimate_mean=float(fc[:, 1].mean()), identity_curvature_fraction=uncovered,
         saved_curvature=float(curvature is not None and not step_kfac), leverage=float(leverage), step_scale=step_scale,
-        step_kfac=float(step_kfac),
+        step_kfac=float(step_kfac), at_level=0.0,
     )
     forwards = 3 * (len(s_rows) + len(f_rows)) + 2 * len(s_rows) * (step_sample is not None)
     return TargetEstimate(targets, float(passes), float(forwards), info, measured, direction,
                           fc[:, 0], fc[:, 2].astype(int) if classes else None, fc[:, 3].astype(int) if classes else None)
+
+
+def _at_current_losses(engine: "Engine", forget: "Dataset", f_rows: list[int], retain: "Dataset", s_rows: list[int],
+                       held_out: np.ndarray) -> TargetEstimate | None:
+    """The estimate when the sample's current losses already reach the held-out level (the calibrated scale is 0):
+    targets from the current losses alone, at |S| + |F| forward passes instead of F's gradients and the scale grid;
+    None when the scale-0 curves do not confirm it (rounding at the level: the caller takes the full path)."""
+    zero = [torch.zeros_like(p) for p in engine.params]
+    sample = example_curves(engine, retain, s_rows, zero, [0.0])
+    if calibrate(sample, [0.0], float(held_out.mean())) != 0.0:
+        return None
+    classes = engine.kind == "classification"
+    fc = example_curves(engine, forget, f_rows, zero, [0.0], classes)
+    targets, info = calibrated_targets(fc[:, 0], fc[:, 0], sample[:, 0], held_out)
+    info.update(scale=0.0, step_scale=0.0, group_size=0.0, sample_size=float(len(s_rows)),
+                held_out_loss=float(held_out.mean()), sample_loss=float(sample[:, 0].mean()),
+                sample_estimate=float(sample[:, 0].mean()), forget_loss=float(fc[:, 0].mean()),
+                estimate_mean=float(fc[:, 0].mean()), identity_curvature_fraction=0.0, step_kfac=0.0, at_level=1.0)
+    return TargetEstimate(targets, float(len(s_rows)), float(len(s_rows) + len(f_rows)), info, None, None, fc[:, 0],
+                          fc[:, 1].astype(int) if classes else None, fc[:, 2].astype(int) if classes else None)
 
 
 def _check(engine: "Engine", forget: "Dataset", retain: "Dataset", sample_rows: Sequence[int],
@@ -179,9 +207,10 @@ def _check(engine: "Engine", forget: "Dataset", retain: "Dataset", sample_rows: 
 
 
 def group_gradient(engine: "Engine", dataset: "Dataset", rows: Sequence[int],
-                   hooks: ExampleGradients | None = None) -> list[torch.Tensor]:
+                   hooks: ExampleGradients | None = None, losses: list[float] | None = None) -> list[torch.Tensor]:
     """G = Σ_{i∈rows} ∇ℓ_i summed over processes, in batches through ``engine.backward``; with ``hooks``, the
-    per-example squared gradients of the same passes are added to ``hooks.squares`` (this process's rows)."""
+    per-example squared gradients of the same passes are added to ``hooks.squares`` (this process's rows); with
+    ``losses`` = [sum, count], this process's rows' losses are added to it."""
     rows = list(rows)
     total = [torch.zeros_like(p, dtype=torch.float32) for p in engine.params]
     scale = engine.grad_scale()
@@ -191,6 +220,9 @@ def group_gradient(engine: "Engine", dataset: "Dataset", rows: Sequence[int],
             hooks.expect(int(batch["labels"].shape[0]))
         with engine.autocast():
             loss = batch_losses(engine.model, batch, engine.kind).per_example
+        if losses is not None:
+            losses[0] += float(loss.detach().double().sum())
+            losses[1] += int(loss.shape[0])
         engine.backward(loss.sum())
         grads = [p.grad for p in engine.params]
         if hooks is not None:  # FSDP2: the backward multiplied by the world size, and .grad holds only a shard
@@ -225,20 +257,46 @@ class RowsFisher:
     group_gradients: list[list[torch.Tensor]] | None  # each calibration group's G, from the same passes (or None)
 
 
-def fisher_from_rows(engine: "Engine", forget: "Dataset", f_rows: list[int], retain: "Dataset", s_rows: list[int],
-                     kfac: bool = False, groups: Sequence[Sequence[int]] | None = None) -> RowsFisher:
-    """F̂, G_F and the rest of :class:`RowsFisher` from |S| + |F| hooked example-gradient passes. With ``groups`` (a
-    partition of ``s_rows``, in order), S is passed group by group and each group's gradient G is kept (summed over
-    processes) for the calibration, so it needs no pass of its own — unless the groups' gradients together would
-    exceed ``KEPT_GRADIENT_BYTES`` (then ``group_gradients`` is None)."""
-    size = sum(p.numel() * 4 for p in engine.params)  # float32 sums, this process's (shard of the) parameters
-    keep = groups is not None and len(groups) * size <= KEPT_GRADIENT_BYTES
-    kept: list[list[torch.Tensor]] | None = [] if keep else None
-    with ExampleGradients(engine.model, engine.params, KroneckerFactors() if kfac else None) as on_s:
+@dataclass
+class SamplePass:
+    """One pass over the calibration sample S (:func:`sample_pass`)."""
+
+    group_gradients: list[list[torch.Tensor]] | None  # each group's G (None: not kept)
+    loss: float  # the mean loss of S at the current weights, over all processes
+    hooks: ExampleGradients | None  # the per-example squares (and factors) of S, when measured
+
+
+def keeps_gradients(engine: "Engine", groups: Sequence[Sequence[int]] | None) -> bool:
+    """Whether the calibration groups' gradients (float32, this process's parameters or shard) fit in
+    ``KEPT_GRADIENT_BYTES``."""
+    return groups is not None and len(groups) * sum(p.numel() * 4 for p in engine.params) <= KEPT_GRADIENT_BYTES
+
+
+def sample_pass(engine: "Engine", retain: "Dataset", s_rows: list[int], groups: Sequence[Sequence[int]] | None,
+                hooks: ExampleGradients | None = None) -> SamplePass:
+    """|S| example-gradient passes over S (hooked with ``hooks``). With ``groups`` (a partition of ``s_rows``, in
+    order) that :func:`keeps_gradients`, S is passed group by group and each group's gradient G is kept (summed over
+    processes) for the calibration, so it needs no pass of its own."""
+    kept: list[list[torch.Tensor]] | None = [] if keeps_gradients(engine, groups) else None
+    losses = [0.0, 0]
+    with hooks if hooks is not None else contextlib.nullcontext():
         if kept is None:
-            group_gradient(engine, retain, s_rows, on_s)
+            group_gradient(engine, retain, s_rows, hooks, losses)
         else:
-            kept.extend(group_gradient(engine, retain, g, on_s) for g in groups)
+            kept.extend(group_gradient(engine, retain, g, hooks, losses) for g in groups)
+    total, count = engine.sum(losses)
+    return SamplePass(kept, total / max(count, 1), hooks)
+
+
+def fisher_from_rows(engine: "Engine", forget: "Dataset", f_rows: list[int], retain: "Dataset", s_rows: list[int],
+                     kfac: bool = False, groups: Sequence[Sequence[int]] | None = None,
+                     on_sample: SamplePass | None = None) -> RowsFisher:
+    """F̂, G_F and the rest of :class:`RowsFisher` from |S| + |F| hooked example-gradient passes (S's from
+    ``on_sample`` when given, a hooked :func:`sample_pass`; ``groups``: see there)."""
+    if on_sample is None:
+        on_sample = sample_pass(engine, retain, s_rows, groups,
+                                ExampleGradients(engine.model, engine.params, KroneckerFactors() if kfac else None))
+    on_s, kept = on_sample.hooks, on_sample.group_gradients
     with ExampleGradients(engine.model, engine.params, KroneckerFactors() if kfac else None) as on_f:
         g_f = group_gradient(engine, forget, f_rows, on_f)
     weight = len(retain) / len(s_rows)

@@ -313,6 +313,30 @@ def test_kfac_influence_step_keeps_the_targets_and_takes_the_kfac_direction_and_
         estimate_targets(engine, forget, retain, sample, held, step_kind="kfac", leverage=True)
 
 
+def test_retained_rows_already_at_the_held_out_level_skip_the_forget_gradients_and_the_grid(tmp_path, monkeypatch):
+    """When S's mean loss already reaches the held-out level (calibrated scale 0), the targets come from the current
+    losses alone: equal to the full path's, for |S| gradient passes (S, which found it) and |S| + |F| forward passes,
+    with no direction (no influence step) and no curvature kept."""
+    import hf_iau.counterfactual as cf
+    from tiny import text_cls_dataset, tiny_bert
+
+    ds = text_cls_dataset(30).remove_columns("id")
+    engine = _engine(tmp_path, tiny_bert(0), per_device_eval_batch_size=8)
+    forget, retain, sample = ds.select(range(5)), ds.select(range(5, 30)), list(range(0, 25, 3))
+    held = [0.02, 0.05, 0.01]  # below any loss of an untrained 3-class model
+    short = cf.estimate_targets(engine, forget, retain, sample, held)
+    monkeypatch.setattr(cf, "_at_current_losses", lambda *a, **k: None)
+    full = cf.estimate_targets(engine, forget, retain, sample, held)
+    assert full.diagnostics["scale"] == 0.0 and full.diagnostics["at_level"] == 0.0
+    assert short.diagnostics["at_level"] == 1.0 and short.diagnostics["scale"] == short.diagnostics["step_scale"] == 0.0
+    np.testing.assert_allclose(short.targets, full.targets, rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(short.losses, full.losses, rtol=1e-6)
+    assert np.array_equal(short.predicted, full.predicted) and np.array_equal(short.labels, full.labels)
+    assert short.gradient_passes == len(sample) < full.gradient_passes == len(sample) + 5
+    assert short.forward_passes == len(sample) + 5
+    assert short.direction is None and short.curvature is None and full.curvature is not None
+
+
 def test_bad_inputs_are_refused_naming_the_field(tmp_path):
     from hf_iau.counterfactual import estimate_targets
     from tiny import text_cls_dataset, tiny_bert

@@ -223,15 +223,25 @@ def test_a_model_that_never_learned_the_forget_set_is_warned_about(tmp_path):
         trainer.unlearn(split["forget"], split["retain"], allow_noop=True)
 
 
+def _fitted(out, ds) -> IAUTrainer:
+    """A tiny BERT trained on ``ds`` until its rows fit better than held-out ones (so a request runs the estimate, not
+    the shortcut for retained rows already at the held-out level), one fixed unlearning step per request."""
+    args = parity_args(out, unlearn_targets="counterfactual", unlearn_steps=1, unlearn_stop="fixed", num_train_epochs=20,
+                       learning_rate=5e-3, per_device_train_batch_size=8)
+    trainer = IAUTrainer(tiny_bert(), args=args, train_dataset=ds, eval_dataset=text_cls_dataset(12, seed=5),
+                         data_collator=default_data_collator)
+    trainer.train()
+    return trainer
+
+
 def test_a_curvature_measured_by_one_request_is_reused_by_the_next(tmp_path):
     """Without a saved curvature the first request measures F̂ on its rows (|S| + |F| hooked passes, which also give
     the calibration groups' gradients); the trainer keeps it, bound to the new weights, so the next request's
     estimate takes as many plain passes, without the per-example squares."""
     ds = text_cls_dataset(40)
-    args = parity_args(tmp_path, unlearn_targets="counterfactual", unlearn_steps=1, unlearn_stop="fixed")
-    trainer = IAUTrainer(tiny_bert(), args=args, train_dataset=ds, eval_dataset=text_cls_dataset(12, seed=5),
-                         data_collator=default_data_collator)
+    trainer = _fitted(tmp_path, ds)
     first = trainer.unlearn(ds.select([0, 1]), allow_noop=True).metrics
+    assert first["target_at_level"] == 0.0
     assert first["target_saved_curvature"] == 0.0 and trainer.curvature is not None
     second = trainer.unlearn(ds.select([2, 3]), allow_noop=True).metrics
     assert second["target_saved_curvature"] == 1.0
@@ -246,9 +256,7 @@ def test_the_ledger_names_the_kept_curvature_a_request_used(tmp_path):
     from hf_iau.ledger import read_ledger, reproduction, verify_ledger
 
     ds = text_cls_dataset(40)
-    args = parity_args(tmp_path / "out", unlearn_targets="counterfactual", unlearn_steps=1, unlearn_stop="fixed")
-    trainer = IAUTrainer(tiny_bert(), args=args, train_dataset=ds, eval_dataset=text_cls_dataset(12, seed=5),
-                         data_collator=default_data_collator)
+    trainer = _fitted(tmp_path / "out", ds)
     trainer.unlearn(ds.select([0, 1]), allow_noop=True)
     kept = trainer.curvature.content_sha256()
     trainer.unlearn(ds.select([2, 3]), allow_noop=True)

@@ -245,7 +245,7 @@ class IAURun:
         Retained rows must still look seen: while the retain sample's mean loss after the step is above the held-out
         level, the step is undone and λ halved (at most ``INFLUENCE_HALVINGS`` times, then no step)."""
         req, est, lam = self.req, self.estimate, self.opts["unlearn_influence_step"]
-        if lam == 0 or est is None:
+        if lam == 0 or est is None or est.direction is None:
             return
         if np.mean(targets.short(est.losses)) <= self.opts["unlearn_stop_tolerance"]:
             return
