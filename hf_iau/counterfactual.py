@@ -439,32 +439,35 @@ def cross_entropy(logits: torch.Tensor, labels: torch.Tensor, causal: bool) -> t
     return (tok.view(lb.shape) * mask).sum(-1) / mask.sum(-1).clamp_min(1)
 
 
-def scaled_cross_entropy(z: torch.Tensor, dz: torch.Tensor, labels: torch.Tensor, causal: bool,
+def scaled_cross_entropy(z: torch.Tensor, dz: torch.Tensor | None, labels: torch.Tensor, causal: bool,
                          scales: Sequence[float], stop_above: float | Sequence[float] | None = None,
                          dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """[B, len(scales)] (float64): ``cross_entropy(z + s·dz, labels, causal)`` for every scale s (in the given order),
     at the labelled positions only, as logsumexp(a + s·b) with a = z − z_y, b = dz − dz_y taken in float64 and the
     logsumexp in ``dtype`` (float32: within ~1e-6 of float64 where the losses are O(1), at half the time). With
     ``stop_above`` (one level, or one per scale), the scales after the first one at which the batch's summed loss
-    reaches it are not computed (+inf): see :func:`sample_curves`."""
+    reaches it are not computed (+inf): see :func:`sample_curves`. ``dz=None``: no shift (every scale gives the
+    unshifted loss, without the [positions, classes] work of the shift)."""
     if causal:
         lb = labels[:, 1:]
         at = (lb != IGNORE_INDEX).nonzero(as_tuple=True)
-        z, dz, y, example = z[:, :-1][at], dz[:, :-1][at], lb[at], at[0]
+        z, y, example = z[:, :-1][at], lb[at], at[0]
+        dz = None if dz is None else dz[:, :-1][at]
     else:
         y = labels.view(-1)
         example = (y != IGNORE_INDEX).nonzero(as_tuple=True)[0]
-        z, dz, y = z[example], dz[example], y[example]
+        z, y = z[example], y[example]
+        dz = None if dz is None else dz[example]
     n_ex = labels.shape[0]
     a = (z.double() - z.double().gather(-1, y[:, None])).to(dtype)  # the label's logit and shift are 0
-    b = (dz.double() - dz.double().gather(-1, y[:, None])).to(dtype)
+    b = None if dz is None else (dz.double() - dz.double().gather(-1, y[:, None])).to(dtype)
     zeros = torch.zeros(n_ex, dtype=torch.float64, device=z.device)
     count = zeros.index_add(0, example, torch.ones_like(example, dtype=torch.float64)).clamp_min(1) if causal else 1
     levels = np.broadcast_to(np.inf if stop_above is None else np.asarray(stop_above, dtype=np.float64), (len(scales),))
     out = torch.full((n_ex, len(scales)), math.inf, dtype=torch.float64, device=z.device)
-    shifted = torch.empty_like(a)
+    shifted = None if b is None else torch.empty_like(a)
     for k, s in enumerate(np.asarray(scales, dtype=np.float64).tolist()):
-        tok = torch.logsumexp(torch.add(a, b, alpha=s, out=shifted), -1).double()
+        tok = torch.logsumexp(a if b is None else torch.add(a, b, alpha=s, out=shifted), -1).double()
         out[:, k] = zeros.index_add(0, example, tok) / count
         if stop_above is not None and float(out[:, k].sum()) >= levels[k]:  # (a device sync: only when asked)
             break
@@ -495,10 +498,10 @@ def shifted_losses(
         for batch in batches:
             z0, y = at(0.0, batch)
             z0 = z0.double()
-            dz = (at(eps, batch)[0].double() - at(-eps, batch)[0].double()) / (2 * eps) if eps > 0 else torch.zeros_like(z0)
+            dz = (at(eps, batch)[0].double() - at(-eps, batch)[0].double()) / (2 * eps) if eps > 0 else None
             cols = list(scaled_cross_entropy(z0, dz, y, causal, scales, stop_above).unbind(-1))
             if classes:
-                cols += [(z0 + float(scales[-1]) * dz).argmax(-1).double(), y.view(-1).double()]
+                cols += [(z0 if dz is None else z0 + float(scales[-1]) * dz).argmax(-1).double(), y.view(-1).double()]
             rows.append(torch.stack(cols, -1).cpu().numpy())
     finally:
         for p, s in zip(params, saved):

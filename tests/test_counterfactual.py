@@ -589,6 +589,10 @@ def test_scaled_cross_entropy_equals_the_cross_entropy_of_every_shifted_logit(ca
     assert float(ref[:, 2].sum()) < level
     cut = scaled_cross_entropy(z, dz, y, causal, scales, stop_above=level, dtype=torch.float64)
     assert torch.allclose(cut[:, :4], ref[:, :4], atol=1e-10, rtol=0) and torch.isinf(cut[:, 4:]).all()
+    # no shift (dz=None): the unshifted loss at every scale, bitwise what a zero shift gives
+    unshifted = scaled_cross_entropy(z, None, y, causal, scales[:2])
+    assert torch.equal(unshifted, scaled_cross_entropy(z, torch.zeros_like(dz), y, causal, scales[:2]))
+    assert torch.allclose(unshifted[:, 0], ref[:, 0], atol=1e-6, rtol=1e-5) and torch.equal(unshifted[:, 0], unshifted[:, 1])
 
 
 def test_the_early_stop_of_the_scale_grid_leaves_the_targets_unchanged(tmp_path, monkeypatch):
