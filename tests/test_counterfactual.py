@@ -375,12 +375,16 @@ forget, retain = train.select([0, 3, 5, 8, 13, 21, 30]), train.select([i for i i
 est = estimate_targets(engine, forget, retain, list(range(0, 33, 3)), held)
 kfac = estimate_targets(engine, forget, retain, list(range(0, 33, 3)), held, kind="kfac")
 lev = estimate_targets(engine, forget, retain, list(range(0, 33, 3)), held, leverage=True)
+step = estimate_targets(engine, forget, retain, list(range(0, 33, 3)), held, step_kind="kfac")
+level = estimate_targets(engine, forget, retain, list(range(0, 33, 3)), [0.0])  # retained rows already at the level
 if trainer.args.process_index == 0:
     with open(sys.argv[1] + "/targets.json", "w") as fh:
         json.dump({{"world": trainer.args.world_size, "targets": est.targets.tolist(), "scale": est.diagnostics["scale"],
                    "passes": est.gradient_passes, "kfac_targets": kfac.targets.tolist(),
                    "kfac_scale": kfac.diagnostics["scale"], "lev_targets": lev.targets.tolist(),
-                   "lev_scale": lev.diagnostics["scale"]}}, fh)
+                   "lev_scale": lev.diagnostics["scale"], "step_targets": step.targets.tolist(),
+                   "step_scale": step.diagnostics["step_scale"], "level_targets": level.targets.tolist(),
+                   "level_at": level.diagnostics["at_level"], "level_passes": level.gradient_passes}}, fh)
 import tiny
 tiny.leave_processes()
 '''
@@ -388,7 +392,8 @@ tiny.leave_processes()
 
 def test_targets_are_the_same_on_two_processes(tmp_path):
     """Every set is sharded and every sum taken over processes: 2 processes give the 1-process targets (1e-5), with the
-    diagonal, with K-FAC curvature and with the leave-out (leverage) curvature."""
+    diagonal, with K-FAC curvature, with the leave-out (leverage) curvature, with a K-FAC influence step and on the
+    shortcut for retained rows already at the held-out level."""
     import json
     import os
     import shutil
@@ -437,6 +442,12 @@ def test_targets_are_the_same_on_two_processes(tmp_path):
     assert outs[1]["lev_scale"] != outs[1]["scale"]
     assert outs[2]["lev_scale"] == pytest.approx(outs[1]["lev_scale"], rel=1e-5)
     assert np.allclose(outs[1]["lev_targets"], outs[2]["lev_targets"], rtol=5e-4, atol=1e-5)
+    # a K-FAC influence step keeps the diagonal targets and takes its own scale, summed like kind="kfac"
+    assert np.allclose(outs[2]["step_targets"], outs[2]["targets"], rtol=1e-9)
+    assert outs[2]["step_scale"] == pytest.approx(outs[1]["step_scale"], rel=1e-5) and outs[1]["step_scale"] == pytest.approx(outs[1]["kfac_scale"], rel=1e-6)
+    # the shortcut for retained rows already at the held-out level: decided on the loss summed over processes
+    assert outs[1]["level_at"] == outs[2]["level_at"] == 1.0 and outs[1]["level_passes"] == outs[2]["level_passes"] == 11
+    assert np.allclose(outs[1]["level_targets"], outs[2]["level_targets"], rtol=1e-5, atol=1e-6)
 
 
 FSDP_WORKER = r'''
