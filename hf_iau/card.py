@@ -297,11 +297,14 @@ def _cost(metrics: Mapping[str, Any]) -> dict[str, str]:
     grad = _num(metrics.get("example_gradient_passes")) or 0.0
     fwd = _num(metrics.get("example_forward_passes")) or 0.0
     wall = _num(metrics.get("wall_time_s"))
+    retrain, share = _num(metrics.get("retrain_passes_estimate")), _num(metrics.get("passes_vs_retrain"))
     return {
         "wall_time": "unknown" if wall is None else f"{wall:.3f} s",
         "examples": f"{int(grad + fwd):,}",
         "gradient_passes": f"{int(grad):,}",
         "forward_passes": f"{int(fwd):,}",
+        "vs_retrain": None if retrain is None or share is None else
+        f"{100 * share:.1f}% of retraining's {int(retrain):,} example-gradient passes (this config's schedule on the retained rows)",
     }
 
 

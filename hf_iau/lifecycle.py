@@ -325,7 +325,31 @@ class Request:
         }
         if self.budget is not None:
             out["budget"] = float(self.budget)
+        out.update(self._against_retraining())
         return UnlearningResult(finite_metrics(out), history, self.fingerprint, len(self.forget), len(self.retain))
+
+    def _against_retraining(self) -> dict[str, float]:
+        """``retrain_passes_estimate``: the example-gradient passes of training on the retained rows under this
+        config's schedule (``max_steps`` × global batch, else ``num_train_epochs`` × |D_r|; no GR overhead), and the
+        request's passes as a share of it; a warning when the request took more (retraining, which is exact, is then
+        cheaper)."""
+        a = self.args
+        if a.max_steps and a.max_steps > 0:
+            retrain = float(a.max_steps * a.per_device_train_batch_size * a.gradient_accumulation_steps * a.world_size)
+        else:
+            retrain = float(a.num_train_epochs) * len(self.retain)
+        if retrain <= 0:
+            return {}
+        share = self.grad_passes / retrain
+        if share > 1 and self.engine.accelerator.is_main_process:
+            warnings.warn(
+                f"this request took {self.grad_passes:,.0f} example-gradient passes, more than training on the "
+                f"{len(self.retain):,} retained rows would ({retrain:,.0f} under this config's schedule: "
+                f"{'max_steps' if a.max_steps and a.max_steps > 0 else 'num_train_epochs'}): for data this small, "
+                "retraining without the forget rows is cheaper, and exact.",
+                stacklevel=4,
+            )
+        return {"retrain_passes_estimate": retrain, "passes_vs_retrain": share}
 
     def _warn_if_never_learned(self) -> None:
         held = self.held_out_loss

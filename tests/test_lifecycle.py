@@ -267,3 +267,26 @@ def test_the_ledger_names_the_kept_curvature_a_request_used(tmp_path):
     assert f"content sha256 {kept[:16]}" in reproduction(second)
     assert trainer.curvature.content_sha256() == kept  # carried over to the new weights, same content
     assert verify_ledger(tmp_path / "out") == []
+
+
+def test_a_request_reports_its_cost_against_retraining_and_warns_when_retraining_is_cheaper(tmp_path):
+    """passes_vs_retrain = the request's example-gradient passes / (num_train_epochs × retained rows, or max_steps ×
+    the global batch); above 1 a warning says retraining is cheaper; the card states the share."""
+    import warnings
+
+    ds = text_cls_dataset(24)
+    for epochs, max_steps, warns in ((1, -1, True), (1, 500, False)):
+        args = parity_args(tmp_path / f"{epochs}-{max_steps}", num_train_epochs=epochs, max_steps=max_steps,
+                           per_device_train_batch_size=4, unlearn_steps=3, unlearn_stop="fixed")
+        trainer = IAUTrainer(tiny_bert(), args=args, train_dataset=ds, data_collator=default_data_collator)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            m = trainer.unlearn(ds.select([0, 1]), allow_noop=True).metrics
+        retrain = 500 * 4 if max_steps > 0 else 22
+        assert m["retrain_passes_estimate"] == retrain
+        assert m["passes_vs_retrain"] == pytest.approx(m["example_gradient_passes"] / retrain)
+        assert (m["passes_vs_retrain"] > 1) is warns
+        assert any("retraining without the forget rows is cheaper" in str(w.message) for w in caught) is warns
+    trainer.save_model()
+    card = (tmp_path / "1-500" / "README.md").read_text()
+    assert f"{100 * m['passes_vs_retrain']:.1f}% of retraining's 2,000 example-gradient passes" in card
