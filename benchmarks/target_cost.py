@@ -13,8 +13,9 @@ default IAU request per variant, variants interleaved ``--repeats`` times (media
 'reference' variant sets the ``counterfactual`` attributes in ``BEFORE[change]`` to what they were before the change
 (for 'grid': ``scaled_cross_entropy`` by the per-scale full cross-entropy, ``sample_curves`` by every group over the
 whole grid).
-Reported: estimate seconds, request seconds, both as % of the retrain, and the largest relative difference of the
-targets and of the calibrated scale between the variants (the float32 logsumexp; the cut itself is exact).
+Reported: example-gradient passes, estimate seconds, request seconds, both as % of the retrain, and the largest
+relative difference of the targets and of the calibrated scale between the variants (rounding only: 'grid' from its
+float32 logsumexp, 'groups' from the summation order; 'level' and the grid's cut are exact).
 """
 
 from __future__ import annotations
