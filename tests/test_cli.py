@@ -75,6 +75,8 @@ def test_train_unlearn_evaluate_image(tmp_path: Path, capsys) -> None:
     assert main(["unlearn", "--config", cfg]) == 0
     out = capsys.readouterr().out
     assert "hf-iau unlearn" in out and "fingerprint" in out
+    # the request's cost against retraining the 55 retained rows for the recipe's 2 epochs
+    assert "% of retraining's 110 (this recipe's schedule)" in out
     run = json.loads((root / "unlearned" / "hf_iau_run.json").read_text())
     assert run["forget_rows"] == 5 and len(run["forget_fingerprint"]) == 64
     assert main(["evaluate", "--config", cfg]) == 0  # retrains the gold model (missing)

@@ -196,7 +196,11 @@ def cmd_unlearn(data: DataArguments, model: ModelArguments, run: RunArguments, a
         for key in ("forget_loss", "retain_loss", "forget_accuracy", "retain_accuracy"):
             if f"{key}_before" in m:
                 body.append(f"{key:<16}{m[f'{key}_before']:>10.4f} -> {m[f'{key}_after']:.4f}")
-        body += [f"time        {m.get('wall_time_s', float('nan')):.2f} s", f"saved       {paths['unlearned']}"]
+        body.append(f"time        {m.get('wall_time_s', float('nan')):.2f} s")
+        if "passes_vs_retrain" in m:
+            body.append(f"cost        {int(m.get('example_gradient_passes', 0)):,} example-gradient passes = "
+                        f"{100 * m['passes_vs_retrain']:.1f}% of retraining's {int(m['retrain_passes_estimate']):,} (this recipe's schedule)")
+        body.append(f"saved       {paths['unlearned']}")
         print_summary("hf-iau unlearn", body)
     return 0
 
