@@ -100,7 +100,7 @@ class Scenario:
         """F̂ = Σ_{i∈train} (∇ℓ_i)², per-example (``ExampleGradients``), in eval mode at the original's weights: one
         hooked pass over the training rows, cached in ``<output_dir>/final`` (saved_curvature_decision.md)."""
         from hf_iau.counterfactual import group_gradient
-        from hf_iau.curvature import Curvature, ExampleGradients
+        from hf_iau.curvature import Curvature, ExampleGradients, mean_filled
         from hf_iau.engine import Engine
 
         engine = Engine(self.trainer())
@@ -108,9 +108,7 @@ class Scenario:
         rows = engine.model_columns(self.train)
         with ExampleGradients(engine.model, engine.params) as hooks:
             group_gradient(engine, rows, list(range(len(rows))), hooks)
-        covered = [f for f in hooks.squares if f is not None]
-        mean = sum(float(f.double().sum()) for f in covered) / max(sum(f.numel() for f in covered), 1)
-        fisher = [torch.full(p.shape, mean) if f is None else f.float() for p, f in zip(engine.params, hooks.squares)]
+        fisher = [f.float() for f in mean_filled(hooks.squares, [p.shape for p in engine.params])[0]]
         found = Curvature.of(engine.model, fisher, {"source": "final_eval", "rows": str(len(rows))})
         found.save(str(Path(self.args.output_dir) / "final"))
         return found

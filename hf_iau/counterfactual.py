@@ -52,7 +52,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .curvature import Curvature, ExampleGradients, damping_level, full_total, preconditioner, shard_like
+from .curvature import Curvature, ExampleGradients, damping_level, full_total, mean_filled, preconditioner, shard_like
 from .kfac import KroneckerFactors, kronecker_solvers, without
 from .losses import IGNORE_INDEX, batch_losses
 
@@ -254,14 +254,13 @@ class RowsFisher:
     uncovered: float  # share of parameter elements with identity curvature
     factors: KroneckerFactors | None  # with kfac: the Kronecker factors, weighted alike
     own_f: SetCurvature  # Σ_F g² alone (None where a parameter has no per-example gradient)
-    group_gradients: list[list[torch.Tensor]] | None  # each calibration group's G, from the same passes (or None)
 
 
 @dataclass
 class SamplePass:
     """One pass over the calibration sample S (:func:`sample_pass`)."""
 
-    group_gradients: list[list[torch.Tensor]] | None  # each group's G (None: not kept)
+    group_gradients: list[list[torch.Tensor]] | None  # each group's G (None: passed as one set, nothing kept)
     loss: float  # the mean loss of S at the current weights, over all processes
     hooks: ExampleGradients | None  # the per-example squares (and factors) of S, when measured
 
@@ -275,9 +274,9 @@ def keeps_gradients(engine: "Engine", groups: Sequence[Sequence[int]] | None) ->
 def sample_pass(engine: "Engine", retain: "Dataset", s_rows: list[int], groups: Sequence[Sequence[int]] | None,
                 hooks: ExampleGradients | None = None) -> SamplePass:
     """|S| example-gradient passes over S (hooked with ``hooks``). With ``groups`` (a partition of ``s_rows``, in
-    order) that :func:`keeps_gradients`, S is passed group by group and each group's gradient G is kept (summed over
-    processes) for the calibration, so it needs no pass of its own."""
-    kept: list[list[torch.Tensor]] | None = [] if keeps_gradients(engine, groups) else None
+    order; the caller checks :func:`keeps_gradients`), S is passed group by group and each group's gradient G is kept
+    (summed over processes) for the calibration, so it needs no pass of its own."""
+    kept: list[list[torch.Tensor]] | None = None if groups is None else []
     losses = [0.0, 0]
     with hooks if hooks is not None else contextlib.nullcontext():
         if kept is None:
@@ -289,14 +288,13 @@ def sample_pass(engine: "Engine", retain: "Dataset", s_rows: list[int], groups: 
 
 
 def fisher_from_rows(engine: "Engine", forget: "Dataset", f_rows: list[int], retain: "Dataset", s_rows: list[int],
-                     kfac: bool = False, groups: Sequence[Sequence[int]] | None = None,
-                     on_sample: SamplePass | None = None) -> RowsFisher:
+                     kfac: bool = False, on_sample: SamplePass | None = None) -> RowsFisher:
     """F̂, G_F and the rest of :class:`RowsFisher` from |S| + |F| hooked example-gradient passes (S's from
-    ``on_sample`` when given, a hooked :func:`sample_pass`; ``groups``: see there)."""
+    ``on_sample`` when given, a hooked :func:`sample_pass`, else one over S as a single set)."""
     if on_sample is None:
-        on_sample = sample_pass(engine, retain, s_rows, groups,
+        on_sample = sample_pass(engine, retain, s_rows, None,
                                 ExampleGradients(engine.model, engine.params, KroneckerFactors() if kfac else None))
-    on_s, kept = on_sample.hooks, on_sample.group_gradients
+    on_s = on_sample.hooks
     with ExampleGradients(engine.model, engine.params, KroneckerFactors() if kfac else None) as on_f:
         g_f = group_gradient(engine, forget, f_rows, on_f)
     weight = len(retain) / len(s_rows)
@@ -304,16 +302,13 @@ def fisher_from_rows(engine: "Engine", forget: "Dataset", f_rows: list[int], ret
     uncovered = on_s.uncovered | on_f.uncovered
     full = [None if k in uncovered else weight * on_s.squares[k] + on_f.squares[k] for k in range(len(engine.params))]
     engine.sum_([f for f in full if f is not None])  # every process: its own rows' squares
-    sizes = [p.numel() for p in engine.params]
-    covered = sum(n for f, n in zip(full, sizes) if f is not None)
-    mean = sum(float(f.double().sum()) for f in full if f is not None) / max(covered, 1)
     if uncovered:
         logger.warning("identity curvature (the mean Fisher) for %d parameter tensors without per-example gradients",
                        len(uncovered))
-    fisher = [shard_like(p, torch.full(p.shape, mean, device=g.device) if f is None else f.float())
-              for p, f, g in zip(engine.params, full, g_f)]
+    filled, fraction = mean_filled(full, [p.shape for p in engine.params], [g.device for g in g_f])
+    fisher = [shard_like(p, f.float()) for p, f in zip(engine.params, filled)]
     own = SetCurvature(_summed_squares(engine, on_f.squares, uncovered), _summed_factors(engine, on_f.factors) if kfac else None)
-    return RowsFisher(fisher, g_f, 1.0 - covered / max(sum(sizes), 1), factors, own, kept)
+    return RowsFisher(fisher, g_f, fraction, factors, own)
 
 
 def squared_group_gradient(engine: "Engine", dataset: "Dataset", rows: Sequence[int], kfac: bool = False

@@ -71,6 +71,18 @@ def preconditioner(fisher: Sequence[torch.Tensor], damping: float = DAMPING) -> 
     return [1.0 / (f + damp) for f in fisher]
 
 
+def mean_filled(squares: Sequence[torch.Tensor | None], shapes: Sequence[Sequence[int]],
+                devices: Sequence[torch.device | str] | None = None) -> tuple[list[torch.Tensor], float]:
+    """(F̂ per parameter, share of elements filled): a parameter without per-example squares (None) gets the mean of
+    the covered entries — identity curvature at the average level; ``devices``: where each filled tensor lives."""
+    covered = [f for f in squares if f is not None]
+    mean = sum(float(f.double().sum()) for f in covered) / max(sum(f.numel() for f in covered), 1)
+    filled = [torch.full(tuple(shape), mean, device=None if devices is None else devices[k]) if f is None else f
+              for k, (f, shape) in enumerate(zip(squares, shapes))]
+    total = sum(math.prod(shape) for shape in shapes)
+    return filled, 1.0 - sum(f.numel() for f in covered) / max(total, 1)
+
+
 def weights_sha256(model: torch.nn.Module) -> str:
     """sha256 over every parameter's name, dtype, shape and bytes, in ``named_parameters`` order."""
     h = hashlib.sha256()
@@ -277,13 +289,12 @@ class CurvatureCallback(TrainerCallback):
                 torch.distributed.all_reduce(moved)
                 t.copy_(moved.to(t.device))
         factor = max(self.n_train, 1) / float(rows)
-        covered = {n: self.example_sums[n] * factor for k, n in enumerate(names) if not uncovered[k]}
-        mean = sum(float(v.double().sum()) for v in covered.values()) / max(sum(v.numel() for v in covered.values()), 1)
         shapes = dict(model.named_parameters())
-        fisher = {n: covered[n] if n in covered else torch.full(tuple(shapes[n].shape), mean) for n in names}
+        filled, fraction = mean_filled([None if uncovered[k] else self.example_sums[n] * factor for k, n in enumerate(names)],
+                                       [shapes[n].shape for n in names])
         meta = {"source": "training", "estimator": "per_example", "rows": str(int(rows)),
-                "identity_curvature_fraction": f"{1 - sum(v.numel() for v in covered.values()) / max(sum(v.numel() for v in fisher.values()), 1):.4g}"}
-        return Curvature(fisher, weights_sha256(model), meta)
+                "identity_curvature_fraction": f"{fraction:.4g}"}
+        return Curvature(dict(zip(names, filled)), weights_sha256(model), meta)
 
 
 def _unscale_factor(optimizer: Any) -> float:
