@@ -233,6 +233,8 @@ VARIANT_KEYS = {"steps": ("unlearn_steps", int), "rs": ("unlearn_retain_sample_s
                 "flipt": ("unlearn_flipped_targets", lambda v: v.lower() in ("1", "true", "yes")),
                 "stepc": ("unlearn_influence_curvature", str),
                 "lev": ("unlearn_leverage", lambda v: v.lower() in ("1", "true", "yes")),
+                "land": ("unlearn_land", lambda v: v.lower() in ("1", "true", "yes")),
+                "nbr": ("unlearn_neighbour_targets", lambda v: v.lower() in ("1", "true", "yes")),
                 "group": ("unlearn_target_group_column", str),  # a scenario with info["retain_<group>"] (topic_lm: topic)
                 # F̂ IAUTrainer.train() saved: 1 = the mini-batch estimator, pe = per-example (with curv=training since
                 # saved_curvature_decision.md; its runs were made before, when the default used a saved one)

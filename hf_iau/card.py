@@ -35,6 +35,8 @@ _HYPERPARAMETERS = (  # of the unlearning update; how the model was trained come
     ("unlearn_flipped_targets", "flipped-class target levels"),
     ("unlearn_leverage", "leave-out curvature of each removed set"),
     ("unlearn_retain_restore", "retain descent restores only"),
+    ("unlearn_land", "rows past their target pulled back"),
+    ("unlearn_neighbour_targets", "targets from the nearest held-out rows"),
     ("unlearn_influence_step", "influence step λ (share of the estimated removal step)"),
     ("unlearn_influence_curvature", "curvature of the influence step"),
     ("unlearn_stop", "stop rule"),

@@ -240,6 +240,20 @@ class IAUConfig(TrainingArguments):
             "(benchmarks/results/flipped_targets_decision.md)."
         },
     )
+    unlearn_neighbour_targets: bool = field(
+        default=False,
+        metadata={
+            "help": "Classifiers: each forget row's target is at least what its label costs on the 10 held-out rows "
+            "nearest to it in the model's input embedding (benchmarks/results/land_neighbour_decision.md)."
+        },
+    )
+    unlearn_land: bool = field(
+        default=False,
+        metadata={
+            "help": "Loss targets: rows past their target (by > 1%) are pulled back while rows short of it are pushed, "
+            "and the stop counts both (benchmarks/results/land_neighbour_decision.md)."
+        },
+    )
     unlearn_retain_restore: bool = field(
         default=False,
         metadata={
@@ -416,6 +430,8 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "unlearn_flipped_targets": (lambda v: isinstance(v, bool), "use True or False."),
     "unlearn_leverage": (lambda v: isinstance(v, bool), "use True or False."),
     "unlearn_retain_restore": (lambda v: isinstance(v, bool), "use True or False."),
+    "unlearn_land": (lambda v: isinstance(v, bool), "use True or False."),
+    "unlearn_neighbour_targets": (lambda v: isinstance(v, bool), "use True or False."),
     "unlearn_held_out_sample_size": (lambda v: _int(v, 1), "use an integer >= 1."),
     "unlearn_batch_size": (lambda v: v is None or _int(v, 1), "use None or an integer >= 1."),
     "unlearn_seed": (lambda v: v is None or _int(v, 0), "use None (the training `seed`) or an integer >= 0."),

@@ -567,24 +567,64 @@ def calibrated_targets(losses: Sequence[float], estimates: Sequence[float], samp
     return targets, info
 
 
-def class_log_probs(engine: "Engine", dataset: "Dataset", rows: Sequence[int]) -> np.ndarray:
+def class_log_probs(engine: "Engine", dataset: "Dataset", rows: Sequence[int], features: bool = False):
     """[len(rows), classes] log-softmax of a classifier's logits on rows of ``dataset`` (forward only, eval mode),
-    assembled on every process."""
+    assembled on every process. ``features``: also each row's input embedding (:func:`input_features`), as
+    (log_probs, features)."""
     rows = list(rows)
     local = engine.shard(rows)
     offset = (engine.shard(list(range(len(rows)))) or [0])[0]
-    parts, was_training = [], engine.model.training
+    parts, feats, was_training = [], [], engine.model.training
     engine.model.eval()
     with torch.no_grad():
         for batch in engine.batches(dataset, local, len(rows)):
+            inputs = {k: v for k, v in batch.items() if k != "labels"}
             with engine.autocast():
-                logits = engine.model(**{k: v for k, v in batch.items() if k != "labels"}).logits
-            parts.append(torch.log_softmax(logits.double(), -1).cpu().numpy())
+                out = engine.model(**inputs, output_hidden_states=features)
+            parts.append(torch.log_softmax(out.logits.double(), -1).cpu().numpy())
+            if features:
+                feats.append(input_features(out.hidden_states[0], inputs.get("attention_mask")).cpu().numpy())
     engine.model.train(was_training)
-    out = np.zeros((len(rows), int(engine.model.config.num_labels)))
-    if parts:
-        out[offset : offset + len(local)] = np.concatenate(parts, 0)[: len(local)]
-    return np.asarray(engine.sum(out.ravel().tolist())).reshape(out.shape)
+    n = len(local)
+
+    def assembled(blocks: list[np.ndarray], width: int) -> np.ndarray:
+        full = np.zeros((len(rows), width))
+        if blocks:
+            full[offset : offset + n] = np.concatenate(blocks, 0)[:n]
+        return np.asarray(engine.sum(full.ravel().tolist())).reshape(full.shape)
+
+    log_probs = assembled(parts, int(engine.model.config.num_labels))
+    if not features:
+        return log_probs
+    width, having = engine.sum([float(feats[0].shape[1]), 1.0] if feats else [0.0, 0.0])  # (a process may hold no row)
+    return log_probs, assembled(feats, int(round(width / max(having, 1.0))))
+
+
+def input_features(embedded: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """[rows, dim] of a model's first hidden state (its input embedding: the stem's feature map, mean over space, or
+    the token embeddings, mean over the attended tokens) — what a row looks like before the model's memory of it."""
+    h = embedded.double()
+    if h.dim() == 4:  # [B, C, H, W]
+        return h.mean((2, 3))
+    if h.dim() == 3:  # [B, T, D]
+        m = torch.ones(h.shape[:2], dtype=h.dtype, device=h.device) if attention_mask is None else attention_mask.to(h.dtype)
+        return (h * m[..., None]).sum(1) / m.sum(1, keepdim=True).clamp_min(1)
+    return h.reshape(h.shape[0], -1)
+
+
+def neighbour_label_losses(forget_features: np.ndarray, labels: np.ndarray, held_out_features: np.ndarray,
+                           held_out_log_probs: np.ndarray, k: int = 10) -> np.ndarray:
+    """Per forget row with label y: the median of −log p(y | x_j) over its ``k`` nearest held-out rows j (cosine
+    similarity of input features) — what the label costs on never-seen rows that look like it."""
+    f = np.asarray(forget_features, dtype=np.float64)
+    h = np.asarray(held_out_features, dtype=np.float64)
+    f = f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-12)
+    h = h / np.maximum(np.linalg.norm(h, axis=1, keepdims=True), 1e-12)
+    k = min(k, len(h))
+    near = np.argsort(-(f @ h.T), axis=1, kind="stable")[:, :k]
+    lp = np.asarray(held_out_log_probs, dtype=np.float64)
+    y = np.clip(np.asarray(labels, dtype=int), 0, lp.shape[1] - 1)
+    return np.median(-lp[near, y[:, None]], axis=1)
 
 
 def flipped_label_losses(predicted: np.ndarray, labels: np.ndarray, held_out_log_probs: np.ndarray) -> np.ndarray:
@@ -602,5 +642,6 @@ def flipped_label_losses(predicted: np.ndarray, labels: np.ndarray, held_out_log
 
 
 __all__ = ["TargetEstimate", "at_scale", "calibrate", "calibrated_targets", "class_log_probs", "cross_entropy",
-           "estimate_targets", "flipped_label_losses", "group_gradient", "sample_curves", "scaled_cross_entropy",
+           "estimate_targets", "flipped_label_losses", "group_gradient", "input_features", "neighbour_label_losses",
+           "sample_curves", "scaled_cross_entropy",
            "shifted_losses"]

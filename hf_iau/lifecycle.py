@@ -373,7 +373,7 @@ def _add(stats: Stats, bl: BatchLoss, k: int, active: torch.Tensor | None) -> No
     stats.loss_sum += float(bl.loss_sum[:k].detach().sum())
     stats.count += float(bl.count[:k].sum())
     stats.examples += float(k)
-    stats.active += float(k) if active is None else float(active.sum())
+    stats.active += float(k) if active is None else float(active.abs().sum())
     if bl.correct is not None:
         stats.correct += float(bl.correct[:k].sum())
         stats.has_correct = True

@@ -637,3 +637,58 @@ def test_the_early_stop_of_the_scale_grid_leaves_the_targets_unchanged(tmp_path,
     exact = estimate_targets(engine, forget, retain, sample, held)  # the float32 logsumexp against float64
     assert cut.diagnostics["scale"] == pytest.approx(exact.diagnostics["scale"], rel=1e-5)
     assert np.allclose(cut.targets, exact.targets, rtol=1e-5, atol=1e-6)
+
+
+def test_neighbour_label_losses_match_a_hand_computation():
+    """Each forget row's level is the median of −log p(y | x_j) over its k nearest held-out rows by cosine similarity
+    (direction, not length, decides), at the row's own label."""
+    from hf_iau.counterfactual import neighbour_label_losses
+
+    held_x = np.array([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9], [-1.0, 0.0]])
+    p = np.array([[0.7, 0.2, 0.1], [0.6, 0.3, 0.1], [0.1, 0.8, 0.1], [0.2, 0.7, 0.1], [0.3, 0.3, 0.4]])
+    forget_x = np.array([[5.0, 0.2], [0.0, 0.3]])  # near rows 0-1, near rows 2-3
+    out = neighbour_label_losses(forget_x, np.array([1, 0]), held_x, np.log(p), k=2)
+    assert out[0] == pytest.approx(np.median([-np.log(0.2), -np.log(0.3)]))
+    assert out[1] == pytest.approx(np.median([-np.log(0.1), -np.log(0.2)]))
+    every = neighbour_label_losses(forget_x, np.array([2, 2]), held_x, np.log(p), k=99)  # k above the rows: all of them
+    assert every == pytest.approx([np.median(-np.log(p[:, 2]))] * 2)
+
+
+def test_input_features_average_a_feature_map_over_space_and_tokens_over_the_attended_ones(tmp_path):
+    """input_features: [B, C, H, W] → mean over H, W; [B, T, D] → mean over the tokens the mask keeps; and
+    class_log_probs(features=True) returns the model's first hidden state so pooled, beside unchanged log-probs."""
+    from hf_iau.counterfactual import class_log_probs, input_features
+    from tiny import text_cls_dataset, tiny_bert
+
+    fmap = torch.arange(2 * 3 * 2 * 2, dtype=torch.float64).reshape(2, 3, 2, 2)
+    assert torch.equal(input_features(fmap), fmap.mean((2, 3)))
+    tokens = torch.randn(2, 4, 5, dtype=torch.float64)
+    mask = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1]])
+    got = input_features(tokens, mask)
+    assert torch.allclose(got[0], tokens[0, :2].mean(0)) and torch.allclose(got[1], tokens[1].mean(0))
+    ds = text_cls_dataset(12).remove_columns("id")
+    engine = _engine(tmp_path, tiny_bert(0), per_device_eval_batch_size=5)
+    lp, feats = class_log_probs(engine, ds, [3, 1, 7], features=True)
+    assert np.allclose(lp, class_log_probs(engine, ds, [3, 1, 7]), atol=1e-12)
+    with torch.no_grad():
+        batch = engine.collate(ds, [3, 1, 7])
+        out = engine.model(**{k: v for k, v in batch.items() if k != "labels"}, output_hidden_states=True)
+    assert np.allclose(feats, input_features(out.hidden_states[0], batch["attention_mask"]).numpy(), atol=1e-6)
+
+
+def test_neighbour_targets_are_an_option_that_raises_mislabelled_targets(tmp_path):
+    """unlearn_neighbour_targets: targets ≥ those without, higher for rows given a wrong label (their look-alike
+    held-out rows carry the true class), and the level is reported."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_unlearn_defaults import _spy_targets, learnable, trained
+
+    from hf_iau import forget_retain_split
+
+    flip = list(range(8))
+    train = learnable(96, seed=0, flip=flip)
+    held = learnable(48, seed=1)
+    split = forget_retain_split(train, forget=flip, id_column="id")
+    base, info, _ = _spy_targets(trained(tmp_path, train, held, epochs=30, unlearn_neighbour_targets=False), split)
+    assert "neighbour_level" not in info
+    raised, info2, _ = _spy_targets(trained(tmp_path / "b", train, held, epochs=30, unlearn_neighbour_targets=True), split)
+    assert info2["neighbour_level"] > base.mean() and np.all(raised >= base - 1e-9) and raised.mean() > base.mean()

@@ -470,3 +470,53 @@ def test_target_group_column_draws_the_calibration_sample_as_whole_entities(tmp_
     for g in groups:  # one group per entity, with every retained row of that entity
         assert len({authors[i] for i in g}) == 1 and len(g) == authors.count(authors[g[0]])
     assert 20 <= len(rows) < 20 + 8 and len(groups) < len(set(authors))
+
+
+def test_landing_mask_pushes_short_rows_and_pulls_back_rows_past_their_target():
+    """Targets with ``land``: +1 (ascent) for a row short of its target by more than 1%, −1 (descent) for one past
+    it by more than 1%, 0 within; without ``land`` a row past its target is left alone. ``off`` counts both."""
+    import torch
+
+    from hf_iau.losses import BatchLoss
+    from hf_iau.methods.iau import Targets
+
+    losses = torch.tensor([0.5, 2.01, 4.0, 0.995])
+    bl = BatchLoss(losses.clone(), torch.ones(4))
+    goal = np.array([1.0, 2.0, 3.0, 1.0])
+    landing, plain = Targets("loss", goal, land=True), Targets("loss", goal)
+    assert landing.mask(bl, [0, 1, 2, 3]).tolist() == [1.0, 0.0, -1.0, 0.0]
+    assert plain.mask(bl, [0, 1, 2, 3]).tolist() == [1.0, 0.0, 0.0, 0.0]
+    assert landing.off(losses.numpy()).tolist() == [True, False, True, False]
+    assert plain.off(losses.numpy()).tolist() == [True, False, False, False]
+    assert landing.mask(bl, [3, 2, 1, 0]).tolist() == [1.0, 1.0, -1.0, 0.0]  # rows index the targets
+
+
+def test_landing_ends_the_forget_rows_nearer_their_targets(tmp_path):
+    """unlearn_land=True on mislabelled rows: fewer rows end past their target and the mean relative distance to the
+    targets shrinks, against the same request without it (same targets: landing changes only the steps)."""
+    flip = list(range(8))
+    train = learnable(96, seed=0, flip=flip)
+    held_out = learnable(24, seed=1)
+    split = forget_retain_split(train, forget=flip, id_column="id")
+    out = {}
+    for land in (False, True):
+        trainer = trained(tmp_path / str(land), train, held_out, epochs=30, unlearn_land=land, unlearn_neighbour_targets=False)
+        targets, _, _ = _spy_targets(trainer, split)  # runs the request
+        out[land] = (targets, _final_losses(trainer, split["forget"]))
+    (t0, f0), (t1, f1) = out[False], out[True]
+    assert np.allclose(t0, t1)
+    dist = {k: float(np.mean(np.abs(f - t) / t)) for k, (t, f) in out.items()}
+    assert dist[True] < 0.5 * dist[False]
+    assert np.mean(f1 > t1 * 1.1) < np.mean(f0 > t0 * 1.1)
+
+
+def _final_losses(trainer, forget) -> np.ndarray:
+    """Per-row loss of ``forget`` under the trainer's current weights."""
+    import torch
+
+    from hf_iau.losses import batch_losses
+
+    model = trainer.model.eval()
+    batch = default_data_collator([{k: forget[i][k] for k in ("input_ids", "attention_mask", "label")} for i in range(len(forget))])
+    with torch.no_grad():
+        return batch_losses(model, batch).per_example.double().numpy()

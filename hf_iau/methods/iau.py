@@ -48,7 +48,8 @@ import torch
 from datasets import Dataset
 
 from ..config import UNLEARNING_FIELDS, check_fields
-from ..counterfactual import TargetEstimate, class_log_probs, estimate_targets, flipped_label_losses
+from ..counterfactual import (TargetEstimate, class_log_probs, estimate_targets, flipped_label_losses,
+                              neighbour_label_losses)
 from ..curvature import full_total
 from ..lifecycle import Mask, Request, make_optimizer
 from ..losses import BatchLoss
@@ -61,6 +62,7 @@ if TYPE_CHECKING:
 HELD_OUT_STREAM = 2**31 - 1  # rng streams of the held-out sample and of the targets' retained sample
 TARGET_SAMPLE_STREAM = 2**31 - 2  # (the steps' retain samples use the step number)
 REACHED = 0.01  # a row is at its target once its loss is within 1% of it
+NEIGHBOURS = 10  # unlearn_neighbour_targets: held-out rows nearest to each forget row
 INFLUENCE_HALVINGS = 3  # an influence step that leaves the retained rows looking unseen is retried at λ/2, λ/4, λ/8
 _OPTION_NAMES = set(UNLEARNING_FIELDS) - {"gr_alpha", "gr_mode", "gr_norm", "seed", "unlearn_seed", "unlearn_batch_size"}
 
@@ -113,22 +115,34 @@ class Targets:
 
     mode: str
     targets: np.ndarray | None = None  # per forget row (loss modes)
+    land: bool = False  # loss modes: rows past their target are pulled back (unlearn_land)
 
     def mask(self, bl: BatchLoss, rows: list[int]) -> torch.Tensor:
         """1 for rows still pushed: short of their target (loss modes) or still predicted correctly (flip); all for
-        'none'. A row that reached its target and fell back is pushed again."""
+        'none'; with ``land``, −1 for rows past their target (pulled back). A row that reached its target and fell
+        back is pushed again."""
         ones = torch.ones_like(bl.loss_sum)
         if self.mode == "none" or (self.mode == "flip" and bl.correct is None):
             return ones
         if self.mode == "flip":
             return (bl.correct > 0.5).to(ones.dtype)
-        short = self.short(bl.per_example.detach().double().cpu().numpy(), rows)
-        return torch.as_tensor(short, dtype=ones.dtype, device=ones.device)
+        losses = bl.per_example.detach().double().cpu().numpy()
+        sign = self.short(losses, rows).astype(np.float64) - self.past(losses, rows)
+        return torch.as_tensor(sign, dtype=ones.dtype, device=ones.device)
 
     def short(self, losses: np.ndarray, rows: list[int] | None = None) -> np.ndarray:
         """Loss modes: which rows (all, or ``rows``) are short of their target by more than ``REACHED``."""
         targets = self.targets if rows is None else self.targets[rows]
         return losses < targets * (1 - REACHED)
+
+    def past(self, losses: np.ndarray, rows: list[int] | None = None) -> np.ndarray:
+        """With ``land``: which rows are past their target by more than ``REACHED`` (none without)."""
+        targets = self.targets if rows is None else self.targets[rows]
+        return (losses > targets * (1 + REACHED)) if self.land else np.zeros(len(losses), dtype=bool)
+
+    def off(self, losses: np.ndarray, rows: list[int] | None = None) -> np.ndarray:
+        """Rows still taking part in the steps: short of their target, or (``land``) past it."""
+        return self.short(losses, rows) | self.past(losses, rows)
 
 
 class IAURun:
@@ -145,7 +159,7 @@ class IAURun:
     def resolve_targets(self) -> Targets:
         """Targets of ``unlearn_targets``; the loss modes need held-out data and refuse without it."""
         req, mode = self.req, self.opts["unlearn_targets"]
-        targets = Targets("flip" if mode == "flip" else "none" if mode == "none" else "loss")
+        targets = Targets("flip" if mode == "flip" else "none" if mode == "none" else "loss", land=self.opts["unlearn_land"])
         if mode in ("none", "flip"):
             return targets
         if req.held_out is None or len(req.held_out) == 0:
@@ -183,7 +197,7 @@ class IAURun:
         cap = float(np.max(held))
         raw = np.asarray(estimate.targets, dtype=np.float64)
         self.info["target_capped_fraction"] = float(np.mean(raw > cap))
-        targets.targets = np.maximum(np.minimum(raw, cap), self.flipped_levels(estimate))
+        targets.targets = np.maximum(np.minimum(raw, cap), np.maximum(self.flipped_levels(estimate), self.neighbour_levels(estimate)))
         return targets
 
     def calibration_rows(self, size: int) -> tuple[list[int], list[list[int]] | None]:
@@ -223,6 +237,20 @@ class IAURun:
         self.info.update(target_flipped_fraction=float(flipped.mean()),
                          target_flipped_level=float(levels[flipped].mean()) if flipped.any() else 0.0)
         return np.where(flipped, levels, 0.0)
+
+    def neighbour_levels(self, estimate: TargetEstimate) -> np.ndarray:
+        """With ``unlearn_neighbour_targets``, classifiers: what each forget row's label costs on its nearest held-out
+        rows (``counterfactual.neighbour_label_losses``); 0 elsewhere."""
+        if estimate.labels is None or not self.opts["unlearn_neighbour_targets"]:
+            return np.zeros(self.n_forget)
+        req = self.req
+        held_lp, held_x = class_log_probs(req.engine, req.held_out, self.held_rows, features=True)
+        _, forget_x = class_log_probs(req.engine, req.forget, range(self.n_forget), features=True)
+        req.fwd_passes += len(self.held_rows) + self.n_forget
+        levels = neighbour_label_losses(forget_x, estimate.labels, held_x, held_lp, k=NEIGHBOURS)
+        self.info.update(target_neighbour_level=float(levels.mean()),
+                         target_neighbour_fraction=float(np.mean(levels > np.asarray(estimate.targets))))
+        return levels
 
     def held_out_losses(self) -> np.ndarray:
         """Per-row losses of a seeded sample of the held-out data (the 'never seen' level)."""
@@ -325,7 +353,7 @@ class IAURun:
             req.zero_grad()
             f = req.accumulate(req.forget, rows, -o["unlearn_forget_weight"], total=n_f, mask=mask)
             synced = np.asarray(req.engine.sum(short.tolist() + mine.tolist()), dtype=np.float64)
-            pushed = np.flatnonzero(synced[: self.n_forget] > 0.5).tolist()
+            pushed = np.flatnonzero(np.abs(synced[: self.n_forget]) > 0.5).tolist()
             losses[rows] = synced[self.n_forget:][rows]
             r = req.accumulate(req.retain, r_idx, o["unlearn_retain_weight"], mask=r_mask) if r_idx else Stats()
             rec = {"step": float(step), "forget_loss_active_rows": f.mean_loss, "retain_loss": r.mean_loss,
@@ -366,7 +394,7 @@ class IAURun:
             return pushed, losses
         losses[held] = req.engine.per_example(req.forget, held)["loss"]
         req.fwd_passes += len(held)
-        fell_back = [i for i, s in zip(held, targets.short(losses[held], held)) if s]
+        fell_back = [i for i, s in zip(held, targets.off(losses[held], held)) if s]
         return sorted(pushed + fell_back), losses
 
     def _stop(self, targets: Targets, f: Stats, losses: np.ndarray) -> str | None:
@@ -420,8 +448,9 @@ class IAURun:
         out = req.engine.per_example(req.forget, range(self.n_forget))
         req.fwd_passes += self.n_forget
         if targets.mode == "loss":
-            short = targets.short(out["loss"])
-            return {"forget_active_fraction_final": float(short.mean()), "target_mean": float(targets.targets.mean())}
+            short, past = targets.short(out["loss"]), out["loss"] > targets.targets * (1 + REACHED)
+            return {"forget_active_fraction_final": float(short.mean()), "forget_past_fraction_final": float(past.mean()),
+                    "target_mean": float(targets.targets.mean())}
         if "correct" in out:
             return {"forget_active_fraction_final": float((out["correct"] > 0.5).mean())}
         return {}
