@@ -601,11 +601,12 @@ def class_log_probs(engine: "Engine", dataset: "Dataset", rows: Sequence[int], f
 
 
 def input_features(embedded: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-    """[rows, dim] of a model's first hidden state (its input embedding: the stem's feature map, mean over space, or
-    the token embeddings, mean over the attended tokens) — what a row looks like before the model's memory of it."""
+    """[rows, dim] of a model's first hidden state (its input embedding: the stem's feature map, flattened — a mean
+    over space loses the shape, and random digits then look alike —, or the token embeddings, mean over the attended
+    tokens): what a row looks like before the model's memory of it."""
     h = embedded.double()
     if h.dim() == 4:  # [B, C, H, W]
-        return h.mean((2, 3))
+        return h.flatten(1)
     if h.dim() == 3:  # [B, T, D]
         m = torch.ones(h.shape[:2], dtype=h.dtype, device=h.device) if attention_mask is None else attention_mask.to(h.dtype)
         return (h * m[..., None]).sum(1) / m.sum(1, keepdim=True).clamp_min(1)
@@ -614,8 +615,10 @@ def input_features(embedded: torch.Tensor, attention_mask: torch.Tensor | None =
 
 def neighbour_label_losses(forget_features: np.ndarray, labels: np.ndarray, held_out_features: np.ndarray,
                            held_out_log_probs: np.ndarray, k: int = 10) -> np.ndarray:
-    """Per forget row with label y: the median of −log p(y | x_j) over its ``k`` nearest held-out rows j (cosine
-    similarity of input features) — what the label costs on never-seen rows that look like it."""
+    """Per forget row with label y whose ``k`` nearest held-out rows (cosine similarity of input features) are mostly
+    (more than half) predicted as one class c ≠ y: the median of −log p(y | x_j) over those neighbours predicted c —
+    what the label costs on never-seen rows that look like the row and that the model puts elsewhere. NaN where the
+    neighbours agree on y, or on no class."""
     f = np.asarray(forget_features, dtype=np.float64)
     h = np.asarray(held_out_features, dtype=np.float64)
     f = f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-12)
@@ -623,8 +626,14 @@ def neighbour_label_losses(forget_features: np.ndarray, labels: np.ndarray, held
     k = min(k, len(h))
     near = np.argsort(-(f @ h.T), axis=1, kind="stable")[:, :k]
     lp = np.asarray(held_out_log_probs, dtype=np.float64)
-    y = np.clip(np.asarray(labels, dtype=int), 0, lp.shape[1] - 1)
-    return np.median(-lp[near, y[:, None]], axis=1)
+    predicted = lp.argmax(1)
+    out = np.full(len(f), np.nan)
+    for i, (rows, y) in enumerate(zip(near, np.asarray(labels, dtype=int))):
+        classes, counts = np.unique(predicted[rows], return_counts=True)
+        c = classes[counts.argmax()]
+        if 2 * counts.max() > k and c != y and 0 <= y < lp.shape[1]:
+            out[i] = float(np.median(-lp[rows[predicted[rows] == c], y]))
+    return out
 
 
 def flipped_label_losses(predicted: np.ndarray, labels: np.ndarray, held_out_log_probs: np.ndarray) -> np.ndarray:

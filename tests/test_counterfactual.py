@@ -640,28 +640,32 @@ def test_the_early_stop_of_the_scale_grid_leaves_the_targets_unchanged(tmp_path,
 
 
 def test_neighbour_label_losses_match_a_hand_computation():
-    """Each forget row's level is the median of −log p(y | x_j) over its k nearest held-out rows by cosine similarity
-    (direction, not length, decides), at the row's own label."""
+    """A forget row whose k nearest held-out rows (cosine similarity: direction, not length) are mostly predicted as
+    a class c other than its label y gets the median of −log p(y | x_j) over those neighbours predicted c; NaN when the
+    neighbours are mostly predicted y, or split with no majority."""
     from hf_iau.counterfactual import neighbour_label_losses
 
-    held_x = np.array([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9], [-1.0, 0.0]])
-    p = np.array([[0.7, 0.2, 0.1], [0.6, 0.3, 0.1], [0.1, 0.8, 0.1], [0.2, 0.7, 0.1], [0.3, 0.3, 0.4]])
-    forget_x = np.array([[5.0, 0.2], [0.0, 0.3]])  # near rows 0-1, near rows 2-3
-    out = neighbour_label_losses(forget_x, np.array([1, 0]), held_x, np.log(p), k=2)
-    assert out[0] == pytest.approx(np.median([-np.log(0.2), -np.log(0.3)]))
-    assert out[1] == pytest.approx(np.median([-np.log(0.1), -np.log(0.2)]))
-    every = neighbour_label_losses(forget_x, np.array([2, 2]), held_x, np.log(p), k=99)  # k above the rows: all of them
-    assert every == pytest.approx([np.median(-np.log(p[:, 2]))] * 2)
+    held_x = np.array([[1.0, 0.0], [0.9, 0.1], [0.95, 0.05], [0.0, 1.0], [0.1, 0.9], [0.05, 0.95]])
+    p = np.array([[0.7, 0.2, 0.1], [0.6, 0.3, 0.1], [0.2, 0.3, 0.5],  # near [1, 0]: predicted 0, 0, 2
+                  [0.1, 0.8, 0.1], [0.45, 0.5, 0.05], [0.5, 0.4, 0.1]])  # near [0, 1]: predicted 1, 1, 0
+    forget_x = np.array([[5.0, 0.2], [0.0, 0.3], [0.0, 0.3], [5.0, 0.2]])
+    out = neighbour_label_losses(forget_x, np.array([1, 0, 1, 0]), held_x, np.log(p), k=3)
+    assert out[0] == pytest.approx(np.median([-np.log(0.2), -np.log(0.3)]))  # 2 of 3 predicted 0 ≠ 1: rows 0, 1
+    assert out[1] == pytest.approx(np.median([-np.log(0.1), -np.log(0.45)]))  # 2 of 3 predicted 1 ≠ 0: rows 3, 4
+    assert np.isnan(out[2])  # the majority class is the label itself
+    assert np.isnan(out[3])
+    split = neighbour_label_losses(np.array([[1.0, 1.0]]), np.array([2]), held_x, np.log(p), k=6)
+    assert np.isnan(split)  # 3 rows predicted 0, 2 predicted 1, 1 predicted 2 of 6: no majority
 
 
 def test_input_features_average_a_feature_map_over_space_and_tokens_over_the_attended_ones(tmp_path):
-    """input_features: [B, C, H, W] → mean over H, W; [B, T, D] → mean over the tokens the mask keeps; and
+    """input_features: [B, C, H, W] → flattened; [B, T, D] → mean over the tokens the mask keeps; and
     class_log_probs(features=True) returns the model's first hidden state so pooled, beside unchanged log-probs."""
     from hf_iau.counterfactual import class_log_probs, input_features
     from tiny import text_cls_dataset, tiny_bert
 
     fmap = torch.arange(2 * 3 * 2 * 2, dtype=torch.float64).reshape(2, 3, 2, 2)
-    assert torch.equal(input_features(fmap), fmap.mean((2, 3)))
+    assert torch.equal(input_features(fmap), fmap.reshape(2, 12))
     tokens = torch.randn(2, 4, 5, dtype=torch.float64)
     mask = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1]])
     got = input_features(tokens, mask)
