@@ -377,6 +377,10 @@ kfac = estimate_targets(engine, forget, retain, list(range(0, 33, 3)), held, kin
 lev = estimate_targets(engine, forget, retain, list(range(0, 33, 3)), held, leverage=True)
 step = estimate_targets(engine, forget, retain, list(range(0, 33, 3)), held, step_kind="kfac")
 level = estimate_targets(engine, forget, retain, list(range(0, 33, 3)), [0.0])  # retained rows already at the level
+from hf_iau.counterfactual import class_log_probs, neighbour_label_losses
+held_lp, held_x = class_log_probs(engine, text_cls_dataset(16, seed=1).remove_columns("id"), range(16), features=True)
+_, forget_x = class_log_probs(engine, forget, range(7), features=True)
+nbr = neighbour_label_losses(forget_x, np.array(forget["label"]), held_x, held_lp, k=5)
 if trainer.args.process_index == 0:
     with open(sys.argv[1] + "/targets.json", "w") as fh:
         json.dump({{"world": trainer.args.world_size, "targets": est.targets.tolist(), "scale": est.diagnostics["scale"],
@@ -384,7 +388,9 @@ if trainer.args.process_index == 0:
                    "kfac_scale": kfac.diagnostics["scale"], "lev_targets": lev.targets.tolist(),
                    "lev_scale": lev.diagnostics["scale"], "step_targets": step.targets.tolist(),
                    "step_scale": step.diagnostics["step_scale"], "level_targets": level.targets.tolist(),
-                   "level_at": level.diagnostics["at_level"], "level_passes": level.gradient_passes}}, fh)
+                   "level_at": level.diagnostics["at_level"], "level_passes": level.gradient_passes,
+                   "held_x": held_x.tolist(), "forget_x": forget_x.tolist(), "held_lp": held_lp.tolist(),
+                   "nbr": nbr.tolist()}}, fh)
 import tiny
 tiny.leave_processes()
 '''
@@ -392,8 +398,8 @@ tiny.leave_processes()
 
 def test_targets_are_the_same_on_two_processes(tmp_path):
     """Every set is sharded and every sum taken over processes: 2 processes give the 1-process targets (1e-5), with the
-    diagonal, with K-FAC curvature, with the leave-out (leverage) curvature, with a K-FAC influence step and on the
-    shortcut for retained rows already at the held-out level."""
+    diagonal, with K-FAC curvature, with the leave-out (leverage) curvature, with a K-FAC influence step, on the
+    shortcut for retained rows already at the held-out level, and the neighbour levels' features and log-probs."""
     import json
     import os
     import shutil
@@ -448,6 +454,11 @@ def test_targets_are_the_same_on_two_processes(tmp_path):
     # the shortcut for retained rows already at the held-out level: decided on the loss summed over processes
     assert outs[1]["level_at"] == outs[2]["level_at"] == 1.0 and outs[1]["level_passes"] == outs[2]["level_passes"] == 11
     assert np.allclose(outs[1]["level_targets"], outs[2]["level_targets"], rtol=1e-5, atol=1e-6)
+    # neighbour levels: each process's rows' input features and log-probs, assembled on every process
+    for key in ("held_x", "forget_x", "held_lp"):
+        assert np.asarray(outs[2][key]).shape == np.asarray(outs[1][key]).shape
+        assert np.allclose(outs[1][key], outs[2][key], rtol=1e-5, atol=1e-6)
+    assert np.allclose(outs[1]["nbr"], outs[2]["nbr"], rtol=1e-5, atol=1e-6, equal_nan=True)
 
 
 FSDP_WORKER = r'''
