@@ -567,7 +567,9 @@ def calibrated_targets(losses: Sequence[float], estimates: Sequence[float], samp
     return targets, info
 
 
-def class_log_probs(engine: "Engine", dataset: "Dataset", rows: Sequence[int], features: bool = False):
+def class_log_probs(
+    engine: "Engine", dataset: "Dataset", rows: Sequence[int], features: bool = False
+) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """[len(rows), classes] log-softmax of a classifier's logits on rows of ``dataset`` (forward only, eval mode),
     assembled on every process. ``features``: also each row's input embedding (:func:`input_features`), as
     (log_probs, features)."""
@@ -652,5 +654,4 @@ def flipped_label_losses(predicted: np.ndarray, labels: np.ndarray, held_out_log
 
 __all__ = ["TargetEstimate", "at_scale", "calibrate", "calibrated_targets", "class_log_probs", "cross_entropy",
            "estimate_targets", "flipped_label_losses", "group_gradient", "input_features", "neighbour_label_losses",
-           "sample_curves", "scaled_cross_entropy",
-           "shifted_losses"]
+           "sample_curves", "scaled_cross_entropy", "shifted_losses"]

@@ -353,17 +353,17 @@ class IAURun:
         for step in range(o["unlearn_steps"]):
             r_idx = req.retain_sample(o["unlearn_retain_sample_size"], step)
             rows, losses = self._rows_to_push(targets, pushed)
-            short, mine = np.zeros(self.n_forget), np.zeros(self.n_forget)  # this process's rows; summed below
+            sign, mine = np.zeros(self.n_forget), np.zeros(self.n_forget)  # this process's rows; summed below
 
             def mask(bl: BatchLoss, ix: list[int]) -> torch.Tensor:
                 m = targets.mask(bl, ix)
-                short[ix] = m.detach().double().cpu().numpy()
+                sign[ix] = m.detach().double().cpu().numpy()
                 mine[ix] = bl.per_example.detach().double().cpu().numpy()
                 return m
 
             req.zero_grad()
             f = req.accumulate(req.forget, rows, -o["unlearn_forget_weight"], total=n_f, mask=mask)
-            synced = np.asarray(req.engine.sum(short.tolist() + mine.tolist()), dtype=np.float64)
+            synced = np.asarray(req.engine.sum(sign.tolist() + mine.tolist()), dtype=np.float64)
             pushed = np.flatnonzero(np.abs(synced[: self.n_forget]) > 0.5).tolist()
             losses[rows] = synced[self.n_forget:][rows]
             r = req.accumulate(req.retain, r_idx, o["unlearn_retain_weight"], mask=r_mask) if r_idx else Stats()
@@ -394,8 +394,8 @@ class IAURun:
 
     def _rows_to_push(self, targets: Targets, pushed: list[int]) -> tuple[list[int], np.ndarray]:
         """The forget rows of this step's gradient pass, and the losses of the rows left out of it (NaN elsewhere):
-        every row for unlearn_targets 'none'/'flip'; else the rows that were still short in the last pass plus the
-        reached rows that fell back below their target (checked forward only). Rows at their target leave the
+        every row for unlearn_targets 'none'/'flip'; else the rows that were still off their target in the last pass
+        plus the reached rows that moved off it again (checked forward only). Rows at their target leave the
         backward pass; the step's gradient is the same as pushing every row with the mask."""
         losses = np.full(self.n_forget, np.nan)
         if targets.mode != "loss" or len(pushed) == self.n_forget:
