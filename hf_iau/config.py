@@ -450,6 +450,9 @@ CROSS_RULES: list[tuple[Callable[[Mapping[str, Any]], bool], str, str]] = [
      or c.get("unlearn_curvature") == "kfac",
      "unlearn_influence_curvature", "a K-FAC influence step does not combine with unlearn_leverage: set "
      "unlearn_influence_curvature='estimate', or unlearn_curvature='kfac' for K-FAC leave-out targets and step."),
+    (lambda c: not c.get("unlearn_land", False) or c.get("unlearn_targets", "counterfactual") in ("counterfactual", "held_out_quantile"),
+     "unlearn_land", "landing needs loss targets to land on: set unlearn_targets='counterfactual' (or "
+     "'held_out_quantile'), or unlearn_land=False."),
 ]
 UNLEARNING_FIELDS = tuple(n for n in RULES if n.startswith("unlearn_")) + ("gr_alpha", "gr_mode", "gr_norm", "seed")
 

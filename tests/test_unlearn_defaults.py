@@ -520,3 +520,20 @@ def _final_losses(trainer, forget) -> np.ndarray:
     batch = default_data_collator([{k: forget[i][k] for k in ("input_ids", "attention_mask", "label")} for i in range(len(forget))])
     with torch.no_grad():
         return batch_losses(model, batch).per_example.double().numpy()
+
+
+@pytest.mark.parametrize("targets", ["none", "flip"])
+def test_landing_without_loss_targets_is_refused_naming_the_field(tmp_path, targets):
+    """unlearn_land needs per-row loss targets: with unlearn_targets 'none' or 'flip' the config and a per-call
+    override are refused, naming unlearn_land, before anything changes."""
+    import torch
+
+    with pytest.raises(ValueError, match="unlearn_land"):
+        IAUConfig(output_dir=str(tmp_path), use_cpu=True, unlearn_land=True, unlearn_targets=targets)
+    ds = text_cls_dataset(24)
+    split = forget_retain_split(ds, forget=[0, 1, 2, 3], id_column="id")
+    trainer = IAUTrainer(tiny_bert(), args=make_args(tmp_path, unlearn_targets=targets), data_collator=default_data_collator)
+    before = [p.detach().clone() for p in trainer.model.parameters()]
+    with pytest.raises(ValueError, match="unlearn_land"):
+        trainer.unlearn(split["forget"], split["retain"], unlearn_land=True)
+    assert all(torch.equal(a, b) for a, b in zip(before, trainer.model.parameters()))
