@@ -1,4 +1,4 @@
-"""How close IAU's per-row targets are to the retrained models' losses, before any step (classifiers).
+"""How close IAU's per-row targets are to the retrained models' losses, before any step.
 
     python benchmarks/target_quality.py [--scenarios mislabelled,poison_vision,...] [--variants default,nbr=1,flipt=1]
                                         [--seeds 0,1,2]
@@ -7,10 +7,10 @@ A target is IAU's estimate of a forget row's loss under the model retrained with
 benchmark grades the model after the steps, and the steps overshoot or undershoot (``land_neighbour_decision.md``),
 so a better target can give a worse gap and the other way round. This script grades the targets themselves.
 It runs ``IAURun.resolve_targets`` only (no step; the weights are restored) for each unlearning seed, which draws the
-calibration sample. It compares each row's target with the mean loss of the scenario's cached retrains
-(``benchmarks/removal.py`` must have cached them: ``runs/removal_cache/<scenario>/quick-seed0``). A classifier's loss
-is exactly softplus(−margin) of the label margin the cache keeps, so no model is rerun. LMs keep a mean token margin,
-not a loss, and are left out.
+calibration sample. It compares each row's target with that row's mean loss under the scenario's cached retrains
+(``benchmarks/removal.py`` must have cached their weights: ``runs/removal_cache/<scenario>/quick-seed0``): the
+per-example loss the targets are in (mean over the labelled tokens for LMs). The classifier-only variants run on
+classifiers; LMs get the default.
 
 Variants: ``default`` (the IAUConfig defaults) or ``key=value:...`` with the keys of ``removal.VARIANT_KEYS`` (for
 example ``nbr=1``, ``flipt=1``). Reported per scenario and variant, means over seeds:
@@ -37,12 +37,13 @@ from scipy.stats import spearmanr
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import scenarios as sc  # noqa: E402
 from common import write_results  # noqa: E402
-from removal import VARIANT_KEYS  # noqa: E402
+from removal import VARIANT_KEYS, _batches  # noqa: E402
 
 from hf_iau.methods import run_method  # noqa: E402
 from hf_iau.methods import iau as iau_module  # noqa: E402
 
 CLASSIFIERS = ("mislabelled", "poison_vision", "class_vision", "outlier_vision", "poison_text", "lora_text", "privacy")
+LMS = ("topic_lm", "qa_lm", "canary", "wiki_lm")  # the classifier-only variants (nbr, flipt) leave their targets as they are
 
 
 class _Targets(Exception):
@@ -82,10 +83,23 @@ def targets_of(s: sc.Scenario, seed: int, variant: str) -> np.ndarray:
     raise RuntimeError(f"{s.name}: the request ended without estimating targets")
 
 
-def retrained_losses(cache: Path) -> np.ndarray:
-    """[retrains, forget rows] losses of the cached retrains: softplus(−label margin)."""
-    margins = [json.loads(p.read_text())["test"]["margins"]["forget"] for p in sorted(cache.glob("retrain*.json"))]
-    return np.logaddexp(0.0, -np.asarray(margins, dtype=np.float64))
+def retrained_losses(s: sc.Scenario, cache: Path) -> np.ndarray:
+    """[retrains, forget rows] per-row loss (mean over labelled tokens for LMs) of each cached retrain of ``s``."""
+    import copy
+
+    from safetensors.torch import load_model
+
+    from hf_iau.losses import batch_losses
+
+    out = []
+    for path in sorted(cache.glob("retrain*.safetensors")):
+        model = copy.deepcopy(s.original)
+        load_model(model, str(path))
+        model.eval()
+        with torch.no_grad():
+            out.append(np.concatenate([batch_losses(model, b).per_example.double().numpy()
+                                       for b in _batches(s, s.forget, list(range(len(s.forget))))]))
+    return np.asarray(out)
 
 
 def grade(targets: np.ndarray, retrained: np.ndarray) -> dict[str, float]:
@@ -103,7 +117,7 @@ def block(name: str) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--scenarios", default=",".join(CLASSIFIERS))
+    ap.add_argument("--scenarios", default=",".join(CLASSIFIERS + LMS))
     ap.add_argument("--variants", default="default,nbr=1,flipt=1")
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--cache-dir", default=str(Path(__file__).resolve().parents[1] / "runs" / "removal_cache"))
@@ -115,20 +129,20 @@ def main() -> None:
     variants = a.variants.split(",")
     rows = []
     for name in a.scenarios.split(","):
-        if name not in CLASSIFIERS:
-            raise SystemExit(f"--scenarios: {name!r} is not a classifier scenario ({', '.join(CLASSIFIERS)})")
+        if name not in CLASSIFIERS + LMS:
+            raise SystemExit(f"--scenarios: {name!r} is not one of {', '.join(CLASSIFIERS + LMS)}")
         s = sc.build_scenario(name, 0, True, a.cache_dir)
-        retrained = retrained_losses(Path(a.cache_dir) / name / "quick-seed0")
+        retrained = retrained_losses(s, Path(a.cache_dir) / name / "quick-seed0")
         if retrained.shape[0] < 2 or retrained.shape[1] != len(s.forget):
             raise SystemExit(f"{name}: cached retrains missing or stale; run benchmarks/removal.py --quick --scenarios {name}")
-        for v in variants:
+        for v in (variants if name in CLASSIFIERS else ["default"]):
             graded = [grade(targets_of(s, seed, v), retrained) for seed in seeds]
             row = {"scenario": name, "block": block(name), "variant": v,
                    **{k: float(np.mean([g[k] for g in graded])) for k in graded[0]},
                    "spearman_std": float(np.std([g["spearman"] for g in graded]))}
             rows.append(row)
             print({k: (round(x, 3) if isinstance(x, float) else x) for k, x in row.items()}, flush=True)
-    md = ["# IAU's per-row targets against the retrained models' losses (classifiers, before any step)", "",
+    md = ["# IAU's per-row targets against the retrained models' losses, before any step", "",
           f"Seeds {a.seeds} (each draws its own calibration sample), data seed 0, quick sizes; retrains: the removal "
           "benchmark's cached 3. A row's retrained loss is the mean over the retrains; under / over = the share of rows "
           f"whose target lies below / above every retrain's loss. {time.perf_counter() - t0:.0f} s.", "",
