@@ -149,3 +149,21 @@ def test_the_cached_original_keeps_the_curvature_training_measured(tmp_path, cap
     with pytest.raises(ValueError, match="saved_curvature"):
         scenarios.Scenario("toy", 3, True, kept, args, train, train.select([0]), train.select(range(1, 24)),
                            train, train, scenarios._cnn).trainer(saved_curvature="batch")
+
+
+def test_target_quality_grades_targets_against_each_rows_retrained_losses():
+    """target_quality.grade: mean target and retrains' mean, Spearman ρ against the row means, MAE, and the shares of
+    rows below every retrain / above every retrain — by hand on 4 rows and 2 retrains."""
+    import target_quality
+
+    retrained = np.array([[1.0, 2.0, 3.0, 4.0], [3.0, 2.0, 5.0, 6.0]])  # row means 2, 2, 4, 5
+    targets = np.array([0.5, 2.0, 6.0, 5.0])
+    g = target_quality.grade(targets, retrained)
+    assert g["target_mean"] == pytest.approx(3.375) and g["retrain_mean"] == pytest.approx(3.25)
+    assert g["mae"] == pytest.approx((1.5 + 0.0 + 2.0 + 0.0) / 4)
+    assert g["under"] == pytest.approx(0.25) and g["over"] == pytest.approx(0.25)  # row 0 below both; row 2 above both
+    from scipy.stats import spearmanr
+
+    assert g["spearman"] == pytest.approx(spearmanr(targets, retrained.mean(0)).statistic)
+    assert target_quality.options("nbr=1:flipt=0") == {"unlearn_neighbour_targets": True, "unlearn_flipped_targets": False}
+    assert target_quality.options("default") == {}
