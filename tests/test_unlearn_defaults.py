@@ -537,3 +537,26 @@ def test_landing_without_loss_targets_is_refused_naming_the_field(tmp_path, targ
     with pytest.raises(ValueError, match="unlearn_land"):
         trainer.unlearn(split["forget"], split["retain"], unlearn_land=True)
     assert all(torch.equal(a, b) for a, b in zip(before, trainer.model.parameters()))
+
+
+def test_flipped_and_neighbour_levels_share_one_pass_over_the_held_out_sample(tmp_path, monkeypatch):
+    """With both classifier levels on, the held-out sample's log-probs are computed once (with the input features)
+    and counted once: one class_log_probs call on the held-out data, one on the forget set."""
+    from hf_iau import counterfactual
+    from hf_iau.methods import iau as iau_module
+
+    calls = []
+    real = counterfactual.class_log_probs
+
+    def counted(engine, dataset, rows, features=False):
+        calls.append((len(list(rows)), features))
+        return real(engine, dataset, rows, features=features)
+
+    monkeypatch.setattr(iau_module, "class_log_probs", counted)
+    flip = list(range(8))
+    train = learnable(96, seed=0, flip=flip)
+    trainer = trained(tmp_path, train, learnable(24, seed=1), epochs=30, unlearn_flipped_targets=True,
+                      unlearn_neighbour_targets=True, unlearn_steps=1)
+    split = forget_retain_split(train, forget=flip, id_column="id")
+    trainer.unlearn(split["forget"], split["retain"], allow_noop=True)
+    assert calls == [(24, True), (8, True)]

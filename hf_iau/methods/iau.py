@@ -163,6 +163,7 @@ class IAURun:
         self.info: dict[str, float] = {}
         self.estimate: TargetEstimate | None = None
         self.held_rows: list[int] = []  # the held-out sample's rows
+        self._held_classes: tuple[np.ndarray, np.ndarray | None] | None = None  # (held_out_classes)
 
     # --- targets -------------------------------------------------------------------------
     def resolve_targets(self) -> Targets:
@@ -238,9 +239,7 @@ class IAURun:
         rows); 0 elsewhere."""
         if estimate.predicted is None or not self.opts["unlearn_flipped_targets"]:
             return np.zeros(self.n_forget)
-        req = self.req
-        log_probs = class_log_probs(req.engine, req.held_out, self.held_rows)
-        req.fwd_passes += len(self.held_rows)
+        log_probs, _ = self.held_out_classes()
         levels = flipped_label_losses(estimate.predicted, estimate.labels, log_probs)
         flipped = np.isfinite(levels)
         self.info.update(target_flipped_fraction=float(flipped.mean()),
@@ -254,14 +253,24 @@ class IAURun:
         if estimate.labels is None or not self.opts["unlearn_neighbour_targets"]:
             return np.zeros(self.n_forget)
         req = self.req
-        held_lp, held_x = class_log_probs(req.engine, req.held_out, self.held_rows, features=True)
+        held_lp, held_x = self.held_out_classes()
         _, forget_x = class_log_probs(req.engine, req.forget, range(self.n_forget), features=True)
-        req.fwd_passes += len(self.held_rows) + self.n_forget
+        req.fwd_passes += self.n_forget
         levels = neighbour_label_losses(forget_x, estimate.labels, held_x, held_lp, k=NEIGHBOURS)
         found = np.isfinite(levels)
         self.info.update(target_neighbour_fraction=float(found.mean()),
                          target_neighbour_level=float(levels[found].mean()) if found.any() else 0.0)
         return np.where(found, levels, 0.0)
+
+    def held_out_classes(self) -> tuple[np.ndarray, np.ndarray | None]:
+        """(log-probs, input features or None) of the held-out sample, one forward pass shared by the flipped and the
+        neighbour levels (features only when the neighbour levels are on)."""
+        if self._held_classes is None:
+            req, features = self.req, bool(self.opts["unlearn_neighbour_targets"])
+            out = class_log_probs(req.engine, req.held_out, self.held_rows, features=features)
+            self._held_classes = out if features else (out, None)
+            req.fwd_passes += len(self.held_rows)
+        return self._held_classes
 
     def held_out_losses(self) -> np.ndarray:
         """Per-row losses of a seeded sample of the held-out data (the 'never seen' level)."""
