@@ -167,3 +167,45 @@ def test_target_quality_grades_targets_against_each_rows_retrained_losses():
     assert g["spearman"] == pytest.approx(spearmanr(targets, retrained.mean(0)).statistic)
     assert target_quality.options("nbr=1:flipt=0") == {"unlearn_neighbour_targets": True, "unlearn_flipped_targets": False}
     assert target_quality.options("default") == {}
+
+
+def test_oracle_targets_replace_the_estimate_inside_the_block_only(tmp_path):
+    """oracle_targets: inside the block a request's loss targets are the given per-row values (the stop and the
+    reported target mean follow them); outside it the estimate is back."""
+    from transformers import default_data_collator
+
+    import oracle_targets
+    from hf_iau import IAUConfig, IAUTrainer
+    from hf_iau.data import forget_retain_split
+    from hf_iau.methods import iau
+    from tiny import text_cls_dataset, tiny_bert
+
+    train, held = text_cls_dataset(24), text_cls_dataset(12, seed=1)
+    split = forget_retain_split(train, forget=[0, 1, 2, 3], id_column="id")
+    args = IAUConfig(output_dir=str(tmp_path), use_cpu=True, report_to=[], unlearn_steps=2, seed=0)
+    resolve = iau.IAURun.resolve_targets
+
+    def request(**kw):
+        trainer = IAUTrainer(tiny_bert(), args=args, train_dataset=train, eval_dataset=held, data_collator=default_data_collator)
+        return trainer.unlearn(split["forget"], split["retain"], allow_noop=True, **kw).metrics
+
+    oracle = np.array([3.0, 3.5, 4.0, 4.5])
+    with oracle_targets.oracle_targets(oracle):
+        inside = request()
+        landing = request(unlearn_land=True)
+    assert iau.IAURun.resolve_targets is resolve
+    outside = request()
+    assert inside["target_mean"] == pytest.approx(3.75) and landing["target_mean"] == pytest.approx(3.75)
+    assert outside["target_mean"] != pytest.approx(3.75)
+    assert inside["target_target_mean"] == pytest.approx(outside["target_target_mean"])  # the estimate itself still ran
+
+
+def test_oracle_variants_name_the_method_and_whether_the_targets_are_the_oracle():
+    import oracle_targets
+
+    assert oracle_targets.variant("default") == ("iau", False)
+    assert oracle_targets.variant("oracle+land") == ("iau@land=1", True)
+    assert oracle_targets.variant("oracle@jump=0:land=1") == ("iau@jump=0:land=1", True)
+    assert oracle_targets.variant("iau@jump=0") == ("iau@jump=0", False)
+    with pytest.raises(SystemExit, match="oracle@key=value"):
+        oracle_targets.variant("orcale")
