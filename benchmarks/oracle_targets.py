@@ -5,8 +5,9 @@
 
 A diagnostic, not a method: it reads the answer. ``oracle`` replaces each forget row's counterfactual target by that
 row's mean loss under the scenario's cached retrains (``target_quality.retrained_losses``) and then runs the default
-request unchanged (the same influence step, steps and stop). ``oracle+land`` also pulls rows past their target back
-(``unlearn_land``). ``default`` is today's request. With oracle targets the remaining gap to the retrains is what the
+request unchanged (the same influence step, steps and stop), except that the targets stay put
+(``unlearn_follow_held_out`` off: the oracle is in absolute loss). ``oracle+land`` also pulls rows past their target
+back (``unlearn_land``). ``default`` is today's request (the recorded run predates following the held-out losses). With oracle targets the remaining gap to the retrains is what the
 update itself costs: collateral damage to the test rows, overshoot, and the limits of 20 Adam steps.
 
 Every run is graded on the TEST split against the mean of the cached retrains, exactly as ``benchmarks/removal.py``
@@ -34,7 +35,8 @@ from target_quality import CLASSIFIERS, LMS, retrained_losses  # noqa: E402
 
 from hf_iau.methods import iau as iau_module  # noqa: E402
 
-VARIANTS = {"default": ("iau", False), "oracle": ("iau", True), "oracle+land": ("iau@land=1", True)}
+# the oracle's targets are absolute losses: they do not follow the held-out losses (unlearn_follow_held_out off)
+VARIANTS = {"default": ("iau", False), "oracle": ("iau@follow=0", True), "oracle+land": ("iau@land=1:follow=0", True)}
 
 
 def variant(v: str) -> tuple[str, bool]:
@@ -43,7 +45,7 @@ def variant(v: str) -> tuple[str, bool]:
     if v in VARIANTS:
         return VARIANTS[v]
     if v.startswith("oracle@"):
-        return "iau" + v[len("oracle"):], True
+        return "iau" + v[len("oracle"):] + ":follow=0", True
     if v.startswith("iau@"):
         return v, False
     raise SystemExit(f"--variants: {v!r} is not one of {', '.join(VARIANTS)}, oracle@key=value:... or iau@key=value:...")

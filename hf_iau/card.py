@@ -36,6 +36,7 @@ _HYPERPARAMETERS = (  # of the unlearning update; how the model was trained come
     ("unlearn_leverage", "leave-out curvature of each removed set"),
     ("unlearn_retain_restore", "retain descent restores only"),
     ("unlearn_land", "rows past their target pulled back"),
+    ("unlearn_follow_held_out", "targets follow the held-out losses"),
     ("unlearn_neighbour_targets", "targets from the nearest held-out rows"),
     ("unlearn_influence_step", "influence step λ (share of the estimated removal step)"),
     ("unlearn_influence_curvature", "curvature of the influence step"),

@@ -191,10 +191,10 @@ def test_oracle_targets_replace_the_estimate_inside_the_block_only(tmp_path):
 
     oracle = np.array([3.0, 3.5, 4.0, 4.5])
     with oracle_targets.oracle_targets(oracle):
-        inside = request()
-        landing = request(unlearn_land=True)
+        inside = request(unlearn_follow_held_out=False)
+        landing = request(unlearn_land=True, unlearn_follow_held_out=False)
     assert iau.IAURun.resolve_targets is resolve
-    outside = request()
+    outside = request(unlearn_follow_held_out=False)
     assert inside["target_mean"] == pytest.approx(3.75) and landing["target_mean"] == pytest.approx(3.75)
     assert outside["target_mean"] != pytest.approx(3.75)
     assert inside["target_target_mean"] == pytest.approx(outside["target_target_mean"])  # the estimate itself still ran
@@ -204,8 +204,8 @@ def test_oracle_variants_name_the_method_and_whether_the_targets_are_the_oracle(
     import oracle_targets
 
     assert oracle_targets.variant("default") == ("iau", False)
-    assert oracle_targets.variant("oracle+land") == ("iau@land=1", True)
-    assert oracle_targets.variant("oracle@jump=0:land=1") == ("iau@jump=0:land=1", True)
+    assert oracle_targets.variant("oracle+land") == ("iau@land=1:follow=0", True)
+    assert oracle_targets.variant("oracle@jump=0:land=1") == ("iau@jump=0:land=1:follow=0", True)
     assert oracle_targets.variant("iau@jump=0") == ("iau@jump=0", False)
     with pytest.raises(SystemExit, match="oracle@key=value"):
         oracle_targets.variant("orcale")

@@ -560,3 +560,40 @@ def test_flipped_and_neighbour_levels_share_one_pass_over_the_held_out_sample(tm
     split = forget_retain_split(train, forget=flip, id_column="id")
     trainer.unlearn(split["forget"], split["retain"], allow_noop=True)
     assert calls == [(24, True), (8, True)]
+
+
+def test_following_the_held_out_losses_moves_every_target_by_their_change(tmp_path):
+    """unlearn_follow_held_out: at every step 32 seeded held-out rows are measured again, and every target moves by the
+    change of their mean loss since the request began (one shift for all rows, recorded per step). Here the ascent on
+    the wrong labels lowers the held-out losses (as removing them does), so the targets fall; the request before the
+    first shift is the same as without."""
+    import torch
+
+    from hf_iau.methods.iau import FOLLOW_ROWS, Targets
+
+    t = Targets("loss", np.array([1.0, 2.0]))
+    t.shift(0.5)
+    t.shift(-0.25)  # from the targets at the start, not cumulative
+    assert np.allclose(t.targets, [0.75, 1.75]) and np.allclose(t.base, [1.0, 2.0]) and t.by == -0.25
+    t.shift(-1.5)
+    assert np.allclose(t.targets, [0.0, 0.5])
+
+    flip = list(range(8))
+    train, held_out = learnable(96, seed=0, flip=flip), learnable(48, seed=1)
+    split = forget_retain_split(train, forget=flip, id_column="id")
+    trainer = trained(tmp_path, train, held_out, epochs=30, unlearn_stop="fixed", unlearn_steps=4)
+    before = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
+    plain = trainer.unlearn(split["forget"], split["retain"], allow_noop=True, unlearn_follow_held_out=False)
+    trainer.model.load_state_dict(before)
+    follow = trainer.unlearn(split["forget"], split["retain"], allow_noop=True)  # the default
+
+    shifts = [h["target_shift"] for h in follow.history if "target_shift" in h]
+    assert len(shifts) == 4 and "target_shift" not in plain.history[0]
+    assert shifts[-1] < -0.05 and follow.metrics["target_shift"] == pytest.approx(shifts[-1])
+    # every target moved by the shift, clipped at 0 (a loss is never below it)
+    assert plain.metrics["target_mean"] + shifts[-1] - 1e-9 <= follow.metrics["target_mean"] < plain.metrics["target_mean"]
+    # each step re-measures the followed rows, forward only
+    assert follow.metrics["example_forward_passes"] - plain.metrics["example_forward_passes"] == 4 * FOLLOW_ROWS
+    assert follow.metrics["example_gradient_passes"] == plain.metrics["example_gradient_passes"]
+    # the first step's masks were set before any shift: the same first update
+    assert follow.history[0]["forget_loss_active_rows"] == pytest.approx(plain.history[0]["forget_loss_active_rows"])
