@@ -387,11 +387,18 @@ def _show(folder: str, index: int | None) -> int:
     return 0
 
 
+# IAU options whose default changed after ledgers were first written: an entry that lacks one ran with this value
+BEFORE_RECORDED = {"unlearn_follow_held_out": False}
+
+
 def reproduction(entry: Mapping[str, Any]) -> str:
     """How an auditor reproduces the update of a ledger entry: start, data, the ``hf-iau unlearn`` flags, and the
-    hashes the result must match. Every recorded config field becomes a flag; fields recorded as None are listed."""
-    config = entry.get("config") or {}
+    hashes the result must match. Every recorded config field becomes a flag (an IAU entry written before an option
+    of ``BEFORE_RECORDED`` existed gets that option's value then); fields recorded as None are listed."""
+    config = dict(entry.get("config") or {})
     method, index = str(entry.get("method") or "iau"), entry.get("request_index")
+    if method == "iau" and config:
+        config = {**BEFORE_RECORDED, **config}
     flags = [f"--method {method}"] + [f"--{k} {_flag(v)}" for k, v in sorted(config.items()) if v is not None]
     unset = sorted(k for k, v in config.items() if v is None)
     fingerprint = str(entry.get("forget_fingerprint") or "")

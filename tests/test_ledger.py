@@ -220,3 +220,16 @@ def test_entry_records_the_whole_config_seed_and_request_index_and_an_auditor_re
     assert main_ledger(["show", str(tmp_path / "child")]) == 0
     assert "--unlearn_optimizer sgd" in capsys.readouterr().out
     assert main_ledger(["show", str(tmp_path / "parent")]) == 2
+
+
+def test_an_entry_written_before_a_changed_default_reproduces_with_the_old_value():
+    """unlearn_follow_held_out became the default after ledgers were first written: an IAU entry without the field
+    ran without it, and the auditor's command says so; a recorded value is kept."""
+    from hf_iau.ledger import reproduction
+
+    old = {"index": 0, "method": "iau", "config": {"unlearn_steps": 20, "unlearn_targets": "counterfactual"}}
+    assert "--unlearn_follow_held_out false" in reproduction(old)
+    new = {**old, "config": {**old["config"], "unlearn_follow_held_out": True}}
+    assert "--unlearn_follow_held_out true" in reproduction(new)
+    other = {**old, "method": "npo", "config": {"learning_rate": 1e-4}}
+    assert "unlearn_follow_held_out" not in reproduction(other)
