@@ -597,3 +597,16 @@ def test_following_the_held_out_losses_moves_every_target_by_their_change(tmp_pa
     assert follow.metrics["example_gradient_passes"] == plain.metrics["example_gradient_passes"]
     # the first step's masks were set before any shift: the same first update
     assert follow.history[0]["forget_loss_active_rows"] == pytest.approx(plain.history[0]["forget_loss_active_rows"])
+
+
+@pytest.mark.parametrize("mode, follows", [("held_out_quantile", True), ("flip", False), ("none", False)])
+def test_only_loss_targets_follow_the_held_out_losses(tmp_path, mode, follows):
+    """unlearn_follow_held_out moves loss targets (counterfactual, held_out_quantile); 'flip' and 'none' have none to
+    move, so no held-out row is re-measured."""
+    flip = list(range(8))
+    train, held_out = learnable(64, seed=0, flip=flip), learnable(32, seed=1)
+    split = forget_retain_split(train, forget=flip, id_column="id")
+    trainer = trained(tmp_path, train, held_out, epochs=10, unlearn_stop="fixed", unlearn_steps=2, unlearn_targets=mode)
+    r = trainer.unlearn(split["forget"], split["retain"], allow_noop=True)
+    assert all(("target_shift" in h) == follows for h in r.history)
+    assert ("target_shift" in r.metrics) == follows
