@@ -20,8 +20,9 @@ optional runaway guard undoes a step that breaks the retain loss and retries wit
 The targets follow the model (``unlearn_follow_held_out``, default): a target is a held-out level of the model as it
 was, so at every step the mean loss of 32 seeded held-out rows is measured again and every target moves by its change
 since the request began (clipped at 0). Tune block: mislabelled's validation gap −0.012 (test 0.071 → 0.059);
-held-out (test): privacy 0.137 → 0.057, outlier_vision 0.141 → 0.116, lora_text 0.131 → 0.157 worse (its wrong
-labels' losses move against the mean; benchmarks/results/tracking_targets_decision.md).
+held-out (test): privacy 0.137 → 0.057, outlier_vision 0.141 → 0.116, lora_text 0.131 → 0.157 worse (the held-out
+losses fall below their start as the steps repair the model, and its wrongly labelled rows stop under-forgotten;
+benchmarks/results/tracking_targets_decision.md).
 
 Two more options, off by default (``benchmarks/results/land_neighbour_decision.md``). ``unlearn_land``: a row past
 its target by more than 1% is pulled back (descent) while short rows are pushed, and the stop counts both. By default
