@@ -28,10 +28,22 @@ RESULTS = Path(__file__).resolve().parent / "results"
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
+def cpu() -> str:
+    """The CPU model and the vector ISA torch dispatches to (``AVX2``, ``AVX512``, ...): CPU kernels, and so trained
+    weights, differ between ISAs, so a figure is reproducible bitwise only on a machine with the same pair."""
+    name = platform.processor() or platform.machine()
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        name = next((x.split(":", 1)[1].strip() for x in lines if x.startswith("model name")), name)
+    except OSError:
+        pass
+    return f"{name}, {torch.backends.cpu.get_cpu_capability()}"
+
+
 def machine() -> dict[str, Any]:
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     return {
-        "machine": gpu or f"{os.cpu_count()} CPU cores (shared with other developers), no GPU",
+        "machine": gpu or f"{os.cpu_count()} CPU cores (shared with other developers; {cpu()}), no GPU",
         "torch": torch.__version__,
         "python": platform.python_version(),
         "threads": torch.get_num_threads(),

@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 import traceback
@@ -46,6 +45,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from common import cpu  # noqa: E402
 from scenarios import HELD_OUT, NEW_HELD_OUT, QUICK, SCENARIOS, TUNE, Scenario, build_scenario  # noqa: E402
 
 from hf_iau.losses import loss_kind  # noqa: E402
@@ -531,7 +531,7 @@ def main(argv: list[str] | None = None) -> int:
     result: dict[str, Any] = {
         "declared_before_methods": declaration(),
         "command": "python benchmarks/removal.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "machine": f"{platform.processor() or platform.machine()}, {a.threads} torch threads, {os.cpu_count()} CPUs "
+        "machine": f"{cpu()}, {a.threads} torch threads, {os.cpu_count()} CPUs "
         "(shared; wall times noisy)", "torch": torch.__version__, "quick": a.quick, "data_seed": a.data_seed,
         "retrains": a.retrains, "seeds": a.seeds, "methods": a.methods, "scenarios": [],
     }
