@@ -235,6 +235,7 @@ VARIANT_KEYS = {"steps": ("unlearn_steps", int), "rs": ("unlearn_retain_sample_s
                 "lev": ("unlearn_leverage", lambda v: v.lower() in ("1", "true", "yes")),
                 "land": ("unlearn_land", lambda v: v.lower() in ("1", "true", "yes")),
                 "follow": ("unlearn_follow_held_out", lambda v: v.lower() in ("1", "true", "yes")),
+                "match": ("unlearn_retain_label_share", float),
                 "nbr": ("unlearn_neighbour_targets", lambda v: v.lower() in ("1", "true", "yes")),
                 "group": ("unlearn_target_group_column", str),  # a scenario with info["retain_<group>"] (topic_lm: topic)
                 # F̂ IAUTrainer.train() saved: 1 = the mini-batch estimator, pe = per-example (with curv=training since

@@ -35,6 +35,7 @@ _HYPERPARAMETERS = (  # of the unlearning update; how the model was trained come
     ("unlearn_flipped_targets", "flipped-class target levels"),
     ("unlearn_leverage", "leave-out curvature of each removed set"),
     ("unlearn_retain_restore", "retain descent restores only"),
+    ("unlearn_retain_label_share", "share of the retain sample with the forget labels"),
     ("unlearn_land", "rows past their target pulled back"),
     ("unlearn_follow_held_out", "targets follow the held-out losses"),
     ("unlearn_neighbour_targets", "targets from the nearest held-out rows"),

@@ -272,6 +272,17 @@ class IAUConfig(TrainingArguments):
             "block mislabelled 0.060 -> 0.051, but held-out qa_lm 0.037 -> 0.054 (benchmarks/results/retain_restore_decision.md)."
         },
     )
+    unlearn_retain_label_share: float = field(
+        default=0.0,
+        metadata={
+            "help": "Single-label classifiers: the share of each step's retain sample drawn from retained rows that "
+            "carry a forget row's label (each slot takes the label of a forget row drawn at random; the rest is drawn "
+            "uniformly). The ascent lowers the forget labels' logits everywhere, so the correction is sampled where "
+            "that damage falls. 0 (default): a uniform sample; ignored for language models and when no retained row "
+            "carries a forget label. Off on its evidence: tune block poison_vision 0.030 -> 0.023 (s = 1), but held-out "
+            "poison_text, privacy and outlier_vision worse (benchmarks/results/label_share_decision.md)."
+        },
+    )
     unlearn_stop_tolerance: float = field(
         default=0.05,
         metadata={"help": "unlearn_stop='targets' stops once at most this fraction of the forget rows is off its target (short; with unlearn_land, or past)."},
@@ -437,6 +448,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "unlearn_target_group_column": (lambda v: v is None or (isinstance(v, str) and bool(v)),
                                     "use None or the name of a retain-set column (e.g. 'author')."),
     "unlearn_flipped_targets": (lambda v: isinstance(v, bool), "use True or False."),
+    "unlearn_retain_label_share": (lambda v: _finite(v) and 0 <= v <= 1, "use a fraction in [0, 1] (0: a uniform retain sample)."),
     "unlearn_leverage": (lambda v: isinstance(v, bool), "use True or False."),
     "unlearn_retain_restore": (lambda v: isinstance(v, bool), "use True or False."),
     "unlearn_land": (lambda v: isinstance(v, bool), "use True or False."),

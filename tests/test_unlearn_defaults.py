@@ -610,3 +610,73 @@ def test_only_loss_targets_follow_the_held_out_losses(tmp_path, mode, follows):
     r = trainer.unlearn(split["forget"], split["retain"], allow_noop=True)
     assert all(("target_shift" in h) == follows for h in r.history)
     assert ("target_shift" in r.metrics) == follows
+
+
+def _retain_rows(trainer, forget, retain, steps, **options):
+    """The descent term's retained rows of ``steps`` for a request with ``options`` (no weight changes), and the
+    request's uniform samples of the same steps."""
+    from hf_iau.lifecycle import Request
+    from hf_iau.methods.iau import IAURun, iau_options
+
+    opts = iau_options(trainer.args, **options)
+    req = Request("iau", trainer, forget, retain, retain_weight=opts["unlearn_retain_weight"])
+    run = IAURun(req, opts)
+    return [run.retain_rows(s) for s in steps], [req.retain_sample(opts["unlearn_retain_sample_size"], s) for s in steps]
+
+
+def test_the_retain_label_share_samples_the_forget_rows_labels(tmp_path):
+    """unlearn_retain_label_share: a share of each step's retain sample carries a forget row's label (the rest is
+    uniform), the same rows on a second request with the same seed, other rows at another step; 0 is the uniform
+    sample, and a request whose labels no retained row carries (a whole class) gets the uniform sample too."""
+    train = learnable(96, seed=0)
+    labels = np.asarray(train["label"])
+    trainer = trained(tmp_path, train, None, epochs=1, unlearn_retain_sample_size=8)
+    forget_rows = np.flatnonzero(labels == 0)[:6].tolist()
+    split = forget_retain_split(train, forget=forget_rows, id_column="id")
+    retain_labels = np.asarray(split["retain"]["label"])
+
+    half, uniform = _retain_rows(trainer, split["forget"], split["retain"], [0, 1, 2], unlearn_retain_label_share=0.5)
+    again, _ = _retain_rows(trainer, split["forget"], split["retain"], [0, 1, 2], unlearn_retain_label_share=0.5)
+    assert half == again and half[0] != half[1]
+    assert all(len(rows) == len(set(rows)) == 8 for rows in half)
+    assert all((retain_labels[rows] == 0).sum() >= 4 for rows in half)  # 4 drawn among the label-0 rows + 4 uniform
+    assert np.mean([(retain_labels[rows] == 0).mean() for rows in uniform]) < 0.5
+    whole, _ = _retain_rows(trainer, split["forget"], split["retain"], [0, 1], unlearn_retain_label_share=1.0)
+    assert all((retain_labels[rows] == 0).all() for rows in whole)
+    off, uniform_off = _retain_rows(trainer, split["forget"], split["retain"], [0, 1, 2])
+    assert off == uniform_off == uniform
+
+    class0 = forget_retain_split(train, forget=np.flatnonzero(labels == 0).tolist(), id_column="id")
+    rows, uniform0 = _retain_rows(trainer, class0["forget"], class0["retain"], [0, 1], unlearn_retain_label_share=0.5)
+    assert rows == uniform0
+
+
+def test_the_retain_label_share_changes_a_classifier_request_and_leaves_a_language_model_alone(tmp_path):
+    """The option changes what a classifier's descent term sees, so its update; a causal LM's labels are tokens, so
+    its request is bitwise today's. An out-of-range share is refused naming the field."""
+    import torch
+    from tiny import lm_dataset, tiny_gpt2
+
+    flip = list(range(8))
+    train, held_out = learnable(96, seed=0, flip=flip), learnable(32, seed=1)
+    split = forget_retain_split(train, forget=flip, id_column="id")
+    trainer = trained(tmp_path, train, held_out, epochs=10, unlearn_stop="fixed", unlearn_steps=2,
+                      unlearn_retain_sample_size=8)
+    before = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
+    trainer.unlearn(split["forget"], split["retain"], allow_noop=True)
+    uniform = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
+    trainer.model.load_state_dict(before)
+    trainer.unlearn(split["forget"], split["retain"], allow_noop=True, unlearn_retain_label_share=0.5)
+    assert max((v - uniform[k]).abs().max().item() for k, v in trainer.model.state_dict().items()) > 1e-6
+
+    lm = lm_dataset(24)
+    lm_split = forget_retain_split(lm, forget=[0, 1, 2], id_column="id")
+    args = make_args(tmp_path / "lm", unlearn_targets="none", unlearn_steps=2, unlearn_retain_sample_size=4)
+    weights = []
+    for share in (0.0, 0.5):
+        tr = IAUTrainer(tiny_gpt2(), args=args, data_collator=default_data_collator)
+        tr.unlearn(lm_split["forget"], lm_split["retain"], unlearn_retain_label_share=share)
+        weights.append([p.detach().clone() for p in tr.model.parameters()])
+    assert all(torch.equal(a, b) for a, b in zip(*weights))
+    with pytest.raises(ValueError, match="unlearn_retain_label_share"):
+        make_args(tmp_path, unlearn_retain_label_share=1.5)

@@ -41,7 +41,9 @@ backward pass (checked forward only each step, pushed again when they fall back)
 Three more options, off by default on their measured evidence: ``unlearn_stop="mean_target"`` (also stop once the
 forget set's mean loss reaches its mean target), ``unlearn_retain_restore`` (descend only on retained rows whose
 loss rose above their pre-request loss) and ``unlearn_target_group_column`` (calibrate the targets on removing whole
-entities, e.g. authors, one group per entity; benchmarks/results/target_group_decision.md).
+entities, e.g. authors, one group per entity; benchmarks/results/target_group_decision.md). With
+``unlearn_retain_label_share`` (classifiers, 0 by default) a share of each step's retain sample carries the forget rows'
+labels, where the ascent's damage falls (``IAURun.retain_rows``; benchmarks/results/label_share_decision.md).
 
 Before the steps, with counterfactual targets, the influence step θ ← θ + λ·c·P·G_F takes a share λ
 (``unlearn_influence_step``, 0.5) of the removal step the estimate itself predicts, at no extra pass; it
@@ -67,6 +69,7 @@ from ..config import UNLEARNING_FIELDS, check_fields
 from ..counterfactual import (TargetEstimate, class_log_probs, estimate_targets, flipped_label_losses,
                               neighbour_label_losses)
 from ..curvature import full_total
+from ..engine import LABEL_COLUMNS
 from ..lifecycle import Mask, Request, make_optimizer
 from ..losses import BatchLoss
 from ..result import BudgetError, Stats, UnlearningError, UnlearningResult
@@ -81,6 +84,7 @@ REACHED = 0.01  # a row is at its target once its loss is within 1% of it
 NEIGHBOURS = 10  # unlearn_neighbour_targets: held-out rows nearest to each forget row
 FOLLOW_ROWS = 32  # unlearn_follow_held_out: held-out rows re-measured at every step
 FOLLOW_STREAM = 2**31 - 3  # rng stream of those rows
+LABEL_STREAM = 2**31 - 4  # unlearn_retain_label_share: rng stream of the label-matched retain rows (with the step)
 INFLUENCE_HALVINGS = 3  # an influence step that leaves the retained rows looking unseen is retried at λ/2, λ/4, λ/8
 _OPTION_NAMES = set(UNLEARNING_FIELDS) - {"gr_alpha", "gr_mode", "gr_norm", "seed", "unlearn_seed", "unlearn_batch_size"}
 
@@ -184,6 +188,7 @@ class IAURun:
         self._held_classes: tuple[np.ndarray, np.ndarray | None] | None = None  # (held_out_classes)
         self.held_losses = np.zeros(0)  # the held-out sample's losses before any change
         self.follow: tuple[list[int], float] | None = None  # (rows, their mean loss before any change): follow_rows
+        self._label_pools: tuple[list[np.ndarray], np.ndarray] | None = None  # (pools, forget rows' pool) for retain_rows
 
     # --- targets -------------------------------------------------------------------------
     def resolve_targets(self) -> Targets:
@@ -352,6 +357,47 @@ class IAURun:
             lam /= 2
         self.info.update(influence_step_lambda=0.0, influence_step_norm=0.0)
 
+    # --- the retain sample -----------------------------------------------------------------
+    def retain_rows(self, step: int) -> list[int]:
+        """The retained rows of ``step``'s descent term: the request's seeded sample; with ``unlearn_retain_label_share``
+        s > 0 (single-label classifiers), a share s of the sample is drawn from retained rows that carry a forget row's
+        label (each slot takes the label of a forget row drawn at random, without repeating a row) and the rest
+        uniformly, seeded by (seed, request index, ``LABEL_STREAM``, step)."""
+        req, o = self.req, self.opts
+        size, share = o["unlearn_retain_sample_size"], o["unlearn_retain_label_share"]
+        pools = self.label_pools() if share > 0 and size is not None and size < len(req.retain) else None
+        if pools is None:
+            return req.retain_sample(size, step)
+        by_label, forget_pool = pools
+        rng = req.rng(LABEL_STREAM, step)
+        drawn = np.bincount(forget_pool[rng.integers(0, len(forget_pool), size=int(round(share * size)))],
+                            minlength=len(by_label))
+        picked = [rng.choice(by_label[k], size=min(int(n), len(by_label[k])), replace=False)
+                  for k, n in enumerate(drawn) if n > 0]
+        chosen = np.zeros(len(req.retain), dtype=bool)
+        for rows in picked:
+            chosen[rows] = True
+        rest = rng.permutation(np.flatnonzero(~chosen))[: size - int(chosen.sum())]
+        chosen[rest] = True
+        return np.flatnonzero(chosen).tolist()
+
+    def label_pools(self) -> tuple[list[np.ndarray], np.ndarray] | None:
+        """(retained rows of each label, each forget row's label index) for a single-label classifier whose forget
+        rows share a label with some retained row (only those forget rows count); None otherwise."""
+        if self._label_pools is None:
+            req = self.req
+            column = next((c for c in LABEL_COLUMNS if c in req.retain.column_names and c in req.forget.column_names), None)
+            if req.engine.kind != "classification" or column is None:
+                self._label_pools = ([], np.zeros(0, dtype=np.int64))
+            else:
+                retain, forget = np.asarray(req.retain[column]), np.asarray(req.forget[column])
+                labels = sorted(set(forget.tolist()) & set(retain.tolist()))
+                index = {v: k for k, v in enumerate(labels)}
+                self._label_pools = ([np.flatnonzero(retain == v) for v in labels],
+                                     np.array([index[v] for v in forget.tolist() if v in index], dtype=np.int64))
+        by_label, forget_pool = self._label_pools
+        return self._label_pools if len(forget_pool) else None
+
     # --- the loop ------------------------------------------------------------------------
     def run(self) -> UnlearningResult:
         req, o = self.req, self.opts
@@ -383,7 +429,7 @@ class IAURun:
         req, o = self.req, self.opts
         if not o["unlearn_retain_restore"]:
             return None
-        rows = sorted({i for step in range(o["unlearn_steps"]) for i in req.retain_sample(o["unlearn_retain_sample_size"], step)})
+        rows = sorted({i for step in range(o["unlearn_steps"]) for i in self.retain_rows(step)})
         if not rows:
             return {}
         losses = req.engine.per_example(req.retain, rows)["loss"]
@@ -402,7 +448,7 @@ class IAURun:
         pushed = list(range(self.n_forget))  # rows in the last gradient pass that were still short of their target
         r_mask = None if restore is None else self._risen(restore)
         for step in range(o["unlearn_steps"]):
-            r_idx = req.retain_sample(o["unlearn_retain_sample_size"], step)
+            r_idx = self.retain_rows(step)
             rows, losses = self._rows_to_push(targets, pushed)
             sign, mine = np.zeros(self.n_forget), np.zeros(self.n_forget)  # this process's rows; summed below
 
