@@ -300,7 +300,7 @@ def library_versions() -> dict[str, str]:
 
 
 def hardware_description(trainer: Any) -> str:
-    """Accelerator (or CPU) name and process count of the trainer's run."""
+    """Accelerator name (or CPU, with the vector ISA of torch's kernels) and process count of the trainer's run."""
     import torch
 
     args = trainer.args
@@ -311,7 +311,8 @@ def hardware_description(trainer: Any) -> str:
         return f"{world} × {name}" if world > 1 else name
     if device.type == "mps":
         return "Apple MPS"
-    text = f"CPU ({platform.machine() or 'unknown'}, {os.cpu_count()} cores visible)"
+    kernels = torch.backends.cpu.get_cpu_capability()  # the vector ISA of torch's CPU kernels: it changes the rounding
+    text = f"CPU ({platform.machine() or 'unknown'}, {kernels} kernels, {os.cpu_count()} cores visible)"
     return text + (f", {world} processes" if world > 1 else "")
 
 

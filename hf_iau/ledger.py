@@ -427,9 +427,14 @@ def reproduction(entry: Mapping[str, Any]) -> str:
     if index:
         lines.append(f"     random choices derive from (seed, request index {index}): replay requests 0..{index - 1} "
                      "of the same run first, in order")
-    versions = (entry.get("environment") or {}).get("versions") or {}
+    environment = entry.get("environment") or {}
+    versions = environment.get("versions") or {}
     if versions:
         lines.append("     with " + ", ".join(f"{k} {v}" for k, v in sorted(versions.items())))
+    if environment.get("hardware"):
+        lines.append(f"     on {environment['hardware']}: bitwise only on the same kind of hardware (the GPU model, or "
+                     "the vector ISA of torch's CPU kernels, changes their rounding; ATEN_CPU_CAPABILITY selects the "
+                     "CPU kernels)")
     lines.append(f"  5. the new weights must hash to {entry.get('child_checkpoint_sha256') or 'not recorded (not saved)'}; "
                  f"config sha256 {entry.get('config_sha256')}")
     return "\n".join(lines)

@@ -217,6 +217,12 @@ def test_entry_records_the_whole_config_seed_and_request_index_and_an_auditor_re
     assert "--method iau" in text and "--unlearn_learning_rate 0.01" in text and "--seed 3" in text
     assert "--unlearn_targets none" in text and entry["child_checkpoint_sha256"] in text
     assert entry["parent_checkpoint_sha256"] in text and "request index 0" in text
+    # bitwise equality holds on the same kind of hardware only: the entry names the CPU kernels' vector ISA
+    import torch
+
+    kernels = torch.backends.cpu.get_cpu_capability()
+    assert f"{kernels} kernels" in entry["environment"]["hardware"] and f"{kernels} kernels" in text
+    assert "bitwise only on the same kind of hardware" in text
     assert main_ledger(["show", str(tmp_path / "child")]) == 0
     assert "--unlearn_optimizer sgd" in capsys.readouterr().out
     assert main_ledger(["show", str(tmp_path / "parent")]) == 2

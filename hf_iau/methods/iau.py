@@ -395,8 +395,7 @@ class IAURun:
                 index = {v: k for k, v in enumerate(labels)}
                 self._label_pools = ([np.flatnonzero(retain == v) for v in labels],
                                      np.array([index[v] for v in forget.tolist() if v in index], dtype=np.int64))
-        by_label, forget_pool = self._label_pools
-        return self._label_pools if len(forget_pool) else None
+        return self._label_pools if len(self._label_pools[1]) else None
 
     # --- the loop ------------------------------------------------------------------------
     def run(self) -> UnlearningResult:
